@@ -1,0 +1,6 @@
+//! **sapsan**: train machine-learned turbulence models and track every run in MLflow.
+//!
+//! This facade re-exports the runtime ([`sapsan_core`]) and the macros ([`sapsan_derive`]),
+//! so `use sapsan::...` is all a user writes.
+pub use sapsan_core::*;
+pub use sapsan_derive::{ModelConfig, tracked};
