@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what sapsan-rs needs on a fresh Debian machine, and nothing twice:
+#   - libhdf5-dev + pkg-config (the HDF5 data module links against libhdf5),
+#   - a project-local Python venv `.venv` with mlflow==3.17.2 (the tracking server and the official
+#     Python client that the integration tests use as the judge).
+# Safe to run again: every step checks first.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MLFLOW_VERSION=3.17.2
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        say "need root to run: $*  (run this script as root or install the packages by hand)"; exit 1
+    fi
+}
+
+# 1. System packages.
+missing=()
+for pkg in libhdf5-dev pkg-config; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} with apt-get"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. Rust toolchain.
+command -v cargo >/dev/null || { say "cargo not found: install Rust from https://rustup.rs"; exit 1; }
+
+# 3. Python venv with MLflow.
+venv="$root/.venv"
+if ! "$venv/bin/python" -c "import mlflow, sys; sys.exit(mlflow.__version__ != '$MLFLOW_VERSION')" 2>/dev/null; then
+    py=$(command -v python3 || true)
+    [ -n "$py" ] || { say "python3 not found: install it (apt-get install python3 python3-venv)"; exit 1; }
+    say "creating $venv with mlflow==$MLFLOW_VERSION (about a minute)"
+    [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "mlflow==$MLFLOW_VERSION"
+fi
+say "ready: $("$venv/bin/mlflow" --version)"

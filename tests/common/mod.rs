@@ -1,0 +1,63 @@
+//! Shared helpers of the integration tests: the live MLflow server the test command started, and
+//! the official Python MLflow client as the judge of what landed on it.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+/// URL of the MLflow server started by `scripts/test.sh`. A missing server is a failure, never a skip.
+pub fn tracking_uri() -> String {
+    match std::env::var("SAPSAN_TEST_TRACKING_URI") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "SAPSAN_TEST_TRACKING_URI is not set: the integration tests need a live MLflow server. \
+             Run the suite with `bash scripts/test.sh`, which installs MLflow, starts a server and sets it."
+        ),
+    }
+}
+
+/// The Python interpreter of the venv that holds the official MLflow client.
+pub fn python() -> String {
+    std::env::var("SAPSAN_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+        assert!(
+            std::path::Path::new(venv).exists(),
+            "no Python with MLflow: run `bash scripts/setup.sh` (creates .venv) or set SAPSAN_PYTHON"
+        );
+        venv.to_owned()
+    })
+}
+
+/// A unique name for an experiment or run, so tests never see each other's data.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs `script` with the official Python client (`mlflow`, `client = MlflowClient()` and `json` are
+/// in scope; `args` is `sys.argv[1:]`), pointed at the test server. The script prints one JSON value
+/// on its last line of stdout; that value is returned.
+pub fn judge(script: &str, args: &[&str]) -> serde_json::Value {
+    let prelude = "import json, sys, mlflow\nfrom mlflow import MlflowClient\nclient = MlflowClient()\nargs = sys.argv[1:]\n";
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .args(args)
+        .env("MLFLOW_TRACKING_URI", tracking_uri())
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
+        .output()
+        .expect("cannot run the Python judge");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Python judge failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("judge printed no JSON ({e}): {stdout}"))
+}
