@@ -33,7 +33,8 @@ fn window_indices(out: usize, kernel: usize, stride: usize, x: &Tensor) -> Resul
 /// Returns `(B, Cout, Do, Ho, Wo)` with `Do = (D + 2*padding - kD) / stride + 1` (likewise for H, W),
 /// the same numbers as PyTorch's `nn.functional.conv3d`. Differentiable in `x`, `weight` and `bias`.
 ///
-/// How: the input is zero-padded, the depth windows are gathered with `index_select` and folded into
+/// How: the input is zero-padded. When `kernel == stride` on every axis (the CNN3d case) the
+/// windows do not overlap and the convolution is one matrix product over `k^3` patches. Otherwise the depth windows are gathered with `index_select` and folded into
 /// the channel axis, so one 2D convolution over `(B*Do, Cin*kD, H', W')` with a `(Cout, Cin*kD, kH, kW)`
 /// kernel does the work.
 pub fn conv3d(
@@ -71,6 +72,13 @@ pub fn conv3d(
     } else {
         x.clone()
     };
+    if kd == stride && kh == stride && kw == stride {
+        let y = conv3d_patches(&xp, weight, [dout, hout, wout])?;
+        return match bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, cout, 1, 1, 1))?),
+            None => Ok(y),
+        };
+    }
     let (hp, wp) = ((hout - 1) * stride + kh, (wout - 1) * stride + kw);
     let xp = xp.narrow(3, 0, hp)?.narrow(4, 0, wp)?.contiguous()?;
     let ids = window_indices(dout, kd, stride, &xp)?;
@@ -91,6 +99,29 @@ pub fn conv3d(
         Some(bias) => y.broadcast_add(&bias.reshape((1, cout, 1, 1, 1))?),
         None => Ok(y),
     }
+}
+
+/// The case `kernel == stride` (every CNN3d convolution): windows do not overlap, so the padded
+/// input `xp` is cut into `k^3` patches and the convolution is one matrix product, several times
+/// faster than the conv2d route (whose backward pass runs a slow transposed convolution).
+fn conv3d_patches(xp: &Tensor, weight: &Tensor, [dout, hout, wout]: [usize; 3]) -> Result<Tensor> {
+    let (b, cin, _, _, _) = xp.dims5()?;
+    let (cout, _, k, _, _) = weight.dims5()?;
+    let patches = xp
+        .narrow(2, 0, dout * k)?
+        .narrow(3, 0, hout * k)?
+        .narrow(4, 0, wout * k)?
+        .contiguous()?
+        .reshape(vec![b, cin, dout, k, hout, k, wout, k])?
+        .permute([0, 2, 4, 6, 1, 3, 5, 7])? // (B, Do, Ho, Wo, Cin, k, k, k)
+        .contiguous()?
+        .reshape((b * dout * hout * wout, cin * k * k * k))?;
+    let kernel = weight.reshape((cout, cin * k * k * k))?;
+    patches
+        .matmul(&kernel.t()?)? // (B*Do*Ho*Wo, Cout)
+        .reshape((b, dout, hout, wout, cout))?
+        .permute((0, 4, 1, 2, 3))?
+        .contiguous()
 }
 
 /// Pads axis `dim` of `x` with `padding` values of `-inf` on both sides.
@@ -426,6 +457,8 @@ mod tests {
             ([2, 3, 16, 16, 16], 6, 2, 2, 1),
             ([1, 2, 9, 8, 7], 2, 3, 2, 1),
             ([1, 1, 5, 5, 5], 2, 2, 3, 1),
+            ([1, 2, 7, 8, 9], 3, 3, 3, 1),
+            ([2, 2, 6, 6, 6], 2, 2, 2, 0),
         ];
         for (dims, cout, k, s, p) in cases {
             let n: usize = dims.iter().product();
@@ -540,8 +573,14 @@ mod tests {
     #[test]
     fn conv3d_gradients_match_finite_differences() {
         let mut rng = StdRng::seed_from_u64(3);
-        for (dims, cout, k, s, p) in [([2, 2, 5, 4, 5], 3, 2, 2, 1), ([1, 2, 4, 5, 3], 2, 3, 1, 1)]
-        {
+        // k == s (matrix-product path, uneven crop), general path with and without stride.
+        for (dims, cout, k, s, p) in [
+            ([2, 2, 5, 4, 5], 3, 2, 2, 1),
+            ([1, 2, 7, 5, 6], 2, 3, 3, 1),
+            ([1, 2, 4, 5, 3], 2, 3, 1, 1),
+            ([1, 2, 5, 4, 6], 2, 2, 3, 1),
+            ([1, 1, 6, 5, 4], 2, 3, 2, 1),
+        ] {
             let n: usize = dims.iter().product();
             let inputs = vec![
                 (random(&mut rng, n), dims.to_vec()),
