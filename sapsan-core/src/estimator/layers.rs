@@ -34,9 +34,9 @@ fn window_indices(out: usize, kernel: usize, stride: usize, x: &Tensor) -> Resul
 /// the same numbers as PyTorch's `nn.functional.conv3d`. Differentiable in `x`, `weight` and `bias`.
 ///
 /// How: the input is zero-padded. When `kernel == stride` on every axis (the CNN3d case) the
-/// windows do not overlap and the convolution is one matrix product over `k^3` patches. Otherwise the depth windows are gathered with `index_select` and folded into
-/// the channel axis, so one 2D convolution over `(B*Do, Cin*kD, H', W')` with a `(Cout, Cin*kD, kH, kW)`
-/// kernel does the work.
+/// windows do not overlap and the convolution is one matrix product over `k^3` patches. Otherwise
+/// the depth windows are gathered with `index_select` and folded into the channel axis, so one 2D
+/// convolution over `(B*Do, Cin*kD, H', W')` with a `(Cout, Cin*kD, kH, kW)` kernel does the work.
 pub fn conv3d(
     x: &Tensor,
     weight: &Tensor,
@@ -44,7 +44,7 @@ pub fn conv3d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let (b, cin, d, h, w) = x.dims5()?;
+    let (_, cin, d, h, w) = x.dims5()?;
     let (cout, wcin, kd, kh, kw) = weight.dims5()?;
     if wcin != cin {
         candle_core::bail!(
@@ -72,13 +72,26 @@ pub fn conv3d(
     } else {
         x.clone()
     };
-    if kd == stride && kh == stride && kw == stride {
-        let y = conv3d_patches(&xp, weight, [dout, hout, wout])?;
-        return match bias {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, cout, 1, 1, 1))?),
-            None => Ok(y),
-        };
+    let y = if kd == stride && kh == stride && kw == stride {
+        conv3d_patches(&xp, weight, [dout, hout, wout])?
+    } else {
+        conv3d_windows(&xp, weight, stride, [dout, hout, wout])?
+    };
+    match bias {
+        Some(bias) => y.broadcast_add(&bias.reshape((1, cout, 1, 1, 1))?),
+        None => Ok(y),
     }
+}
+
+/// The general case: depth windows folded into channels, then one `conv2d` (padding 0, exact fit).
+fn conv3d_windows(
+    xp: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    [dout, hout, wout]: [usize; 3],
+) -> Result<Tensor> {
+    let (b, cin, _, _, _) = xp.dims5()?;
+    let (cout, _, kd, kh, kw) = weight.dims5()?;
     let (hp, wp) = ((hout - 1) * stride + kh, (wout - 1) * stride + kw);
     let xp = xp.narrow(3, 0, hp)?.narrow(4, 0, wp)?.contiguous()?;
     let ids = window_indices(dout, kd, stride, &xp)?;
@@ -89,16 +102,11 @@ pub fn conv3d(
         .contiguous()?
         .reshape((b * dout, cin * kd, hp, wp))?;
     let kernel = weight.reshape((cout, cin * kd, kh, kw))?;
-    let y = windows.conv2d(&kernel, 0, stride, 1, 1)?; // (B*Do, Cout, Ho, Wo)
-    let (_, _, ho, wo) = y.dims4()?;
-    let y = y
-        .reshape((b, dout, cout, ho, wo))?
+    windows
+        .conv2d(&kernel, 0, stride, 1, 1)? // (B*Do, Cout, Ho, Wo)
+        .reshape((b, dout, cout, hout, wout))?
         .permute((0, 2, 1, 3, 4))?
-        .contiguous()?;
-    match bias {
-        Some(bias) => y.broadcast_add(&bias.reshape((1, cout, 1, 1, 1))?),
-        None => Ok(y),
-    }
+        .contiguous()
 }
 
 /// The case `kernel == stride` (every CNN3d convolution): windows do not overlap, so the padded
