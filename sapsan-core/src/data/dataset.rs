@@ -230,12 +230,23 @@ impl Hdf5Dataset {
         let layout = self.layout()?;
         let mut features = Vec::with_capacity(layout.checkpoints);
         let mut targets = Vec::with_capacity(layout.checkpoints);
+        // Channels of each file at the first checkpoint: later checkpoints must match.
+        let (mut x_channels, mut y_channels) = (Vec::new(), Vec::new());
         for &t in &self.chkpnt.time {
-            let x =
-                self.checkpoint_cube(t, &self.data.features, self.data.features_label.as_deref())?;
+            let x = self.checkpoint_cube(
+                t,
+                &self.data.features,
+                self.data.features_label.as_deref(),
+                &mut x_channels,
+            )?;
             features.push(self.cut(x.view(), &layout)?);
             if let Some(target) = &self.data.target {
-                let y = self.checkpoint_cube(t, target, self.data.target_label.as_deref())?;
+                let y = self.checkpoint_cube(
+                    t,
+                    target,
+                    self.data.target_label.as_deref(),
+                    &mut y_channels,
+                )?;
                 targets.push(self.cut(y.view(), &layout)?);
             }
         }
@@ -279,13 +290,16 @@ impl Hdf5Dataset {
         })
     }
 
-    /// The (C, D, H, W) cube of checkpoint `t`: `columns` stacked along C, sampled.
+    /// The (C, D, H, W) cube of checkpoint `t`: `columns` stacked along C, sampled. `channels`
+    /// holds each column's channel count from the first checkpoint (empty before it).
     fn checkpoint_cube(
         &self,
         t: usize,
         columns: &[String],
         labels: Option<&[String]>,
+        channels: &mut Vec<usize>,
     ) -> Result<Array4<f32>> {
+        let first = channels.is_empty();
         let mut parts = Vec::with_capacity(columns.len());
         for (i, feature) in columns.iter().enumerate() {
             let path = self.file_path(t, feature)?;
@@ -300,17 +314,31 @@ impl Hdf5Dataset {
                     ),
                 });
             }
-            let cube = read_cube(&path, labels.map(|l| l[i].as_str()))?;
+            let (cube, name) = read_named(&path, labels.map(|l| l[i].as_str()))?;
             let (_, d, h, w) = cube.dim();
             if [d, h, w] != self.chkpnt.initial_size {
                 return Err(Error::Data {
                     path,
-                    dataset: labels.map(|l| l[i].clone()),
+                    dataset: Some(name),
                     reason: format!(
                         "the cube is {}, but chkpnt - initial size is {}; set initial_size to the \
                          size of the files",
                         py_list(&[d, h, w]),
                         py_list(&self.chkpnt.initial_size)
+                    ),
+                });
+            }
+            let c = cube.dim().0;
+            if first {
+                channels.push(c);
+            } else if channels[i] != c {
+                return Err(Error::Data {
+                    path,
+                    dataset: Some(name),
+                    reason: format!(
+                        "has {c} channel(s) but the same feature at checkpoint {} has {}; every \
+                         checkpoint must hold the same channels",
+                        self.chkpnt.time[0], channels[i]
                     ),
                 });
             }
@@ -338,6 +366,11 @@ impl Hdf5Dataset {
 /// else the last one in name order (as h5py's `list(file.keys())[-1]`). A (D, H, W) dataset is
 /// read as C = 1; float64 is converted to float32. Every value must be finite.
 pub fn read_cube(path: &Path, label: Option<&str>) -> Result<Array4<f32>> {
+    read_named(path, label).map(|(cube, _)| cube)
+}
+
+/// [`read_cube`], also returning the name of the dataset read.
+fn read_named(path: &Path, label: Option<&str>) -> Result<(Array4<f32>, String)> {
     let err = |dataset: Option<&str>, reason: String| Error::Data {
         path: path.to_path_buf(),
         dataset: dataset.map(str::to_string),
@@ -428,20 +461,17 @@ pub fn read_cube(path: &Path, label: Option<&str>) -> Result<Array4<f32>> {
             format!("reading failed ({e}); the file is truncated or corrupt: re-create it"),
         )
     })?;
-    let cube = Array4::from_shape_vec(shape4, raw).map_err(|e| {
-        err(
-            Some(&name),
-            format!("data does not match its shape {shape:?} ({e})"),
-        )
-    })?;
-    if let Some((pos, v)) = cube.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        let count = cube.iter().filter(|v| !v.is_finite()).count();
-        let (c, d, h, w) = pos;
+    if let Some(first) = raw.iter().position(|v| !v.is_finite()) {
+        let count = raw.iter().filter(|v| !v.is_finite()).count();
+        let [_, d, h, w] = shape4;
+        let (c, rest) = (first / (d * h * w), first % (d * h * w));
+        let (z, y, x) = (rest / (h * w), (rest / w) % h, rest % w);
         return Err(err(
             Some(&name),
             format!(
-                "value at [channel {c}, {d}, {h}, {w}] is {v}{}; {count} non-finite value(s) in \
+                "value at [channel {c}, {z}, {y}, {x}] is {}{}; {count} non-finite value(s) in \
                  total: clean the data (NaN/inf cannot be trained on)",
+                raw[first],
                 if matches!(
                     dtype,
                     hdf5::types::TypeDescriptor::Float(hdf5::types::FloatSize::U8)
@@ -453,7 +483,13 @@ pub fn read_cube(path: &Path, label: Option<&str>) -> Result<Array4<f32>> {
             ),
         ));
     }
-    Ok(cube)
+    let cube = Array4::from_shape_vec(shape4, raw).map_err(|e| {
+        err(
+            Some(&name),
+            format!("data does not match its shape {shape:?} ({e})"),
+        )
+    })?;
+    Ok((cube, name))
 }
 
 /// Sapsan's `EquidistantSampling`: keeps every `size / to`-th point along each spatial axis,

@@ -13,20 +13,16 @@ impl C64 {
     pub const fn new(re: f64, im: f64) -> Self {
         C64 { re, im }
     }
-    #[inline]
+    #[cfg(test)]
     fn mul(self, o: C64) -> C64 {
         C64::new(
             self.re * o.re - self.im * o.im,
             self.re * o.im + self.im * o.re,
         )
     }
-    #[inline]
+    #[cfg(test)]
     fn add(self, o: C64) -> C64 {
         C64::new(self.re + o.re, self.im + o.im)
-    }
-    #[inline]
-    fn sub(self, o: C64) -> C64 {
-        C64::new(self.re - o.re, self.im - o.im)
     }
     pub fn conj(self) -> C64 {
         C64::new(self.re, -self.im)
@@ -39,34 +35,41 @@ impl C64 {
 /// A 1D transform plan of length `n`.
 pub(crate) struct Fft1 {
     n: usize,
-    /// `exp(-2 pi i k / n)` for k in 0..n.
-    twiddles: Vec<C64>,
+    /// `exp(-2 pi i k / n)` for k in 0..n (forward), and their conjugates (inverse).
+    forward: Vec<C64>,
+    inverse: Vec<C64>,
 }
 
 impl Fft1 {
     pub fn new(n: usize) -> Self {
-        let twiddles = (0..n)
+        let forward: Vec<C64> = (0..n)
             .map(|k| {
                 let a = -2.0 * std::f64::consts::PI * k as f64 / n as f64;
                 C64::new(a.cos(), a.sin())
             })
             .collect();
-        Fft1 { n, twiddles }
-    }
-
-    #[inline]
-    fn twiddle(&self, k: usize, inverse: bool) -> C64 {
-        let t = self.twiddles[k % self.n];
-        if inverse { t.conj() } else { t }
+        let inverse = forward.iter().map(|t| t.conj()).collect();
+        Fft1 {
+            n,
+            forward,
+            inverse,
+        }
     }
 
     /// Transforms `data` (length n) in place; `scratch` must have length n.
+    // The butterflies are spelled out on plain f64s: this crate is built without optimisation
+    // in tests and small helper calls would dominate.
     pub fn run(&self, data: &mut [C64], scratch: &mut [C64], inverse: bool) {
         let n = self.n;
         debug_assert_eq!(data.len(), n);
         if n <= 1 {
             return;
         }
+        let tw = if inverse {
+            &self.inverse
+        } else {
+            &self.forward
+        };
         if n.is_power_of_two() {
             // Bit-reversal permutation, then butterflies.
             let bits = n.trailing_zeros();
@@ -78,25 +81,32 @@ impl Fft1 {
             }
             let mut len = 2;
             while len <= n {
+                let half = len / 2;
                 let step = n / len;
-                for start in (0..n).step_by(len) {
-                    for k in 0..len / 2 {
-                        let w = self.twiddle(k * step, inverse);
+                let mut start = 0;
+                while start < n {
+                    for k in 0..half {
+                        let w = tw[k * step];
                         let a = data[start + k];
-                        let b = data[start + k + len / 2].mul(w);
-                        data[start + k] = a.add(b);
-                        data[start + k + len / 2] = a.sub(b);
+                        let b = data[start + k + half];
+                        let br = b.re * w.re - b.im * w.im;
+                        let bi = b.re * w.im + b.im * w.re;
+                        data[start + k] = C64::new(a.re + br, a.im + bi);
+                        data[start + k + half] = C64::new(a.re - br, a.im - bi);
                     }
+                    start += len;
                 }
                 len *= 2;
             }
         } else {
             for (k, out) in scratch.iter_mut().enumerate().take(n) {
-                let mut acc = C64::default();
-                for (j, &x) in data.iter().enumerate() {
-                    acc = acc.add(x.mul(self.twiddle(j * k, inverse)));
+                let (mut re, mut im) = (0.0, 0.0);
+                for (j, x) in data.iter().enumerate() {
+                    let w = tw[(j * k) % n];
+                    re += x.re * w.re - x.im * w.im;
+                    im += x.re * w.im + x.im * w.re;
                 }
-                *out = acc;
+                *out = C64::new(re, im);
             }
             data.copy_from_slice(&scratch[..n]);
         }
@@ -107,6 +117,9 @@ impl Fft1 {
 /// axes.
 pub(crate) fn fft3(data: &mut [C64], n: usize, inverse: bool) {
     debug_assert_eq!(data.len(), n * n * n);
+    if n == 0 {
+        return;
+    }
     let plan = Fft1::new(n);
     let mut line = vec![C64::default(); n];
     let mut scratch = vec![C64::default(); n];

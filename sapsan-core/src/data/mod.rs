@@ -17,3 +17,6 @@ pub use dataset::{
 };
 pub use synthetic::{Generated, Synthetic, generate};
 pub use template::format_path;
+
+#[cfg(test)]
+mod tests;

@@ -21,7 +21,7 @@
 //! - `dir/t{checkpoint}/tn_dim{N}_fm15.h5`, dataset `tn00000`, float32, shape (1, N, N, N).
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array3, Array4, ArrayView3, ArrayView4, Axis};
+use ndarray::{Array3, Array4, ArrayView3, ArrayView4, Axis, Zip};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -124,15 +124,21 @@ impl Synthetic {
         let u = self.velocity(checkpoint)?;
         let n = self.n;
         let mut filtered = Array4::<f32>::zeros((3, n, n, n));
+        let mut tau = Array4::<f32>::zeros((1, n, n, n));
         for (c, comp) in u.outer_iter().enumerate() {
             let f = box_filter(comp, self.filter_width);
-            filtered
-                .index_axis_mut(Axis(0), c)
-                .assign(&f.mapv(|v| v as f32));
+            if c == 0 {
+                // tau_11 = filter(u1^2) - filter(u1)^2, in f64 (a small difference of O(1) terms).
+                let sq = box_filter(comp.mapv(|v| v * v).view(), self.filter_width);
+                Zip::from(tau.index_axis_mut(Axis(0), 0))
+                    .and(&sq)
+                    .and(&f)
+                    .for_each(|t, &sq, &f| *t = (sq - f * f) as f32);
+            }
+            Zip::from(filtered.index_axis_mut(Axis(0), c))
+                .and(&f)
+                .for_each(|d, &v| *d = v as f32);
         }
-        let tau = subgrid_stress_11(u.view(), self.filter_width)
-            .mapv(|v| v as f32)
-            .insert_axis(Axis(0));
         Ok((filtered, tau))
     }
 
@@ -243,18 +249,25 @@ pub fn velocity_field(n: usize, seed: u64) -> Array4<f64> {
             }
         }
     }
-    let mut u = Array4::<f64>::zeros((3, n, n, n));
-    for (a, mut h) in hat.into_iter().enumerate() {
-        fft3(&mut h, n, true);
-        for (dst, src) in u.index_axis_mut(Axis(0), a).iter_mut().zip(&h) {
-            *dst = src.re;
-        }
-    }
-    let rms = (u.iter().map(|v| v * v).sum::<f64>() / (3 * total) as f64).sqrt();
+    // Components 0 and 1 are real, so one inverse transform of hat0 + i hat1 gives u0 in the
+    // real part and u1 in the imaginary part.
+    let [h0, h1, mut h2] = hat;
+    let mut packed: Vec<C64> = h0
+        .iter()
+        .zip(&h1)
+        .map(|(a, b)| C64::new(a.re - b.im, a.im + b.re))
+        .collect();
+    fft3(&mut packed, n, true);
+    fft3(&mut h2, n, true);
+    let mut flat = Vec::with_capacity(3 * total);
+    flat.extend(packed.iter().map(|c| c.re));
+    flat.extend(packed.iter().map(|c| c.im));
+    flat.extend(h2.iter().map(|c| c.re));
+    let rms = (flat.iter().map(|v| v * v).sum::<f64>() / (3 * total) as f64).sqrt();
     if rms > 0.0 {
-        u.mapv_inplace(|v| v / rms);
+        flat.iter_mut().for_each(|v| *v /= rms);
     }
-    u
+    Array4::from_shape_vec((3, n, n, n), flat).unwrap_or_else(|_| Array4::zeros((3, n, n, n)))
 }
 
 /// Periodic box (top-hat) filter of `width` cells applied along all three axes. An odd width
@@ -262,24 +275,39 @@ pub fn velocity_field(n: usize, seed: u64) -> Array4<f64> {
 /// half weight on the two end cells (the centred box of that width on a grid).
 pub fn box_filter(field: ArrayView3<f64>, width: usize) -> Array3<f64> {
     let weights = box_weights(width);
-    let mut cur = field.to_owned();
-    let (d, h, w) = cur.dim();
-    for axis in 0..3 {
-        let len = [d, h, w][axis] as isize;
-        let mut next = Array3::<f64>::zeros((d, h, w));
-        for ((i, j, k), out) in next.indexed_iter_mut() {
-            let pos = [i, j, k];
-            let mut acc = 0.0;
-            for &(off, wt) in &weights {
-                let mut p = pos;
-                p[axis] = (pos[axis] as isize + off).rem_euclid(len) as usize;
-                acc += wt * cur[p];
-            }
-            *out = acc;
+    let (d, h, w) = field.dim();
+    let mut cur: Vec<f64> = field.iter().copied().collect();
+    let mut next = vec![0.0; cur.len()];
+    // (length, stride, number of blocks) of the lines along each axis, row-major.
+    for (len, stride) in [(d, h * w), (h, w), (w, 1)] {
+        if len == 0 {
+            break;
         }
-        cur = next;
+        // For each position on the line, the (neighbour, weight) pairs, wrapped periodically.
+        let taps: Vec<Vec<(usize, f64)>> = (0..len)
+            .map(|x| {
+                weights
+                    .iter()
+                    .map(|&(off, wt)| ((x as isize + off).rem_euclid(len as isize) as usize, wt))
+                    .collect()
+            })
+            .collect();
+        let block = len * stride;
+        for start in (0..cur.len()).step_by(block) {
+            for inner in 0..stride {
+                let base = start + inner;
+                for (x, tap) in taps.iter().enumerate() {
+                    let mut acc = 0.0;
+                    for &(y, wt) in tap {
+                        acc += wt * cur[base + y * stride];
+                    }
+                    next[base + x * stride] = acc;
+                }
+            }
+        }
+        std::mem::swap(&mut cur, &mut next);
     }
-    cur
+    Array3::from_shape_vec((d, h, w), cur).unwrap_or_else(|_| Array3::zeros((d, h, w)))
 }
 
 fn box_weights(width: usize) -> Vec<(isize, f64)> {
