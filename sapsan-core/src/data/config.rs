@@ -127,3 +127,34 @@ impl Default for CheckpointConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructors_and_defaults() {
+        let d = DataConfig::default();
+        assert_eq!(d.path, "data/t{checkpoint:1.0f}/{feature}_dim32_fm15.h5");
+        assert_eq!(
+            (d.features.clone(), d.target.clone(), d.axis, d.shuffle),
+            (vec!["u".to_string()], None, 3, false)
+        );
+        let s = DataConfig::synthetic("/d", 16);
+        assert_eq!(s.path, "/d/t{checkpoint:1.0f}/{feature}_dim16_fm15.h5");
+        assert_eq!(s.target, Some(vec!["tn".to_string()]));
+
+        let c = CheckpointConfig::new(vec![0, 1], [32, 32, 16], [8, 8, 8]);
+        assert_eq!(c.batch_num, 4 * 4 * 2, "all sub-cubes by default");
+        assert_eq!(
+            (c.sample_to_size, c.time_granularity, c.cube_size()),
+            (None, 1.0, [32, 32, 16])
+        );
+        let e = CheckpointConfig::default();
+        assert_eq!(e.cube_size(), [16, 16, 16]);
+        assert_eq!(
+            (e.time.as_slice(), e.initial_size, e.batch_num),
+            (&[0][..], [32; 3], 1)
+        );
+    }
+}

@@ -188,13 +188,13 @@ fn write_h5(path: &Path, name: &str, data: &Array4<f32>) -> Result<()> {
         dataset: Some(name.to_string()),
         reason: format!("cannot write ({e}); check free space and permissions"),
     };
-    {
-        let file = hdf5::File::create(&tmp).map_err(h5err)?;
-        file.new_dataset_builder()
-            .with_data(data)
-            .create(name)
-            .map_err(h5err)?;
-        file.close().map_err(h5err)?;
+    let written = hdf5::File::create(&tmp).and_then(|file| {
+        file.new_dataset_builder().with_data(data).create(name)?;
+        file.close()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp); // best effort: the error below is what matters
+        return Err(h5err(e));
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
 }

@@ -477,3 +477,20 @@ fn synthetic_files_load_and_generation_is_idempotent() {
     let (u0, _) = Synthetic::new(32, 9).fields(0).unwrap();
     assert_eq!(all.features.index_axis(ndarray::Axis(0), 0), u0);
 }
+
+#[test]
+fn time_granularity_scales_the_checkpoint_in_paths() {
+    let mut c = CheckpointConfig::new(vec![3], [2; 3], [2; 3]);
+    c.time_granularity = 0.5;
+    let ds = Hdf5Dataset::new(
+        DataConfig::new("d/t{checkpoint:.2f}/{feature}.h5", ["u"]),
+        c,
+        1.0,
+    );
+    assert_eq!(ds.file_path(3, "b").unwrap(), PathBuf::from("d/t1.50/b.h5"));
+    let ds = Hdf5Dataset {
+        data: DataConfig::new("d/{checkpoint}", ["u"]),
+        ..ds
+    };
+    assert_eq!(ds.file_path(3, "u").unwrap(), PathBuf::from("d/1.5"));
+}
