@@ -517,12 +517,49 @@ fn reap(pgid: i32, child: &mut Option<&mut Child>) {
     }
 }
 
-/// Polls until group `pgid` is gone (true) or `deadline` passes (false).
-fn wait_group_gone(pgid: i32, child: &mut Option<&mut Child>, deadline: Instant) -> bool {
+/// Live (not zombie) processes of group `pgid`, from `/proc`; `None` where there is no `/proc`.
+fn live_members(pgid: i32) -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: state, ppid, pgrp, ...
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let mut fields = stat[close + 1..].split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        if pgrp == Some(pgid) && state != Some("Z") {
+            out.push(pid);
+        }
+    }
+    Some(out)
+}
+
+/// Polls until group `pgid` is gone (true) or `deadline` passes (false). With `lone_leader_kill`,
+/// a leader left alone after its children exited gets SIGKILL: `mlflow server` only forwards the
+/// signal to uvicorn and waits, and its interpreter then takes seconds to tear down.
+fn wait_group_gone(
+    pgid: i32,
+    child: &mut Option<&mut Child>,
+    deadline: Instant,
+    mut lone_leader_kill: bool,
+) -> bool {
     loop {
         reap(pgid, child);
         if !group_alive(pgid) {
             return true;
+        }
+        if lone_leader_kill && live_members(pgid).is_some_and(|m| m == [pgid]) {
+            // SAFETY: the leader of the group we are stopping; its server children are gone.
+            unsafe { libc::kill(pgid, libc::SIGKILL) };
+            lone_leader_kill = false;
+            continue;
         }
         let now = Instant::now();
         if now >= deadline {
@@ -533,14 +570,16 @@ fn wait_group_gone(pgid: i32, child: &mut Option<&mut Child>, deadline: Instant)
 }
 
 fn stop_group(pgid: i32, mut child: Option<&mut Child>, grace: Duration) -> std::io::Result<()> {
+    // Only a leader that had children (the server workers) is cut short once they are gone.
+    let had_children = live_members(pgid).is_some_and(|m| m.len() >= 2 && m.contains(&pgid));
     // SAFETY: signalling a process group we started; ESRCH (already gone) is fine.
     unsafe { libc::kill(-pgid, libc::SIGTERM) };
-    if wait_group_gone(pgid, &mut child, Instant::now() + grace) {
+    if wait_group_gone(pgid, &mut child, Instant::now() + grace, had_children) {
         return Ok(());
     }
     // SAFETY: as above.
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    if wait_group_gone(pgid, &mut child, Instant::now() + KILL_WAIT) {
+    if wait_group_gone(pgid, &mut child, Instant::now() + KILL_WAIT, false) {
         return Ok(());
     }
     Err(std::io::Error::other(format!(
