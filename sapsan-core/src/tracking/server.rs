@@ -86,9 +86,21 @@ pub enum PortState {
     },
 }
 
-/// The base URL of a server on `host:port` (`http://127.0.0.1:5000`; IPv6 hosts in brackets).
+/// The host a client on this machine uses to reach a server bound to `host`: loopback for the
+/// unspecified addresses (`0.0.0.0`, `::`), else `host` without IPv6 brackets.
+fn client_host(host: &str) -> &str {
+    match host {
+        "0.0.0.0" => "127.0.0.1",
+        "::" | "[::]" => "::1",
+        h => h.trim_start_matches('[').trim_end_matches(']'),
+    }
+}
+
+/// The base URL a client on this machine uses for a server bound to `host:port`
+/// (`http://127.0.0.1:5000`; IPv6 hosts in brackets; `0.0.0.0` and `::` become loopback).
 pub fn base_url(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
+    let host = client_host(host);
+    if host.contains(':') {
         format!("http://[{host}]:{port}")
     } else {
         format!("http://{host}:{port}")
@@ -759,6 +771,8 @@ fn http_get(
     deadline: Instant,
     budget: Duration,
 ) -> std::result::Result<HttpResponse, Fail> {
+    // A server bound to every interface is reached (and named in `Host`) through loopback.
+    let host = client_host(host);
     let addrs: Vec<_> = match (host, port).to_socket_addrs() {
         Ok(a) => a.collect(),
         Err(_) => return Err(Fail::NoListener),
@@ -804,7 +818,7 @@ fn http_get(
             fmt_duration(budget)
         ))
     };
-    let host_header = match host.contains(':') && !host.starts_with('[') {
+    let host_header = match host.contains(':') {
         true => format!("[{host}]:{port}"),
         false => format!("{host}:{port}"),
     };
@@ -988,6 +1002,9 @@ mod tests {
     fn formats_urls_durations_and_tails() {
         assert_eq!(base_url("127.0.0.1", 5000), "http://127.0.0.1:5000");
         assert_eq!(base_url("::1", 5000), "http://[::1]:5000");
+        assert_eq!(base_url("[::1]", 5000), "http://[::1]:5000");
+        assert_eq!(base_url("0.0.0.0", 5000), "http://127.0.0.1:5000");
+        assert_eq!(base_url("localhost", 5000), "http://localhost:5000");
         assert_eq!(fmt_duration(Duration::from_secs(2)), "2 s");
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5 s");
         assert_eq!(fmt_duration(Duration::from_millis(300)), "300 ms");
@@ -1074,6 +1091,11 @@ mod tests {
                 answered: "GET /health answered HTTP 404 \"not here!\"".into()
             }
         );
+        // A server on every interface is probed through loopback.
+        assert!(matches!(
+            probe("0.0.0.0", mlflow, Duration::from_secs(2)),
+            PortState::Mlflow { .. }
+        ));
         let free = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = free.local_addr().unwrap().port();
         drop(free);
