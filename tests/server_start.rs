@@ -28,6 +28,8 @@ fn opts(data_dir: &Path) -> ServerOptions {
     ServerOptions {
         data_dir: Some(data_dir.to_owned()),
         quiet: true,
+        // A real boot takes 6-10 s on a quiet 2-core box, but 45 s were seen under parallel builds.
+        ready_timeout: Duration::from_secs(180),
         ..ServerOptions::default()
     }
 }
