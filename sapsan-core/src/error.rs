@@ -126,7 +126,9 @@ pub enum Error {
         answered: String,
     },
     /// The server was started but did not become ready in time.
-    #[error("MLflow server at {url} did not become ready within {seconds} s; its log is {log}")]
+    #[error(
+        "MLflow server at {url} did not become ready within {seconds} s (raise the ready timeout if the machine is slow); its log is {log}; last lines:\n{tail}"
+    )]
     ServerTimeout {
         /// URL polled.
         url: String,
@@ -134,6 +136,22 @@ pub enum Error {
         seconds: u64,
         /// Where the server's output went.
         log: String,
+        /// The last lines of that log.
+        tail: String,
+    },
+    /// The server process exited before it became ready (port taken meanwhile, bad store, ...).
+    #[error(
+        "MLflow server for {url} exited during start-up ({status}) before answering /health; its log is {log}; last lines:\n{tail}"
+    )]
+    ServerExited {
+        /// URL it was to serve.
+        url: String,
+        /// How it exited (exit code or signal).
+        status: String,
+        /// Where the server's output went.
+        log: String,
+        /// The last lines of that log.
+        tail: String,
     },
     /// A configuration value read from the environment or given to a builder is wrong.
     #[error("invalid setting {name}={value:?}: {reason}")]

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 
 mod fake;
 pub use fake::FakeBackend;
+pub mod server;
 
 /// Status of a run, as MLflow names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
