@@ -54,7 +54,9 @@ fn percent_decode_path(p: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         if b[i] == b'%'
             && let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
         {
@@ -164,7 +166,15 @@ mod tests {
 
     #[test]
     fn rejects_escaping_names() {
-        for n in ["../x", "a/../../x", "/etc/passwd", "", "a//b", "./a", "a\\b"] {
+        for n in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "",
+            "a//b",
+            "./a",
+            "a\\b",
+        ] {
             assert!(
                 matches!(check_name(n), Err(Error::Artifact { .. })),
                 "{n:?} accepted"

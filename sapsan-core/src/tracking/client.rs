@@ -153,10 +153,12 @@ impl HttpClient {
         let resp = self.send(Method::GET, url, Idempotency::Idempotent, |c| {
             c.get(url).query(query)
         })?;
-        resp.bytes().map(|b| b.to_vec()).map_err(|e| Error::Connection {
-            url: url.to_owned(),
-            reason: format!("reading the answer failed: {e}"),
-        })
+        resp.bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| Error::Connection {
+                url: url.to_owned(),
+                reason: format!("reading the answer failed: {e}"),
+            })
     }
 
     /// GET a full URL; the JSON answer.
@@ -237,7 +239,10 @@ fn auth_header(auth: &Auth) -> Result<Option<header::HeaderValue>> {
     let raw = match auth {
         Auth::None => return Ok(None),
         Auth::Basic { username, password } => {
-            format!("Basic {}", encode(format!("{username}:{password}").as_bytes()))
+            format!(
+                "Basic {}",
+                encode(format!("{username}:{password}").as_bytes())
+            )
         }
         Auth::Bearer(token) => format!("Bearer {token}"),
     };
@@ -498,7 +503,10 @@ mod tests {
         let e = c.get("experiments/get-by-name", &[("experiment_name", "x")]);
         match e {
             Err(Error::Connection { url, reason }) => {
-                assert_eq!(url, "http://127.0.0.1:1/api/2.0/mlflow/experiments/get-by-name");
+                assert_eq!(
+                    url,
+                    "http://127.0.0.1:1/api/2.0/mlflow/experiments/get-by-name"
+                );
                 assert!(reason.contains("after 3 attempts"), "{reason}");
             }
             other => panic!("{other:?}"),

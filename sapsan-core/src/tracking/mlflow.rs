@@ -399,7 +399,11 @@ impl MlflowBackend {
 
     /// The artifact URI of `run_id`: remembered from its creation, else read once with `runs/get`.
     fn artifact_uri(&self, run_id: &str) -> Result<String> {
-        if let Some(u) = self.state().get(run_id).and_then(|s| s.artifact_uri.clone()) {
+        if let Some(u) = self
+            .state()
+            .get(run_id)
+            .and_then(|s| s.artifact_uri.clone())
+        {
             return Ok(u);
         }
         let uri = self.get_run(run_id)?.artifact_uri;
@@ -736,9 +740,7 @@ fn get_or_create_experiment(http: &HttpClient, name: &str) -> Result<String> {
                 message: "the answer has no experiment_id".into(),
             }),
         // Someone else created it in between (or it is deleted): read it again.
-        Err(e) if e.mlflow_error_code() == Some("RESOURCE_ALREADY_EXISTS") => {
-            by_name()?.ok_or(e)
-        }
+        Err(e) if e.mlflow_error_code() == Some("RESOURCE_ALREADY_EXISTS") => by_name()?.ok_or(e),
         Err(e) => Err(e),
     }
 }
@@ -789,8 +791,7 @@ fn git_commit() -> Option<String> {
         .output()
         .ok()?;
     let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && s.len() >= 40 && s.chars().all(|c| c.is_ascii_hexdigit()))
-        .then_some(s)
+    (out.status.success() && s.len() >= 40 && s.chars().all(|c| c.is_ascii_hexdigit())).then_some(s)
 }
 
 fn as_string(v: &Value) -> Option<String> {
@@ -811,7 +812,10 @@ fn as_i64(v: &Value) -> Option<i64> {
 }
 
 fn str_field(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned()
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn parse_metric(m: &Value) -> Metric {

@@ -233,11 +233,7 @@ impl LogQueue {
         };
         let mut p = lock(&self.shared.progress);
         while p.delivered < target && !p.worker_gone {
-            p = self
-                .shared
-                .done
-                .wait(p)
-                .unwrap_or_else(|e| e.into_inner());
+            p = self.shared.done.wait(p).unwrap_or_else(|e| e.into_inner());
         }
         if let Some(e) = p.first_error.take() {
             return Err(e);
@@ -422,7 +418,8 @@ mod tests {
     #[test]
     fn flush_delivers_everything_and_coalesces() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let queue = LogQueue::start(Recorder(seen.clone(), false), Duration::from_secs(60)).unwrap();
+        let queue =
+            LogQueue::start(Recorder(seen.clone(), false), Duration::from_secs(60)).unwrap();
         for i in 0..30 {
             queue.push("r", metric("m", i));
         }

@@ -261,7 +261,9 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         if b[i] == b'%'
             && let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
         {
@@ -373,7 +375,10 @@ mod tests {
     #[test]
     fn credentials_never_show() {
         let s = env(&[
-            ("MLFLOW_TRACKING_URI", "https://bob:s3cr%40t@example.org:8443"),
+            (
+                "MLFLOW_TRACKING_URI",
+                "https://bob:s3cr%40t@example.org:8443",
+            ),
             ("MLFLOW_TRACKING_TOKEN", "tok-SECRET"),
         ])
         .unwrap();

@@ -95,7 +95,12 @@ mod tests {
         assert!(matches!(e, Error::InvalidKey { ref key, .. } if key == "acc@1"));
         assert!(msg.contains("acc@1") && msg.contains("'@'"), "{msg}");
         assert!(key("a//b").unwrap_err().to_string().contains("//"));
-        assert!(key(&"k".repeat(251)).unwrap_err().to_string().contains("250"));
+        assert!(
+            key(&"k".repeat(251))
+                .unwrap_err()
+                .to_string()
+                .contains("250")
+        );
         key("model - lr").unwrap();
     }
 
@@ -149,7 +154,10 @@ mod tests {
     fn nan_and_inf_round_trip_as_mlflow_strings() {
         assert_eq!(encode_f64(f64::NAN), serde_json::json!("NaN"));
         assert_eq!(encode_f64(f64::INFINITY), serde_json::json!("Infinity"));
-        assert_eq!(encode_f64(f64::NEG_INFINITY), serde_json::json!("-Infinity"));
+        assert_eq!(
+            encode_f64(f64::NEG_INFINITY),
+            serde_json::json!("-Infinity")
+        );
         assert_eq!(encode_f64(1.5), serde_json::json!(1.5));
         assert!(decode_f64(&serde_json::json!("NaN")).unwrap().is_nan());
         assert_eq!(
