@@ -56,7 +56,7 @@ impl HttpClient {
         let mut b = Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(0)
+            .pool_max_idle_per_host(if settings.keep_alive { usize::MAX } else { 0 })
             .tcp_nodelay(true)
             .no_proxy()
             .user_agent(concat!("sapsan-rs/", env!("CARGO_PKG_VERSION")));

@@ -66,10 +66,11 @@ pub trait Deliver: Send + 'static {
 
 /// Groups `items` per run (runs in order of first appearance) and splits them into batches within
 /// MLflow's log-batch limits. Identical params are sent once; for a tag set twice the last value wins.
-pub fn build_batches(items: Vec<Queued>) -> Vec<RunBatch> {
+/// `items` is left empty with its capacity, to be reused.
+pub fn build_batches(items: &mut Vec<Queued>) -> Vec<RunBatch> {
     let mut order: Vec<Arc<str>> = Vec::new();
     let mut per_run: HashMap<Arc<str>, RunBatch> = HashMap::new();
-    for Queued { run, item } in items {
+    for Queued { run, item } in items.drain(..) {
         let b = per_run.entry(run.clone()).or_insert_with(|| {
             order.push(run.clone());
             RunBatch {
@@ -134,7 +135,12 @@ struct Inner {
     shutdown: bool,
     /// The run id of the last push, shared with the next push to the same run (no allocation).
     last_run: Option<Arc<str>>,
+    /// The buffer of the previous round, emptied: pushes reuse its memory (no page faults).
+    spare: Option<Vec<Queued>>,
 }
+
+/// Largest buffer kept for reuse (items); larger ones (a long outage) are freed.
+const MAX_SPARE: usize = 1 << 20;
 
 #[derive(Default)]
 struct Progress {
@@ -269,7 +275,7 @@ impl Drop for LogQueue {
 
 fn worker(shared: Arc<Shared>, mut sink: impl Deliver, linger: Duration) {
     loop {
-        let (items, upto) = {
+        let (mut items, upto) = {
             let mut g = lock(&shared.inner);
             while g.items.is_empty() && !g.shutdown {
                 g = shared.wake.wait(g).unwrap_or_else(|e| e.into_inner());
@@ -290,13 +296,17 @@ fn worker(shared: Arc<Shared>, mut sink: impl Deliver, linger: Duration) {
                     .0;
             }
             g.urgent = false;
-            let cap = g.items.capacity().max(1024);
-            (
-                std::mem::replace(&mut g.items, Vec::with_capacity(cap)),
-                g.enqueued,
-            )
+            let fresh = g.spare.take().unwrap_or_else(|| Vec::with_capacity(1024));
+            (std::mem::replace(&mut g.items, fresh), g.enqueued)
         };
-        let batches = build_batches(items);
+
+        let batches = build_batches(&mut items);
+        if items.capacity() <= MAX_SPARE {
+            let mut g = lock(&shared.inner);
+            if g.spare.is_none() {
+                g.spare = Some(items);
+            }
+        }
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.deliver(batches)))
             .unwrap_or_else(|_| {
                 Err(Error::Connection {
@@ -352,7 +362,7 @@ mod tests {
         let mut items: Vec<Queued> = (0..2500).map(|i| q("r", metric("m", i))).collect();
         items.extend((0..250).map(|i| q("r", param(&format!("p{i}"), "v"))));
         items.extend((0..150).map(|i| q("r", tag(&format!("t{i}"), "v"))));
-        let b = build_batches(items);
+        let b = build_batches(&mut items);
         for x in &b {
             assert!(x.metrics.len() <= MAX_METRICS);
             assert!(x.params.len() <= MAX_PARAMS);
@@ -379,15 +389,15 @@ mod tests {
 
     #[test]
     fn exactly_full_batches() {
-        let b = build_batches((0..2000).map(|i| q("r", metric("m", i))).collect());
+        let b = build_batches(&mut (0..2000).map(|i| q("r", metric("m", i))).collect());
         assert_eq!(b.len(), 2);
         assert!(b.iter().all(|x| x.metrics.len() == 1000));
-        assert!(build_batches(Vec::new()).is_empty());
+        assert!(build_batches(&mut Vec::new()).is_empty());
     }
 
     #[test]
     fn groups_per_run_and_dedupes() {
-        let b = build_batches(vec![
+        let b = build_batches(&mut vec![
             q("a", param("lr", "0.1")),
             q("b", metric("loss", 1)),
             q("a", param("lr", "0.1")),

@@ -65,6 +65,9 @@ pub struct Settings {
     pub linger: Duration,
     /// Log-batch requests sent at once by the background sender (default 4).
     pub send_concurrency: usize,
+    /// Reuse HTTP connections (default `false`: a fresh connection per request, which is faster
+    /// against MLflow's uvicorn server; see `HttpClient::new`).
+    pub keep_alive: bool,
 }
 
 impl Default for Settings {
@@ -81,6 +84,7 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(2),
             linger: Duration::from_millis(200),
             send_concurrency: 4,
+            keep_alive: false,
         }
     }
 }
@@ -99,6 +103,7 @@ impl std::fmt::Debug for Settings {
             .field("backoff_max", &self.backoff_max)
             .field("linger", &self.linger)
             .field("send_concurrency", &self.send_concurrency)
+            .field("keep_alive", &self.keep_alive)
             .finish()
     }
 }
