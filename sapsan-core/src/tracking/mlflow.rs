@@ -72,7 +72,8 @@ struct Latest {
 impl Latest {
     fn replaced_by(&self, m: &Metric) -> bool {
         (m.step, m.timestamp_ms) > (self.step, self.ts)
-            || ((m.step, m.timestamp_ms) == (self.step, self.ts) && !(m.value < self.value))
+            || ((m.step, m.timestamp_ms) == (self.step, self.ts)
+                && m.value.partial_cmp(&self.value) != Some(std::cmp::Ordering::Less))
     }
 }
 
