@@ -5,10 +5,15 @@
 mod common;
 
 use sapsan::tracking::{Backend, MlflowBackend, Settings};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Timing tests run one at a time so they do not measure each other.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn enqueue_is_microseconds_and_everything_arrives() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let n: usize = std::env::var("SAPSAN_PERF_METRICS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -68,6 +73,7 @@ fn enqueue_is_microseconds_and_everything_arrives() {
 /// connections: prints the mean time per request of both, so the strategy can be checked on any server.
 #[test]
 fn small_request_latency_per_connection_strategy() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let exp = common::unique("latency");
     for keep_alive in [false, true] {
         let b = MlflowBackend::builder()
