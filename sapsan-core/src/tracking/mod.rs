@@ -10,9 +10,18 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
+pub mod artifacts;
+pub mod client;
 mod fake;
-pub use fake::FakeBackend;
+pub mod mlflow;
+pub mod queue;
 pub mod server;
+pub mod settings;
+pub mod validate;
+pub use fake::FakeBackend;
+pub use mlflow::{ArtifactFile, MlflowBackend, MlflowBackendBuilder, RunInfo};
+pub use server::{MlflowServer, ServerOptions, ensure_server};
+pub use settings::{Auth, Settings};
 
 /// Status of a run, as MLflow names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

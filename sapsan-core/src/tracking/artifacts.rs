@@ -1,0 +1,209 @@
+//! Where a run's artifacts go: the server's `mlflow-artifacts` proxy, a directory on this machine
+//! (server started with `--no-serve-artifacts` or a `file:` store), or something unsupported.
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A run's artifact store, from its `artifact_uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactLocation {
+    /// Through the tracking server: `{tracking}/api/2.0/mlflow-artifacts/artifacts/{path}/...`.
+    Proxy {
+        /// Path under the proxy root (`<exp>/<run>/artifacts`).
+        path: String,
+    },
+    /// A directory on the server's disk.
+    Local(PathBuf),
+    /// Anything else (`s3://`, `gs://`, ...).
+    Unsupported(String),
+}
+
+impl ArtifactLocation {
+    /// Reads a run's `artifact_uri`.
+    pub fn parse(uri: &str) -> Self {
+        if let Some(rest) = uri.strip_prefix("mlflow-artifacts:") {
+            // `mlflow-artifacts:/p` or `mlflow-artifacts://host:port/p` (the host is the tracking server).
+            let path = match rest.strip_prefix("//") {
+                Some(with_host) => with_host.split_once('/').map_or("", |(_, p)| p),
+                None => rest,
+            };
+            return ArtifactLocation::Proxy {
+                path: path.trim_matches('/').to_owned(),
+            };
+        }
+        if let Some(rest) = uri.strip_prefix("file://") {
+            // file:///abs or file://localhost/abs
+            let p = rest.strip_prefix("localhost").unwrap_or(rest);
+            return ArtifactLocation::Local(PathBuf::from(percent_decode_path(p)));
+        }
+        if let Some(rest) = uri.strip_prefix("file:") {
+            return ArtifactLocation::Local(PathBuf::from(percent_decode_path(rest)));
+        }
+        if uri.starts_with('/') {
+            return ArtifactLocation::Local(PathBuf::from(uri));
+        }
+        ArtifactLocation::Unsupported(uri.to_owned())
+    }
+}
+
+fn percent_decode_path(p: &str) -> String {
+    if !p.contains('%') {
+        return p.to_owned();
+    }
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        if b[i] == b'%'
+            && let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks an artifact name: a relative `/`-separated path without `..`, `.` or empty parts.
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::Artifact {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    if name.is_empty() {
+        return bad("the name is empty");
+    }
+    if name.starts_with('/') || name.starts_with('\\') || Path::new(name).is_absolute() {
+        return bad("absolute paths are not allowed; give a name relative to the run's artifacts");
+    }
+    if name.contains('\\') {
+        return bad("use '/' to separate directories");
+    }
+    if name.split('/').any(|s| s == "..") {
+        return bad("'..' is not allowed in artifact names");
+    }
+    if name.split('/').any(|s| s.is_empty() || s == ".") {
+        return bad("empty or '.' path parts are not allowed");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("control characters are not allowed");
+    }
+    Ok(())
+}
+
+/// Percent-encodes each `/`-separated part of `name` for a URL path.
+pub fn encode_path(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Whether a tracking server at `host` shares this machine's disk (a loopback address).
+pub fn is_local_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// Writes `bytes` to `dir/name`, creating directories (a local artifact store).
+pub fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io("creating artifact directory", parent, e))?;
+    }
+    std::fs::write(&path, bytes).map_err(|e| Error::io("writing artifact", &path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_artifact_uris() {
+        assert_eq!(
+            ArtifactLocation::parse("mlflow-artifacts:/1/abc/artifacts"),
+            ArtifactLocation::Proxy {
+                path: "1/abc/artifacts".into()
+            }
+        );
+        assert_eq!(
+            ArtifactLocation::parse("mlflow-artifacts://h:5000/1/abc/artifacts"),
+            ArtifactLocation::Proxy {
+                path: "1/abc/artifacts".into()
+            }
+        );
+        assert_eq!(
+            ArtifactLocation::parse("/srv/mlruns/1/abc/artifacts"),
+            ArtifactLocation::Local("/srv/mlruns/1/abc/artifacts".into())
+        );
+        assert_eq!(
+            ArtifactLocation::parse("file:///srv/ml%20runs/1"),
+            ArtifactLocation::Local("/srv/ml runs/1".into())
+        );
+        assert!(matches!(
+            ArtifactLocation::parse("s3://bucket/1/abc"),
+            ArtifactLocation::Unsupported(_)
+        ));
+    }
+
+    #[test]
+    fn rejects_escaping_names() {
+        for n in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "",
+            "a//b",
+            "./a",
+            "a\\b",
+        ] {
+            assert!(
+                matches!(check_name(n), Err(Error::Artifact { .. })),
+                "{n:?} accepted"
+            );
+        }
+        for n in ["model_details.txt", "plots/pdf cdf.png", "a..b"] {
+            check_name(n).unwrap();
+        }
+    }
+
+    #[test]
+    fn encodes_url_paths() {
+        assert_eq!(encode_path("plots/pdf cdf.png"), "plots/pdf%20cdf.png");
+        assert_eq!(encode_path("a#b?c"), "a%23b%3Fc");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_local_host("127.0.0.1"));
+        assert!(is_local_host("localhost"));
+        assert!(is_local_host("[::1]"));
+        assert!(!is_local_host("example.org"));
+        assert!(!is_local_host("10.0.0.1"));
+    }
+
+    #[test]
+    fn writes_local_files() {
+        let d = tempfile::tempdir().unwrap();
+        write_local(d.path(), "sub/x.txt", b"hi").unwrap();
+        assert_eq!(std::fs::read(d.path().join("sub/x.txt")).unwrap(), b"hi");
+    }
+}

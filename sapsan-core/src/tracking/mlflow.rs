@@ -1,0 +1,1121 @@
+//! [`MlflowBackend`]: the [`Backend`] that tracks runs on an MLflow server over its REST API.
+//!
+//! Logging calls validate, remember, enqueue and return in microseconds; a background thread sends
+//! log-batch requests (see [`super::queue`]). Run creation, status changes and artifacts are sent
+//! at once. Each backend has its own run stack and its own view of the runs it logged to.
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::artifacts::{self, ArtifactLocation};
+use super::client::{HttpClient, Idempotency};
+use super::queue::{Deliver, LogQueue, RunBatch};
+use super::server::{MlflowServer, ServerOptions, ensure_server};
+use super::settings::Settings;
+use super::validate;
+use super::{Backend, LogItem, Metric, RunData, RunStack, RunStatus, now_ms};
+use crate::error::{Error, Result};
+
+/// Experiment name used when none is given (the seed's default).
+pub const DEFAULT_EXPERIMENT: &str = "experiment";
+/// Host used when none is given (the seed's default).
+pub const DEFAULT_HOST: &str = "localhost";
+/// Port used when none is given (the seed's default).
+pub const DEFAULT_PORT: u16 = 5000;
+
+/// A run as the server reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    /// Run id.
+    pub run_id: String,
+    /// Run name.
+    pub run_name: String,
+    /// Experiment id.
+    pub experiment_id: String,
+    /// Status (`None` for a status this client does not know, such as `SCHEDULED`).
+    pub status: Option<RunStatus>,
+    /// Start time, ms since the Unix epoch.
+    pub start_time: Option<i64>,
+    /// End time, ms since the Unix epoch (kept by MLflow when a run is resumed).
+    pub end_time: Option<i64>,
+    /// Where the run's artifacts live.
+    pub artifact_uri: String,
+    /// `active` or `deleted`.
+    pub lifecycle_stage: String,
+    /// Params, latest metrics and tags.
+    pub data: RunData,
+}
+
+/// One entry of an artifact listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactFile {
+    /// Path relative to the run's artifact root.
+    pub path: String,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// Size in bytes (files only).
+    pub file_size: Option<u64>,
+}
+
+/// Latest point of a metric, ordered the way MLflow picks its "latest" value.
+#[derive(Debug, Clone, Copy)]
+struct Latest {
+    step: i64,
+    ts: i64,
+    value: f64,
+}
+
+impl Latest {
+    fn replaced_by(&self, m: &Metric) -> bool {
+        (m.step, m.timestamp_ms) > (self.step, self.ts)
+            || ((m.step, m.timestamp_ms) == (self.step, self.ts)
+                && m.value.partial_cmp(&self.value) != Some(std::cmp::Ordering::Less))
+    }
+}
+
+/// What this backend knows about one run.
+#[derive(Debug, Default)]
+struct RunState {
+    /// Created by this backend: everything it holds was logged here.
+    created_here: bool,
+    /// RUNNING as far as this backend knows (closed as FINISHED on drop).
+    open: bool,
+    artifact_uri: Option<String>,
+    params: HashMap<String, String>,
+    metrics: HashMap<String, Latest>,
+    tags: HashMap<String, String>,
+}
+
+impl RunState {
+    fn data(&self) -> RunData {
+        RunData {
+            params: self
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            metrics: self
+                .metrics
+                .iter()
+                .map(|(k, l)| (k.clone(), l.value))
+                .collect(),
+            tags: self
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The MLflow tracking backend. See the [module docs](self).
+///
+/// Dropping it delivers everything queued, ends the runs it left open as FINISHED, and stops a
+/// server it owns. Create and drop it outside any async runtime (it uses a blocking HTTP client).
+pub struct MlflowBackend {
+    http: Arc<HttpClient>,
+    experiment_name: String,
+    experiment_id: String,
+    system_tags: Vec<(String, String)>,
+    state: Mutex<HashMap<String, RunState>>,
+    queue: LogQueue,
+    runs: RunStack,
+    server: Option<MlflowServer>,
+}
+
+impl std::fmt::Debug for MlflowBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlflowBackend")
+            .field("tracking_uri", &self.http.base())
+            .field("experiment_name", &self.experiment_name)
+            .field("experiment_id", &self.experiment_id)
+            .field("runs", &self.runs)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// Builds an [`MlflowBackend`]: where the server is, which experiment, settings, server ownership.
+#[derive(Debug, Default)]
+pub struct MlflowBackendBuilder {
+    settings: Settings,
+    tracking_uri: Option<String>,
+    host_port: Option<(String, u16)>,
+    experiment: Option<String>,
+    server_options: ServerOptions,
+    own_server: bool,
+}
+
+impl MlflowBackendBuilder {
+    /// Talks to the server at `uri` (`http(s)://host:port`); never starts one.
+    pub fn tracking_uri(mut self, uri: impl Into<String>) -> Self {
+        self.tracking_uri = Some(uri.into());
+        self.host_port = None;
+        self
+    }
+    /// Uses the MLflow server on `host:port`, starting one there when the port is free.
+    pub fn host_port(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.host_port = Some((host.into(), port));
+        self.tracking_uri = None;
+        self
+    }
+    /// The experiment runs go to (created when missing).
+    pub fn experiment(mut self, name: impl Into<String>) -> Self {
+        self.experiment = Some(name.into());
+        self
+    }
+    /// Client settings (credentials, TLS, timeouts, retries, queue behaviour).
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+    /// How to start a server when [`MlflowBackendBuilder::host_port`] finds none.
+    pub fn server_options(mut self, opts: ServerOptions) -> Self {
+        self.server_options = opts;
+        self
+    }
+    /// `true`: a server started by the backend is stopped when the backend is dropped.
+    /// `false` (default): it outlives the program, as in Sapsan.
+    pub fn own_server(mut self, own: bool) -> Self {
+        self.own_server = own;
+        self
+    }
+
+    /// Connects (starting a server if asked and needed), resolves the experiment (get-or-create),
+    /// and starts the background sender.
+    pub fn build(self) -> Result<MlflowBackend> {
+        let MlflowBackendBuilder {
+            mut settings,
+            tracking_uri,
+            host_port,
+            experiment,
+            server_options,
+            own_server,
+        } = self;
+        settings.check()?;
+        let mut server = None;
+        if let Some(uri) = tracking_uri {
+            settings.set_tracking_uri(&uri)?;
+        } else if let Some((host, port)) = host_port {
+            server = ensure_server(&host, port, &server_options)?;
+            let uri = match &server {
+                Some(s) => s.url().to_owned(),
+                None => format!("http://{}:{port}", url_host(&host)),
+            };
+            settings.set_tracking_uri(&uri)?;
+        }
+        let Some(base) = settings.tracking_uri.clone() else {
+            return Err(Error::Setting {
+                name: "MLFLOW_TRACKING_URI".into(),
+                value: String::new(),
+                reason: "no tracking URI: set MLFLOW_TRACKING_URI or give a host and port".into(),
+            });
+        };
+        if let Some(s) = server.take() {
+            if own_server {
+                server = Some(s);
+            } else {
+                s.detach();
+            }
+        }
+        let experiment_name = experiment
+            .or_else(|| settings.experiment_name.clone())
+            .unwrap_or_else(|| DEFAULT_EXPERIMENT.to_owned());
+        let http = Arc::new(HttpClient::new(&base, &settings)?);
+        let experiment_id = get_or_create_experiment(&http, &experiment_name)?;
+        let sender = HttpSender {
+            http: http.clone(),
+            concurrency: settings.send_concurrency,
+        };
+        let queue = LogQueue::start(sender, settings.linger)?;
+        Ok(MlflowBackend {
+            http,
+            experiment_name,
+            experiment_id,
+            system_tags: system_tags(),
+            state: Mutex::new(HashMap::new()),
+            queue,
+            runs: RunStack::default(),
+            server,
+        })
+    }
+}
+
+/// `host` as it goes into a URL (IPv6 literals in brackets).
+fn url_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+impl MlflowBackend {
+    /// The seed's constructor: experiment `experiment` on the MLflow server at `host:port`, started
+    /// there (and left running after the program ends) when the port is free.
+    pub fn new(experiment: &str, host: &str, port: u16) -> Result<Self> {
+        Self::builder()
+            .experiment(experiment)
+            .host_port(host, port)
+            .build()
+    }
+
+    /// A builder with default settings.
+    pub fn builder() -> MlflowBackendBuilder {
+        MlflowBackendBuilder::default()
+    }
+
+    /// Settings from the `MLFLOW_*` environment variables. With `MLFLOW_TRACKING_URI` set that server
+    /// is used as is; otherwise the seed's `localhost:5000`, started there when free.
+    pub fn from_env() -> Result<Self> {
+        let settings = Settings::from_env()?;
+        let b = Self::builder().settings(settings.clone());
+        match settings.tracking_uri {
+            Some(uri) => b.tracking_uri(uri),
+            None => b.host_port(DEFAULT_HOST, DEFAULT_PORT),
+        }
+        .build()
+    }
+
+    /// HTTP requests this backend has sent so far (every attempt, retries included).
+    pub fn http_requests(&self) -> u64 {
+        self.http.requests()
+    }
+
+    /// The tracking URI (never with credentials).
+    pub fn tracking_uri(&self) -> &str {
+        self.http.base()
+    }
+
+    /// Name of the experiment runs go to.
+    pub fn experiment_name(&self) -> &str {
+        &self.experiment_name
+    }
+
+    /// Id of the experiment runs go to.
+    pub fn experiment_id(&self) -> &str {
+        &self.experiment_id
+    }
+
+    /// The server this backend started and owns, if any.
+    pub fn server(&self) -> Option<&MlflowServer> {
+        self.server.as_ref()
+    }
+
+    fn state(&self) -> MutexGuard<'_, HashMap<String, RunState>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unknown_run(&self, run_id: &str, e: Error) -> Error {
+        map_unknown_run(e, run_id, self.http.base())
+    }
+
+    /// Reads a run from the server (`runs/get`).
+    pub fn get_run(&self, run_id: &str) -> Result<RunInfo> {
+        let v = self
+            .http
+            .get("runs/get", &[("run_id", run_id)])
+            .map_err(|e| self.unknown_run(run_id, e))?;
+        Ok(parse_run(v.get("run").unwrap_or(&Value::Null)))
+    }
+
+    /// Runs of this backend's experiment matching `filter` (MLflow search syntax, `""` for all),
+    /// newest first; every page is read.
+    pub fn search_runs(&self, filter: &str) -> Result<Vec<RunInfo>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut body = json!({
+                "experiment_ids": [self.experiment_id],
+                "filter": filter,
+                "max_results": 1000,
+                "order_by": ["attributes.start_time DESC"],
+            });
+            if let Some(t) = &token {
+                body["page_token"] = json!(t);
+            }
+            let v = self
+                .http
+                .post("runs/search", &body, Idempotency::Idempotent)?;
+            if let Some(runs) = v.get("runs").and_then(Value::as_array) {
+                out.extend(runs.iter().map(parse_run));
+            }
+            match v.get("next_page_token").and_then(Value::as_str) {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Every logged point of metric `key` of `run_id` (all pages), as the server stores them.
+    pub fn metric_history(&self, run_id: &str, key: &str) -> Result<Vec<Metric>> {
+        validate::key(key)?;
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut q = vec![
+                ("run_id", run_id),
+                ("metric_key", key),
+                ("max_results", "25000"),
+            ];
+            if !token.is_empty() {
+                q.push(("page_token", &token));
+            }
+            let v = self
+                .http
+                .get("metrics/get-history", &q)
+                .map_err(|e| self.unknown_run(run_id, e))?;
+            if let Some(ms) = v.get("metrics").and_then(Value::as_array) {
+                out.extend(ms.iter().map(parse_metric));
+            }
+            match v.get("next_page_token").and_then(Value::as_str) {
+                Some(t) if !t.is_empty() => token = t.to_owned(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Sets tag `key` of `run_id` at once (`runs/set-tag`), bypassing the queue.
+    pub fn set_run_tag(&self, run_id: &str, key: &str, value: &str) -> Result<()> {
+        validate::key(key)?;
+        validate::tag_value(key, value)?;
+        self.http
+            .post(
+                "runs/set-tag",
+                &json!({"run_id": run_id, "key": key, "value": value}),
+                Idempotency::Idempotent,
+            )
+            .map_err(|e| self.unknown_run(run_id, e))?;
+        self.state()
+            .entry(run_id.to_owned())
+            .or_default()
+            .tags
+            .insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    /// The artifact URI of `run_id`: remembered from its creation, else read once with `runs/get`.
+    fn artifact_uri(&self, run_id: &str) -> Result<String> {
+        if let Some(u) = self
+            .state()
+            .get(run_id)
+            .and_then(|s| s.artifact_uri.clone())
+        {
+            return Ok(u);
+        }
+        let uri = self.get_run(run_id)?.artifact_uri;
+        self.state()
+            .entry(run_id.to_owned())
+            .or_default()
+            .artifact_uri = Some(uri.clone());
+        Ok(uri)
+    }
+
+    /// Where to put artifact `name` of `run_id`: a proxy URL or a local path.
+    fn artifact_target(&self, run_id: &str, name: &str) -> Result<ArtifactTarget> {
+        artifacts::check_name(name)?;
+        let uri = self.artifact_uri(run_id)?;
+        match ArtifactLocation::parse(&uri) {
+            ArtifactLocation::Proxy { path } => Ok(ArtifactTarget::Url(format!(
+                "{}/api/2.0/mlflow-artifacts/artifacts/{}/{}",
+                self.http.base(),
+                artifacts::encode_path(&path),
+                artifacts::encode_path(name)
+            ))),
+            ArtifactLocation::Local(dir) => {
+                let host = reqwest::Url::parse(self.http.base())
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
+                if artifacts::is_local_host(&host) || dir.exists() {
+                    Ok(ArtifactTarget::Path(dir, name.to_owned()))
+                } else {
+                    Err(Error::Artifact {
+                        name: name.to_owned(),
+                        reason: format!(
+                            "run {run_id} stores artifacts in {} on the server's machine ({host}), \
+                             which is not reachable from here; start the server with artifact \
+                             proxying (the default; not --no-serve-artifacts)",
+                            dir.display()
+                        ),
+                    })
+                }
+            }
+            ArtifactLocation::Unsupported(u) => Err(Error::Artifact {
+                name: name.to_owned(),
+                reason: format!(
+                    "run {run_id} stores artifacts at {u}, which sapsan cannot write to; start the \
+                     MLflow server with artifact proxying (the default, --serve-artifacts) so \
+                     artifacts go through it"
+                ),
+            }),
+        }
+    }
+
+    /// Lists the artifacts of `run_id` under `path` (`None`: the root).
+    pub fn list_artifacts(&self, run_id: &str, path: Option<&str>) -> Result<Vec<ArtifactFile>> {
+        let mut q = vec![("run_id", run_id)];
+        if let Some(p) = path {
+            artifacts::check_name(p)?;
+            q.push(("path", p));
+        }
+        let v = self
+            .http
+            .get("artifacts/list", &q)
+            .map_err(|e| self.unknown_run(run_id, e))?;
+        Ok(v.get("files")
+            .and_then(Value::as_array)
+            .map(|fs| {
+                fs.iter()
+                    .map(|f| ArtifactFile {
+                        path: f
+                            .get("path")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        is_dir: f.get("is_dir").and_then(Value::as_bool).unwrap_or(false),
+                        file_size: f.get("file_size").and_then(as_i64).map(|n| n as u64),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The bytes of artifact `name` of `run_id`.
+    pub fn download_artifact(&self, run_id: &str, name: &str) -> Result<Vec<u8>> {
+        match self.artifact_target(run_id, name)? {
+            ArtifactTarget::Url(url) => self.http.get_bytes(&url, &[]),
+            ArtifactTarget::Path(dir, name) => {
+                let p = dir.join(name);
+                std::fs::read(&p).map_err(|e| Error::io("reading artifact", p, e))
+            }
+        }
+    }
+
+    /// Sends `runs/update` for `run_id` (no flush) and records whether it is open.
+    fn update_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
+        let mut body = json!({"run_id": run_id, "status": status.as_str()});
+        if status != RunStatus::Running {
+            body["end_time"] = json!(now_ms());
+        }
+        self.http
+            .post("runs/update", &body, Idempotency::Idempotent)
+            .map_err(|e| self.unknown_run(run_id, e))?;
+        self.state().entry(run_id.to_owned()).or_default().open = status == RunStatus::Running;
+        Ok(())
+    }
+}
+
+enum ArtifactTarget {
+    Url(String),
+    Path(PathBuf, String),
+}
+
+impl Backend for MlflowBackend {
+    fn create_run(&self, run_name: &str, parent: Option<&str>) -> Result<String> {
+        let start = now_ms();
+        let mut tags: Vec<(String, String)> = Vec::with_capacity(self.system_tags.len() + 2);
+        tags.push(("mlflow.runName".into(), run_name.to_owned()));
+        if let Some(p) = parent {
+            tags.push(("mlflow.parentRunId".into(), p.to_owned()));
+        }
+        tags.extend(self.system_tags.iter().cloned());
+        for (k, v) in &tags {
+            validate::tag_value(k, v)?;
+        }
+        let body = json!({
+            "experiment_id": self.experiment_id,
+            "run_name": run_name,
+            "start_time": start,
+            "tags": tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+        });
+        let v = self
+            .http
+            .post("runs/create", &body, Idempotency::CreatesOnce)?;
+        let info = v.pointer("/run/info").unwrap_or(&Value::Null);
+        let run_id = info
+            .get("run_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::Mlflow {
+                method: "POST".into(),
+                url: self.http.api_url("runs/create"),
+                status: 200,
+                error_code: "BAD_RESPONSE".into(),
+                message: "the answer has no run.info.run_id".into(),
+            })?
+            .to_owned();
+        let state = RunState {
+            created_here: true,
+            open: true,
+            artifact_uri: info
+                .get("artifact_uri")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            tags: tags.into_iter().collect(),
+            ..RunState::default()
+        };
+        self.state().insert(run_id.clone(), state);
+        Ok(run_id)
+    }
+
+    fn enqueue(&self, run_id: &str, item: LogItem) -> Result<()> {
+        validate::item(&item)?;
+        {
+            let mut st = self.state();
+            let run = match st.get_mut(run_id) {
+                Some(r) => r,
+                None => st.entry(run_id.to_owned()).or_default(),
+            };
+            match &item {
+                LogItem::Metric(m) => match run.metrics.get_mut(&m.key) {
+                    Some(l) => {
+                        if l.replaced_by(m) {
+                            *l = Latest {
+                                step: m.step,
+                                ts: m.timestamp_ms,
+                                value: m.value,
+                            };
+                        }
+                    }
+                    None => {
+                        run.metrics.insert(
+                            m.key.clone(),
+                            Latest {
+                                step: m.step,
+                                ts: m.timestamp_ms,
+                                value: m.value,
+                            },
+                        );
+                    }
+                },
+                LogItem::Param { key, value } => match run.params.get(key) {
+                    // Already logged with this value: nothing to send.
+                    Some(old) if old == value => return Ok(()),
+                    Some(old) => {
+                        return Err(Error::ParamChanged {
+                            run_id: run_id.to_owned(),
+                            key: key.clone(),
+                            old: old.clone(),
+                            new: value.clone(),
+                        });
+                    }
+                    None => {
+                        run.params.insert(key.clone(), value.clone());
+                    }
+                },
+                LogItem::Tag { key, value } => {
+                    run.tags.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        self.queue.push(run_id, item);
+        Ok(())
+    }
+
+    fn upload_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        match self.artifact_target(run_id, name)? {
+            ArtifactTarget::Url(url) => self.http.put_bytes(&url, bytes),
+            ArtifactTarget::Path(dir, name) => artifacts::write_local(&dir, &name, bytes),
+        }
+    }
+
+    fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
+        let flushed = if status == RunStatus::Running {
+            Ok(())
+        } else {
+            self.queue.flush()
+        };
+        // The status is set even when delivery failed; the delivery error is reported first.
+        let updated = self.update_status(run_id, status);
+        flushed.and(updated)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.queue.flush()
+    }
+
+    fn run_data(&self, run_id: &str) -> Result<RunData> {
+        {
+            let st = self.state();
+            if let Some(s) = st.get(run_id)
+                && s.created_here
+            {
+                return Ok(s.data());
+            }
+        }
+        let mut data = self.get_run(run_id)?.data;
+        if let Some(s) = self.state().get(run_id) {
+            let mine = s.data();
+            data.params.extend(mine.params);
+            data.metrics.extend(mine.metrics);
+            data.tags.extend(mine.tags);
+        }
+        Ok(data)
+    }
+
+    fn runs(&self) -> &RunStack {
+        &self.runs
+    }
+}
+
+impl Drop for MlflowBackend {
+    /// Delivers what is queued, ends the runs left open as FINISHED, stops an owned server.
+    fn drop(&mut self) {
+        if let Err(e) = self.queue.flush() {
+            eprintln!("sapsan: some logged data could not be delivered to MLflow: {e}");
+        }
+        let open: Vec<String> = self
+            .state()
+            .iter()
+            .filter(|(_, s)| s.open)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for run in open {
+            if let Err(e) = self.update_status(&run, RunStatus::Finished) {
+                eprintln!("sapsan: could not end MLflow run {run}: {e}");
+            }
+        }
+        self.runs.drain();
+        if let Some(s) = self.server.take()
+            && let Err(e) = s.stop()
+        {
+            eprintln!("sapsan: could not stop the MLflow server: {e}");
+        }
+    }
+}
+
+/// Maps the server's RESOURCE_DOES_NOT_EXIST for a run to [`Error::UnknownRun`].
+fn map_unknown_run(e: Error, run_id: &str, base: &str) -> Error {
+    match e {
+        Error::Mlflow { ref error_code, .. } if error_code == "RESOURCE_DOES_NOT_EXIST" => {
+            Error::UnknownRun {
+                run_id: run_id.to_owned(),
+                url: base.to_owned(),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Finds experiment `name`, creating it when missing; safe against a concurrent creator.
+fn get_or_create_experiment(http: &HttpClient, name: &str) -> Result<String> {
+    let by_name = || -> Result<Option<String>> {
+        match http.get("experiments/get-by-name", &[("experiment_name", name)]) {
+            Ok(v) => {
+                let exp = v.get("experiment").unwrap_or(&Value::Null);
+                if exp.get("lifecycle_stage").and_then(Value::as_str) == Some("deleted") {
+                    return Err(Error::DeletedExperiment {
+                        name: name.to_owned(),
+                        url: http.base().to_owned(),
+                    });
+                }
+                Ok(exp
+                    .get("experiment_id")
+                    .and_then(as_string)
+                    .filter(|s| !s.is_empty()))
+            }
+            Err(e) if e.mlflow_error_code() == Some("RESOURCE_DOES_NOT_EXIST") => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    if let Some(id) = by_name()? {
+        return Ok(id);
+    }
+    match http.post(
+        "experiments/create",
+        &json!({"name": name}),
+        Idempotency::Idempotent,
+    ) {
+        Ok(v) => v
+            .get("experiment_id")
+            .and_then(as_string)
+            .ok_or_else(|| Error::Mlflow {
+                method: "POST".into(),
+                url: http.api_url("experiments/create"),
+                status: 200,
+                error_code: "BAD_RESPONSE".into(),
+                message: "the answer has no experiment_id".into(),
+            }),
+        // Someone else created it in between (or it is deleted): read it again.
+        Err(e) if e.mlflow_error_code() == Some("RESOURCE_ALREADY_EXISTS") => by_name()?.ok_or(e),
+        Err(e) => Err(e),
+    }
+}
+
+/// The system tags the Python client sets, computed once per backend.
+fn system_tags() -> Vec<(String, String)> {
+    let mut tags = vec![
+        ("mlflow.user".to_owned(), user_name()),
+        ("mlflow.source.type".to_owned(), "LOCAL".to_owned()),
+    ];
+    let source = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .or_else(|| std::env::args().next())
+        .unwrap_or_default();
+    if !source.is_empty() {
+        tags.push(("mlflow.source.name".to_owned(), source));
+    }
+    if let Some(commit) = git_commit() {
+        tags.push(("mlflow.source.git.commit".to_owned(), commit));
+    }
+    tags
+}
+
+fn user_name() -> String {
+    for var in ["LOGNAME", "USER", "LNAME", "USERNAME"] {
+        if let Ok(u) = std::env::var(var)
+            && !u.is_empty()
+        {
+            return u;
+        }
+    }
+    std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The commit checked out in the current directory's git repository, if any.
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && s.len() >= 40 && s.chars().all(|c| c.is_ascii_hexdigit())).then_some(s)
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// An int64 field, sent as a number or (protobuf JSON) as a string.
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn str_field(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn parse_metric(m: &Value) -> Metric {
+    Metric {
+        key: str_field(m, "key"),
+        value: m
+            .get("value")
+            .and_then(validate::decode_f64)
+            .unwrap_or(f64::NAN),
+        timestamp_ms: m.get("timestamp").and_then(as_i64).unwrap_or(0),
+        step: m.get("step").and_then(as_i64).unwrap_or(0),
+    }
+}
+
+fn parse_status(s: &str) -> Option<RunStatus> {
+    match s {
+        "RUNNING" => Some(RunStatus::Running),
+        "FINISHED" => Some(RunStatus::Finished),
+        "FAILED" => Some(RunStatus::Failed),
+        "KILLED" => Some(RunStatus::Killed),
+        _ => None,
+    }
+}
+
+fn kv_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|kv| (str_field(kv, "key"), str_field(kv, "value")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_run(run: &Value) -> RunInfo {
+    let info = run.get("info").unwrap_or(&Value::Null);
+    let data = run.get("data").unwrap_or(&Value::Null);
+    RunInfo {
+        run_id: str_field(info, "run_id"),
+        run_name: str_field(info, "run_name"),
+        experiment_id: info
+            .get("experiment_id")
+            .and_then(as_string)
+            .unwrap_or_default(),
+        status: info
+            .get("status")
+            .and_then(Value::as_str)
+            .and_then(parse_status),
+        start_time: info.get("start_time").and_then(as_i64),
+        end_time: info.get("end_time").and_then(as_i64),
+        artifact_uri: str_field(info, "artifact_uri"),
+        lifecycle_stage: str_field(info, "lifecycle_stage"),
+        data: RunData {
+            params: kv_map(data.get("params")),
+            tags: kv_map(data.get("tags")),
+            metrics: data
+                .get("metrics")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|m| {
+                            let m = parse_metric(m);
+                            (m.key, m.value)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+    }
+}
+
+/// Delivers batches as log-batch requests, several at once over separate connections.
+struct HttpSender {
+    http: Arc<HttpClient>,
+    concurrency: usize,
+}
+
+/// A metric value on the wire: a number, or MLflow's string for NaN and +-inf.
+struct WireValue(f64);
+
+impl Serialize for WireValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let v = self.0;
+        if v.is_finite() {
+            s.serialize_f64(v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if v > 0.0 {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireMetric<'a> {
+    key: &'a str,
+    value: WireValue,
+    timestamp: i64,
+    step: i64,
+}
+
+#[derive(Serialize)]
+struct WireKv<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireBatch<'a> {
+    run_id: &'a str,
+    metrics: Vec<WireMetric<'a>>,
+    params: Vec<WireKv<'a>>,
+    tags: Vec<WireKv<'a>>,
+}
+
+/// The log-batch request body for `b`.
+fn batch_body(b: &RunBatch) -> WireBatch<'_> {
+    WireBatch {
+        run_id: &b.run_id,
+        metrics: b
+            .metrics
+            .iter()
+            .map(|m| WireMetric {
+                key: &m.key,
+                value: WireValue(m.value),
+                timestamp: m.timestamp_ms,
+                step: m.step,
+            })
+            .collect(),
+        params: b
+            .params
+            .iter()
+            .map(|(k, v)| WireKv { key: k, value: v })
+            .collect(),
+        tags: b
+            .tags
+            .iter()
+            .map(|(k, v)| WireKv { key: k, value: v })
+            .collect(),
+    }
+}
+
+impl HttpSender {
+    fn send_one(&self, b: &RunBatch) -> Result<()> {
+        self.http
+            .post("runs/log-batch", &batch_body(b), Idempotency::Idempotent)
+            .map(drop)
+            .map_err(|e| map_unknown_run(e, &b.run_id, self.http.base()))
+    }
+}
+
+impl Deliver for HttpSender {
+    fn deliver(&mut self, batches: Vec<RunBatch>) -> Result<()> {
+        let n = batches.len();
+        let workers = self.concurrency.min(n);
+        if workers <= 1 {
+            let mut first = Ok(());
+            for b in &batches {
+                if let Err(e) = self.send_one(b) {
+                    first = first.and(Err(e));
+                }
+            }
+            return first;
+        }
+        let next = AtomicUsize::new(0);
+        let first_err: Mutex<Option<Error>> = Mutex::new(None);
+        let this = &*self;
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(b) = batches.get(i) else { break };
+                        if let Err(e) = this.send_one(b) {
+                            first_err
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        });
+        match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_batch_encodes_nan_and_inf_as_strings() {
+        let b = RunBatch {
+            run_id: Arc::from("r1"),
+            metrics: [1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY]
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| Metric {
+                    key: "m".into(),
+                    value: v,
+                    timestamp_ms: 7,
+                    step: i as i64,
+                })
+                .collect(),
+            params: vec![("p".into(), "1".into())],
+            tags: vec![],
+        };
+        let v = serde_json::to_value(batch_body(&b)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "run_id": "r1",
+                "metrics": [
+                    {"key": "m", "value": 1.5, "timestamp": 7, "step": 0},
+                    {"key": "m", "value": "NaN", "timestamp": 7, "step": 1},
+                    {"key": "m", "value": "Infinity", "timestamp": 7, "step": 2},
+                    {"key": "m", "value": "-Infinity", "timestamp": 7, "step": 3},
+                ],
+                "params": [{"key": "p", "value": "1"}],
+                "tags": [],
+            })
+        );
+    }
+
+    #[test]
+    fn parses_runs_with_strings_or_numbers() {
+        let v = json!({
+            "info": {"run_id": "abc", "run_name": "train", "experiment_id": "3", "status": "FINISHED",
+                     "start_time": "17", "end_time": 18, "artifact_uri": "mlflow-artifacts:/3/abc/artifacts",
+                     "lifecycle_stage": "active"},
+            "data": {"metrics": [{"key": "l", "value": "NaN", "timestamp": 1, "step": 0},
+                                 {"key": "i", "value": 1.7976931348623157e308, "timestamp": 1}],
+                     "params": [{"key": "p", "value": "1"}],
+                     "tags": [{"key": "mlflow.runName", "value": "train"}]}
+        });
+        let r = parse_run(&v);
+        assert_eq!(r.run_id, "abc");
+        assert_eq!(r.status, Some(RunStatus::Finished));
+        assert_eq!((r.start_time, r.end_time), (Some(17), Some(18)));
+        assert!(r.data.metrics["l"].is_nan());
+        assert_eq!(r.data.metrics["i"], f64::MAX);
+        assert_eq!(r.data.params["p"], "1");
+        assert_eq!(r.data.tags["mlflow.runName"], "train");
+        let empty = parse_run(&Value::Null);
+        assert_eq!(empty.status, None);
+    }
+
+    #[test]
+    fn unknown_run_mapping_only_for_missing_resources() {
+        let e = super::super::client::map_error(
+            "GET",
+            "u",
+            404,
+            r#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"Run with id=x not found"}"#,
+        );
+        assert!(matches!(
+            map_unknown_run(e, "x", "http://h"),
+            Error::UnknownRun { ref run_id, .. } if run_id == "x"
+        ));
+        let e = super::super::client::map_error("GET", "u", 400, "{}");
+        assert!(matches!(
+            map_unknown_run(e, "x", "http://h"),
+            Error::Mlflow { .. }
+        ));
+    }
+
+    #[test]
+    fn latest_metric_follows_step_then_time() {
+        let l = Latest {
+            step: 2,
+            ts: 10,
+            value: 1.0,
+        };
+        let m = |step, ts, value| Metric {
+            key: "k".into(),
+            value,
+            timestamp_ms: ts,
+            step,
+        };
+        assert!(l.replaced_by(&m(3, 0, 0.0)));
+        assert!(!l.replaced_by(&m(1, 99, 0.0)));
+        assert!(l.replaced_by(&m(2, 11, 0.0)));
+        assert!(l.replaced_by(&m(2, 10, 2.0)));
+        assert!(!l.replaced_by(&m(2, 10, 0.5)));
+    }
+
+    #[test]
+    fn system_tags_are_complete() {
+        let t: BTreeMap<_, _> = system_tags().into_iter().collect();
+        assert_eq!(t["mlflow.source.type"], "LOCAL");
+        assert!(!t["mlflow.user"].is_empty());
+        assert!(!t["mlflow.source.name"].is_empty());
+        // The tests run inside the project's git checkout.
+        assert_eq!(t["mlflow.source.git.commit"].len(), 40);
+    }
+}

@@ -1,0 +1,407 @@
+//! Settings of the MLflow client: where the server is, how to authenticate, timeouts and retries.
+//!
+//! Read from the same environment variables the Python client honours ([`Settings::from_env`]) or set
+//! one by one. Credentials never appear in URLs, errors or `Debug` output.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Default of `MLFLOW_HTTP_REQUEST_TIMEOUT`: 120 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default of `MLFLOW_HTTP_REQUEST_MAX_RETRIES`: 7.
+pub const DEFAULT_MAX_RETRIES: u32 = 7;
+
+/// How the client authenticates.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum Auth {
+    /// No credentials.
+    #[default]
+    None,
+    /// HTTP Basic (`MLFLOW_TRACKING_USERNAME` + `MLFLOW_TRACKING_PASSWORD`); wins over a token.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// `Authorization: Bearer <token>` (`MLFLOW_TRACKING_TOKEN`).
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => write!(f, "None"),
+            Auth::Basic { username, .. } => write!(f, "Basic({username:?}, password: <redacted>)"),
+            Auth::Bearer(_) => write!(f, "Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// Client settings. Build with [`Settings::default`] plus setters, or [`Settings::from_env`].
+#[derive(Clone)]
+pub struct Settings {
+    /// Tracking URI (`http://host:port`, no credentials; those go to [`Settings::auth`]).
+    pub tracking_uri: Option<String>,
+    /// Experiment name (`MLFLOW_EXPERIMENT_NAME`).
+    pub experiment_name: Option<String>,
+    /// Credentials.
+    pub auth: Auth,
+    /// Accept any TLS certificate (`MLFLOW_TRACKING_INSECURE_TLS`).
+    pub insecure_tls: bool,
+    /// Extra CA certificate (PEM) to trust (`MLFLOW_TRACKING_SERVER_CERT_PATH`).
+    pub server_cert_path: Option<PathBuf>,
+    /// Timeout of one HTTP request (`MLFLOW_HTTP_REQUEST_TIMEOUT`, default 120 s).
+    pub timeout: Duration,
+    /// Retries after a connection error, 429 or 5xx (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, default 7).
+    pub max_retries: u32,
+    /// First backoff delay; doubles per retry up to [`Settings::backoff_max`] (default 50 ms).
+    pub backoff_base: Duration,
+    /// Longest backoff delay (default 2 s).
+    pub backoff_max: Duration,
+    /// How long the background sender waits for more items after the first one before it sends
+    /// (default 200 ms; `flush`, a full batch and ending a run cut it short).
+    pub linger: Duration,
+    /// Log-batch requests sent at once by the background sender (default 4).
+    pub send_concurrency: usize,
+    /// Reuse HTTP connections (default `false`: a fresh connection per request, which is faster
+    /// against MLflow's uvicorn server; see `HttpClient::new`).
+    pub keep_alive: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tracking_uri: None,
+            experiment_name: None,
+            auth: Auth::None,
+            insecure_tls: false,
+            server_cert_path: None,
+            timeout: DEFAULT_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            linger: Duration::from_millis(200),
+            send_concurrency: 4,
+            keep_alive: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("tracking_uri", &self.tracking_uri)
+            .field("experiment_name", &self.experiment_name)
+            .field("auth", &self.auth)
+            .field("insecure_tls", &self.insecure_tls)
+            .field("server_cert_path", &self.server_cert_path)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("linger", &self.linger)
+            .field("send_concurrency", &self.send_concurrency)
+            .field("keep_alive", &self.keep_alive)
+            .finish()
+    }
+}
+
+fn setting(name: &str, value: &str, reason: impl Into<String>) -> Error {
+    Error::Setting {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a boolean the way MLflow does (`true`/`false`, also `1`/`0`, `yes`/`no`).
+fn parse_bool(name: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(setting(name, value, "expected `true` or `false`")),
+    }
+}
+
+impl Settings {
+    /// Reads every `MLFLOW_*` variable this client honours from the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`Settings::from_env`], reading variables through `get` (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut s = Settings::default();
+        let nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        if let Some(uri) = nonempty("MLFLOW_TRACKING_URI") {
+            s.set_tracking_uri_named("MLFLOW_TRACKING_URI", &uri)?;
+        }
+        s.experiment_name = nonempty("MLFLOW_EXPERIMENT_NAME");
+        let user = nonempty("MLFLOW_TRACKING_USERNAME");
+        let pass = get("MLFLOW_TRACKING_PASSWORD");
+        match (user, pass) {
+            (Some(username), Some(password)) => s.auth = Auth::Basic { username, password },
+            (Some(_), None) => {
+                return Err(setting(
+                    "MLFLOW_TRACKING_USERNAME",
+                    "<set>",
+                    "MLFLOW_TRACKING_PASSWORD must be set too for Basic authentication",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(setting(
+                    "MLFLOW_TRACKING_PASSWORD",
+                    "<redacted>",
+                    "MLFLOW_TRACKING_USERNAME must be set too for Basic authentication",
+                ));
+            }
+            (None, None) => {}
+        }
+        if s.auth == Auth::None
+            && let Some(token) = nonempty("MLFLOW_TRACKING_TOKEN")
+        {
+            s.auth = Auth::Bearer(token);
+        }
+        if let Some(v) = get("MLFLOW_TRACKING_INSECURE_TLS") {
+            s.insecure_tls = parse_bool("MLFLOW_TRACKING_INSECURE_TLS", &v)?;
+        }
+        if let Some(v) = nonempty("MLFLOW_TRACKING_SERVER_CERT_PATH") {
+            s.server_cert_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = nonempty("MLFLOW_HTTP_REQUEST_TIMEOUT") {
+            let secs: f64 = v.trim().parse().map_err(|_| {
+                setting(
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                    &v,
+                    "expected a number of seconds",
+                )
+            })?;
+            if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+                return Err(setting(
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                    &v,
+                    "expected a positive number of seconds",
+                ));
+            }
+            s.timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = nonempty("MLFLOW_HTTP_REQUEST_MAX_RETRIES") {
+            s.max_retries = v.trim().parse().map_err(|_| {
+                setting(
+                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                    &v,
+                    "expected a whole number >= 0",
+                )
+            })?;
+        }
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Sets the tracking URI. Credentials embedded in it (`http://user:pass@host`) are moved to
+    /// [`Settings::auth`] (unless credentials are already set) so they never show up in URLs.
+    pub fn set_tracking_uri(&mut self, uri: &str) -> Result<()> {
+        self.set_tracking_uri_named("tracking_uri", uri)
+    }
+
+    fn set_tracking_uri_named(&mut self, name: &str, uri: &str) -> Result<()> {
+        let mut url = reqwest::Url::parse(uri.trim()).map_err(|e| {
+            setting(
+                name,
+                &redact_uri(uri),
+                format!("not a URL ({e}); expected http://host:port"),
+            )
+        })?;
+        match url.scheme() {
+            "http" | "https" => {}
+            other => {
+                return Err(setting(
+                    name,
+                    &redact_uri(uri),
+                    format!(
+                        "scheme `{other}:` is not supported; sapsan talks to an MLflow server over \
+                         http(s)://host:port (start one with `mlflow server`)"
+                    ),
+                ));
+            }
+        }
+        if url.host_str().is_none() {
+            return Err(setting(name, &redact_uri(uri), "the URL has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            let username = percent_decode(url.username());
+            let password = url.password().map(percent_decode).unwrap_or_default();
+            if self.auth == Auth::None {
+                self.auth = Auth::Basic { username, password };
+            }
+            // Cannot fail for http(s) URLs with a host.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        let s = url.as_str().trim_end_matches('/').to_owned();
+        self.tracking_uri = Some(s);
+        Ok(())
+    }
+
+    /// Checks settings that only make sense together.
+    pub fn check(&self) -> Result<()> {
+        if self.insecure_tls && self.server_cert_path.is_some() {
+            return Err(setting(
+                "MLFLOW_TRACKING_INSECURE_TLS",
+                "true",
+                "cannot be combined with MLFLOW_TRACKING_SERVER_CERT_PATH; set only one of them",
+            ));
+        }
+        if self.send_concurrency == 0 {
+            return Err(setting("send_concurrency", "0", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        if b[i] == b'%'
+            && let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `uri` with any `user:password@` part replaced, for messages.
+pub(crate) fn redact_uri(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}<redacted>@{}", &uri[..s + 3], &uri[at + 1..]),
+        _ => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Settings> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let s = env(&[]).unwrap();
+        assert_eq!(s.tracking_uri, None);
+        assert_eq!(s.timeout, Duration::from_secs(120));
+        assert_eq!(s.max_retries, 7);
+        assert_eq!(s.auth, Auth::None);
+        assert!(!s.insecure_tls);
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let s = env(&[
+            ("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000/"),
+            ("MLFLOW_EXPERIMENT_NAME", "turb"),
+            ("MLFLOW_TRACKING_TOKEN", "tok"),
+            ("MLFLOW_TRACKING_INSECURE_TLS", "TRUE"),
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "2.5"),
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+        ])
+        .unwrap();
+        assert_eq!(s.tracking_uri.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(s.experiment_name.as_deref(), Some("turb"));
+        assert_eq!(s.auth, Auth::Bearer("tok".into()));
+        assert!(s.insecure_tls);
+        assert_eq!(s.timeout, Duration::from_millis(2500));
+        assert_eq!(s.max_retries, 0);
+    }
+
+    #[test]
+    fn basic_wins_over_token() {
+        let s = env(&[
+            ("MLFLOW_TRACKING_USERNAME", "ann"),
+            ("MLFLOW_TRACKING_PASSWORD", "pw"),
+            ("MLFLOW_TRACKING_TOKEN", "tok"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.auth,
+            Auth::Basic {
+                username: "ann".into(),
+                password: "pw".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "soon"),
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "-1"),
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "many"),
+            ("MLFLOW_TRACKING_INSECURE_TLS", "maybe"),
+            ("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+            ("MLFLOW_TRACKING_URI", "not a url"),
+        ] {
+            match env(&[(k, v)]) {
+                Err(Error::Setting { name, .. }) => assert_eq!(name, k),
+                other => panic!("{k}={v}: {other:?}"),
+            }
+        }
+        match env(&[("MLFLOW_TRACKING_USERNAME", "ann")]) {
+            Err(e @ Error::Setting { .. }) => assert!(e.to_string().contains("PASSWORD")),
+            other => panic!("{other:?}"),
+        }
+        match env(&[
+            ("MLFLOW_TRACKING_INSECURE_TLS", "true"),
+            ("MLFLOW_TRACKING_SERVER_CERT_PATH", "/ca.pem"),
+        ]) {
+            Err(Error::Setting { name, .. }) => assert_eq!(name, "MLFLOW_TRACKING_INSECURE_TLS"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn credentials_never_show() {
+        let s = env(&[
+            (
+                "MLFLOW_TRACKING_URI",
+                "https://bob:s3cr%40t@example.org:8443",
+            ),
+            ("MLFLOW_TRACKING_TOKEN", "tok-SECRET"),
+        ])
+        .unwrap();
+        assert_eq!(s.tracking_uri.as_deref(), Some("https://example.org:8443"));
+        assert_eq!(
+            s.auth,
+            Auth::Basic {
+                username: "bob".into(),
+                password: "s3cr@t".into()
+            }
+        );
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("s3cr"), "{dbg}");
+        assert!(dbg.contains("redacted"), "{dbg}");
+        let t = env(&[("MLFLOW_TRACKING_TOKEN", "tok-SECRET")]).unwrap();
+        assert!(!format!("{t:?}").contains("SECRET"));
+        let e = env(&[("MLFLOW_TRACKING_URI", "ftp://bob:pw@h")]).unwrap_err();
+        assert!(!e.to_string().contains("pw@"), "{e}");
+        assert!(!format!("{e:?}").contains(":pw"), "{e:?}");
+    }
+}
