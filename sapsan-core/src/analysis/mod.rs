@@ -7,9 +7,13 @@
 //! directory. Text is drawn with the DejaVu Sans font compiled into the crate, so no system font
 //! is needed.
 
+mod colormap;
+mod font;
 pub mod metrics;
+pub mod plots;
 
 pub use metrics::{
     Histogram, KsResult, SortedSample, density_pair, joint_range, kolmogorov_sf, ks_2samp,
     ks_2samp_sorted, mse,
 };
+pub use plots::{SlicePanel, pdf_cdf_png, pdf_cdf_png_sorted, slice_panels, slices_png};
