@@ -11,9 +11,11 @@ mod colormap;
 mod font;
 pub mod metrics;
 pub mod plots;
+pub mod report;
 
 pub use metrics::{
     Histogram, KsResult, SortedSample, density_pair, joint_range, kolmogorov_sf, ks_2samp,
     ks_2samp_sorted, mse,
 };
 pub use plots::{SlicePanel, pdf_cdf_png, pdf_cdf_png_sorted, slice_panels, slices_png};
+pub use report::{EpochLoss, runtime_log_html};
