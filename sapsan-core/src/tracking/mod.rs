@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use crate::error::{Error, Result};
 
 mod fake;
+pub mod scope;
 pub use fake::FakeBackend;
 
 /// Status of a run, as MLflow names it.
