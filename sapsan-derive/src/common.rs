@@ -68,14 +68,14 @@ fn distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// `; did you mean `x`?` for the closest of `known`, or nothing when none is close.
+/// ` (did you mean `x`?)` for the closest of `known`, or nothing when none is close.
 pub fn did_you_mean(word: &str, known: &[&str]) -> String {
     known
         .iter()
         .map(|k| (distance(word, k), *k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min()
-        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
         .unwrap_or_default()
 }
 
@@ -107,16 +107,16 @@ mod tests {
     fn suggestions() {
         assert_eq!(
             did_you_mean("renam", &["rename", "skip"]),
-            "; did you mean `rename`?"
+            " (did you mean `rename`?)"
         );
         assert_eq!(
             did_you_mean("prefx", &["prefix", "crate"]),
-            "; did you mean `prefix`?"
+            " (did you mean `prefix`?)"
         );
         assert_eq!(did_you_mean("zzzzzz", &["rename", "skip"]), "");
         assert_eq!(
             did_you_mean("trian", &["train", "evaluate"]),
-            "; did you mean `train`?"
+            " (did you mean `train`?)"
         );
     }
 }

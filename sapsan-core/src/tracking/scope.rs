@@ -550,9 +550,13 @@ impl<'b> RunScope<'b> {
         mode: Mode,
         name: &str,
         parent: Option<String>,
-    ) -> std::result::Result<Self, R> {
+    ) -> std::result::Result<TrackedScope<'b, R>, R> {
+        let tracked = |scope| TrackedScope {
+            scope,
+            finish: RunScope::finish_tracked::<R>,
+        };
         match Self::start(backend.clone(), mode, name, parent) {
-            Ok(scope) => Ok(scope),
+            Ok(scope) => Ok(tracked(scope)),
             Err(e) => {
                 let text = e.to_string();
                 let mut inert = Self {
@@ -577,7 +581,7 @@ impl<'b> RunScope<'b> {
                         eprintln!(
                             "sapsan: cannot start the {name:?} run, running untracked: {text}"
                         );
-                        Ok(inert)
+                        Ok(tracked(inert))
                     }
                 }
             }
@@ -609,6 +613,25 @@ impl<'b> RunScope<'b> {
             Ok(_) => output,
             Err(e) => tracking_error_into(e, output),
         }
+    }
+}
+
+/// Used by `#[tracked]`: a [`RunScope`] for a function returning `R`. Only
+/// [`RunScope::start_tracked`] requires `R: TrackedOutput`, so a wrong return type is one error.
+#[doc(hidden)]
+pub struct TrackedScope<'b, R> {
+    scope: RunScope<'b>,
+    finish: fn(RunScope<'b>, R) -> R,
+}
+
+impl<'b, R> TrackedScope<'b, R> {
+    /// Logs the params of `config`, keeping the first error for the end.
+    pub fn params_tracked(&mut self, config: &(impl ModelConfig + ?Sized)) {
+        self.scope.params_tracked(config);
+    }
+    /// Ends the scope with the function's return value (see [`RunScope::finish_tracked`]).
+    pub fn finish_tracked(self, output: R) -> R {
+        (self.finish)(self.scope, output)
     }
 }
 

@@ -73,6 +73,7 @@ pub fn expand(input: TokenStream) -> TokenStream {
         .prefix
         .as_ref()
         .map_or_else(Span::call_site, |p| p.span());
+    let mut prefix_ok = false;
     if prefix.is_empty() {
         errors.push(syn::Error::new(
             prefix_span,
@@ -83,6 +84,8 @@ pub fn expand(input: TokenStream) -> TokenStream {
             prefix_span,
             format!("prefix {prefix:?} makes invalid MLflow keys: {rule}"),
         ));
+    } else {
+        prefix_ok = true;
     }
 
     let type_params: Vec<String> = input
@@ -132,9 +135,14 @@ pub fn expand(input: TokenStream) -> TokenStream {
         };
         let key = format!("{prefix} - {name}");
         match check_key(&key) {
+            // A bad prefix is reported once, not once per field.
+            Err(_) if !prefix_ok => {}
             Err(rule) => errors.push(syn::Error::new(
                 name_span,
-                format!("parameter key {key:?} would be rejected by MLflow: {rule}; choose another name with `#[sapsan(rename = \"...\")]`"),
+                format!(
+                    "parameter key {} would be rejected by MLflow: {rule}; choose another name with `#[sapsan(rename = \"...\")]`",
+                    shorten(&key)
+                ),
             )),
             Ok(()) => {
                 if let Some((_, first)) = keys.iter().find(|(k, _)| *k == key) {
@@ -188,6 +196,15 @@ pub fn expand(input: TokenStream) -> TokenStream {
                 ::core::result::Result::Ok(__sapsan_params.finish())
             }
         }
+    }
+}
+
+/// The key for a message: quoted, long ones cut to their first 40 characters.
+fn shorten(key: &str) -> String {
+    if key.chars().count() > 60 {
+        format!("{:?}...", key.chars().take(40).collect::<String>())
+    } else {
+        format!("{key:?}")
     }
 }
 

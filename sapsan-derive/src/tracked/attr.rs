@@ -37,6 +37,7 @@ pub fn parse(args: TokenStream, errors: &mut Errors) -> Args {
         krate: None,
     };
     let mut seen: Vec<String> = Vec::new();
+    let mut unknown = false;
     let parser = syn::meta::parser(|meta| {
         let path = &meta.path;
         let name = quote::quote!(#path).to_string().replace(' ', "");
@@ -86,6 +87,7 @@ pub fn parse(args: TokenStream, errors: &mut Errors) -> Args {
                 });
             }
             other => {
+                unknown = true;
                 errors.push(syn::Error::new(
                     span,
                     format!(
@@ -102,7 +104,8 @@ pub fn parse(args: TokenStream, errors: &mut Errors) -> Args {
     if let Err(e) = parser.parse2(args) {
         errors.push(e);
     }
-    if a.mode.is_none() {
+    // After an unknown option (likely a misspelt mode) "missing mode" would only repeat it.
+    if a.mode.is_none() && !unknown {
         errors.push(syn::Error::new(
             Span::call_site(),
             "missing mode: write `#[tracked(train)]` or `#[tracked(evaluate)]`",

@@ -115,7 +115,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
     if !errors.is_empty() {
         let errs = errors.into_compile_errors();
-        return quote!(#errs #func);
+        // The backend argument is used only by the expansion: don't add "unused" warnings.
+        return quote!(#errs #[allow(unused_variables)] #func);
     }
     let Some((mode, _)) = args.mode else {
         return func.into_token_stream();
@@ -143,6 +144,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         syn::ReturnType::Type(_, ty) => (ty.to_token_stream(), ty.span()),
     };
     let start = quote_spanned!(ret_span=> #scope::RunScope::start_tracked::<#ret_ty>);
+    // Same span as `start`: a return type that is not a `TrackedOutput` is reported once.
+    let finish = quote_spanned!(ret_span=> __sapsan_scope.finish_tracked(__sapsan_output));
     let backend_handle =
         quote_spanned!(backend.span()=> #scope::BackendArg::backend_handle(&(#backend)));
     let params = args.params.iter().map(|p| {
@@ -167,7 +170,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             #(#params)*
             #[allow(clippy::redundant_closure_call)]
             let __sapsan_output: #ret_ty = (|| -> #ret_ty #block)();
-            __sapsan_scope.finish_tracked(__sapsan_output)
+            #finish
         }
     }
 }
