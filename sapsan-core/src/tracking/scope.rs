@@ -302,6 +302,24 @@ pub fn last_run_id() -> Option<String> {
 // ---- the scope ----------------------------------------------------------------------------
 
 /// One tracked run from start to finish. See the [module documentation](self).
+///
+/// By hand (what `#[tracked]` writes for you):
+/// ```
+/// use sapsan_core::tracking::scope::{Report, RunScope};
+/// use sapsan_core::tracking::{Backend, FakeBackend};
+///
+/// let backend = FakeBackend::new();
+/// let mut train = RunScope::train(&backend, "train")?;
+/// // ... log params with `train.log_params(&config)?`, train the model ...
+/// let mut report = Report::new();
+/// report.final_epoch(50).metric("loss", 0.01);
+/// let train_id = train.finish(&report)?; // logs `train - ...`, stays open
+///
+/// let eval = RunScope::evaluate(&backend, "evaluate", None)?; // nested under `train_id`
+/// eval.fail("target cube missing")?; // FAILED, error text in the `sapsan.error` tag
+/// assert_eq!(backend.active_run_id(), Some(train_id));
+/// # Ok::<(), sapsan_core::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct RunScope<'b> {
     backend: BackendHandle<'b>,
