@@ -1,0 +1,631 @@
+//! [`Hdf5Dataset`]: Sapsan's HDF5 layout read into sub-cube batches.
+//!
+//! For every checkpoint and feature one file, named by the path template
+//! ([`format_path`](super::format_path)); inside it one dataset of shape (C, D, H, W) or (D, H, W)
+//! (read as C = 1), float32 or float64. Per checkpoint the features are stacked along C, the cube is
+//! optionally decimated ([`sample_equidistant`]) and cut into non-overlapping sub-cubes
+//! ([`cut_cube`]); the checkpoints follow each other along the sample axis N. [`restore_cube`]
+//! undoes the cut.
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array4, Array5, ArrayView4, ArrayView5, Axis, s};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::seq::SliceRandom;
+
+use super::config::{CheckpointConfig, DataConfig};
+use super::template::format_path;
+use crate::{Error, Result};
+
+/// Loads Sapsan-layout HDF5 data: [`DataConfig`] says which files, [`CheckpointConfig`] which
+/// checkpoints and how to cut them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hdf5Dataset {
+    /// Files, features, targets, labels, shuffling.
+    pub data: DataConfig,
+    /// Checkpoints, cube size, sampling, sub-cube size.
+    pub chkpnt: CheckpointConfig,
+    /// Share of the sub-cubes used for training, in (0, 1]; the rest is validation.
+    pub train_fraction: f64,
+    /// Seed of the shuffle (used when `data.shuffle` is set).
+    pub seed: u64,
+}
+
+/// A set of sub-cubes with their targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    /// Input sub-cubes, shape (N, C, D, H, W) with C the stacked feature channels.
+    pub features: Array5<f32>,
+    /// Target sub-cubes, shape (N, C_target, D, H, W), when a target was configured.
+    pub target: Option<Array5<f32>>,
+    /// Where each sample sits in cut order: `checkpoint_position * per_cube + sub_cube`.
+    pub index: Vec<usize>,
+}
+
+impl Samples {
+    /// Number of samples (N).
+    pub fn len(&self) -> usize {
+        self.features.len_of(Axis(0))
+    }
+
+    /// `true` when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How the cubes were cut: what [`restore_cube`] needs to put sub-cubes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CubeLayout {
+    /// Number of checkpoints loaded.
+    pub checkpoints: usize,
+    /// Size (D, H, W) of each checkpoint's cube after sampling.
+    pub cube_size: [usize; 3],
+    /// Size (D, H, W) of one sub-cube.
+    pub batch_size: [usize; 3],
+    /// Sub-cubes along each axis: `cube_size / batch_size`.
+    pub blocks: [usize; 3],
+    /// Sub-cubes taken from each cube: `min(batch_num, blocks product)`.
+    pub per_cube: usize,
+}
+
+impl CubeLayout {
+    /// `true` when every sub-cube of each cube is kept, so [`restore_cube`] can rebuild the cubes.
+    pub fn is_complete(&self) -> bool {
+        self.per_cube == self.blocks.iter().product::<usize>()
+    }
+}
+
+/// The result of [`Hdf5Dataset::load`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// Training samples (the first `floor(N * train_fraction)`, at least one, after shuffling).
+    pub train: Samples,
+    /// Validation samples: the rest (may be empty, for example with `train_fraction = 1`).
+    pub valid: Samples,
+    /// How the cubes were cut.
+    pub layout: CubeLayout,
+}
+
+impl Hdf5Dataset {
+    /// A dataset reading `data` at the checkpoints of `chkpnt`, training on `train_fraction` of
+    /// the sub-cubes; shuffle seed 0. Settings are checked by [`load`](Self::load).
+    pub fn new(data: DataConfig, chkpnt: CheckpointConfig, train_fraction: f64) -> Self {
+        Hdf5Dataset {
+            data,
+            chkpnt,
+            train_fraction,
+            seed: 0,
+        }
+    }
+
+    /// The same dataset with shuffle seed `seed`.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The file holding `feature` at checkpoint `checkpoint` (a checkpoint number, multiplied by
+    /// the time granularity before formatting).
+    pub fn file_path(&self, checkpoint: usize, feature: &str) -> Result<PathBuf> {
+        let value = self.chkpnt.time_granularity * checkpoint as f64;
+        format_path(&self.data.path, value, feature).map(PathBuf::from)
+    }
+
+    /// Checks the settings and returns how the cubes will be cut.
+    pub fn layout(&self) -> Result<CubeLayout> {
+        let c = &self.chkpnt;
+        let template = PathBuf::from(&self.data.path);
+        if c.time.is_empty() {
+            return Err(Error::Data {
+                path: template,
+                dataset: None,
+                reason: "no checkpoints selected (chkpnt - time is empty); list at least one"
+                    .into(),
+            });
+        }
+        if self.data.features.is_empty() {
+            return Err(Error::Data {
+                path: template,
+                dataset: None,
+                reason: "no features selected (data - features is empty); list at least one".into(),
+            });
+        }
+        if self.data.target.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Data {
+                path: template,
+                dataset: None,
+                reason: "no target features selected (data - target is an empty list); list at \
+                         least one or set it to None"
+                    .into(),
+            });
+        }
+        check_labels(
+            "data - features_label",
+            &self.data.features,
+            &self.data.features_label,
+        )?;
+        if let Some(t) = &self.data.target {
+            check_labels("data - target_label", t, &self.data.target_label)?;
+        }
+        if self.data.axis != 3 {
+            return Err(setting(
+                "data - axis",
+                self.data.axis,
+                "only 3D cubes (axis = 3) are supported".into(),
+            ));
+        }
+        if !(self.train_fraction > 0.0 && self.train_fraction <= 1.0) {
+            return Err(setting(
+                "train_fraction",
+                self.train_fraction,
+                "must be in (0, 1]".into(),
+            ));
+        }
+        if !(c.time_granularity.is_finite()) {
+            return Err(setting(
+                "chkpnt - time_granularity",
+                c.time_granularity,
+                "must be a finite number".into(),
+            ));
+        }
+        if c.initial_size.contains(&0) {
+            return Err(setting(
+                "chkpnt - initial size",
+                py_list(&c.initial_size),
+                "sizes must be at least 1".into(),
+            ));
+        }
+        if let Some(to) = c.sample_to_size {
+            for a in 0..3 {
+                if to[a] == 0 || !c.initial_size[a].is_multiple_of(to[a]) {
+                    return Err(setting(
+                        "chkpnt - sample to size",
+                        py_list(&to),
+                        format!(
+                            "equidistant sampling takes every n-th point, so each size must divide \
+                             the initial size {}; axis {a} does not",
+                            py_list(&c.initial_size)
+                        ),
+                    ));
+                }
+            }
+        }
+        let cube = c.cube_size();
+        let mut blocks = [0; 3];
+        for a in 0..3 {
+            if c.batch_size[a] == 0 || !cube[a].is_multiple_of(c.batch_size[a]) {
+                return Err(setting(
+                    "chkpnt - batch_size",
+                    py_list(&c.batch_size),
+                    format!(
+                        "sub-cubes must tile the cube {} exactly; axis {a} does not divide (choose \
+                         a divisor of each cube size)",
+                        py_list(&cube)
+                    ),
+                ));
+            }
+            blocks[a] = cube[a] / c.batch_size[a];
+        }
+        if c.batch_num == 0 {
+            return Err(setting(
+                "chkpnt - batch_num",
+                0,
+                "must be at least 1 (sub-cubes taken per checkpoint)".into(),
+            ));
+        }
+        Ok(CubeLayout {
+            checkpoints: c.time.len(),
+            cube_size: cube,
+            batch_size: c.batch_size,
+            blocks,
+            per_cube: c.batch_num.min(blocks.iter().product()),
+        })
+    }
+
+    /// Reads every checkpoint and returns all sub-cubes in cut order (checkpoints in the order of
+    /// `chkpnt.time`, sub-cubes of each cube as [`cut_cube`] orders them), unshuffled and unsplit:
+    /// what evaluation and [`restore_cube`] want.
+    pub fn load_all(&self) -> Result<(Samples, CubeLayout)> {
+        let layout = self.layout()?;
+        let mut features = Vec::with_capacity(layout.checkpoints);
+        let mut targets = Vec::with_capacity(layout.checkpoints);
+        // Channels of each file at the first checkpoint: later checkpoints must match.
+        let (mut x_channels, mut y_channels) = (Vec::new(), Vec::new());
+        for &t in &self.chkpnt.time {
+            let x = self.checkpoint_cube(
+                t,
+                &self.data.features,
+                self.data.features_label.as_deref(),
+                &mut x_channels,
+            )?;
+            features.push(self.cut(x.view(), &layout)?);
+            if let Some(target) = &self.data.target {
+                let y = self.checkpoint_cube(
+                    t,
+                    target,
+                    self.data.target_label.as_deref(),
+                    &mut y_channels,
+                )?;
+                targets.push(self.cut(y.view(), &layout)?);
+            }
+        }
+        let features = concat(features, "data - features")?;
+        let target = if self.data.target.is_some() {
+            Some(concat(targets, "data - target")?)
+        } else {
+            None
+        };
+        let n = features.len_of(Axis(0));
+        Ok((
+            Samples {
+                features,
+                target,
+                index: (0..n).collect(),
+            },
+            layout,
+        ))
+    }
+
+    /// Reads every checkpoint, cuts the cubes, shuffles the sub-cubes when `data.shuffle` is set
+    /// (seeded by `seed`) and splits them into training and validation samples.
+    pub fn load(&self) -> Result<Loaded> {
+        let (all, layout) = self.load_all()?;
+        let n = all.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        if self.data.shuffle {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(self.seed);
+            order.shuffle(&mut rng);
+        }
+        let n_train = ((n as f64 * self.train_fraction).floor() as usize).clamp(1, n);
+        let pick = |idx: &[usize]| Samples {
+            features: all.features.select(Axis(0), idx),
+            target: all.target.as_ref().map(|t| t.select(Axis(0), idx)),
+            index: idx.to_vec(),
+        };
+        Ok(Loaded {
+            train: pick(&order[..n_train]),
+            valid: pick(&order[n_train..]),
+            layout,
+        })
+    }
+
+    /// The (C, D, H, W) cube of checkpoint `t`: `columns` stacked along C, sampled. `channels`
+    /// holds each column's channel count from the first checkpoint (empty before it).
+    fn checkpoint_cube(
+        &self,
+        t: usize,
+        columns: &[String],
+        labels: Option<&[String]>,
+        channels: &mut Vec<usize>,
+    ) -> Result<Array4<f32>> {
+        let first = channels.is_empty();
+        let mut parts = Vec::with_capacity(columns.len());
+        for (i, feature) in columns.iter().enumerate() {
+            let path = self.file_path(t, feature)?;
+            if !path.is_file() {
+                return Err(Error::Data {
+                    path,
+                    dataset: labels.map(|l| l[i].clone()),
+                    reason: format!(
+                        "file not found (checkpoint {t}, feature {feature:?}, from data - path {:?}); \
+                         check the template, the checkpoint list and the working directory",
+                        self.data.path
+                    ),
+                });
+            }
+            let (cube, name) = read_named(&path, labels.map(|l| l[i].as_str()))?;
+            let (_, d, h, w) = cube.dim();
+            if [d, h, w] != self.chkpnt.initial_size {
+                return Err(Error::Data {
+                    path,
+                    dataset: Some(name),
+                    reason: format!(
+                        "the cube is {}, but chkpnt - initial size is {}; set initial_size to the \
+                         size of the files",
+                        py_list(&[d, h, w]),
+                        py_list(&self.chkpnt.initial_size)
+                    ),
+                });
+            }
+            let c = cube.dim().0;
+            if first {
+                channels.push(c);
+            } else if channels[i] != c {
+                return Err(Error::Data {
+                    path,
+                    dataset: Some(name),
+                    reason: format!(
+                        "has {c} channel(s) but the same feature at checkpoint {} has {}; every \
+                         checkpoint must hold the same channels",
+                        self.chkpnt.time[0], channels[i]
+                    ),
+                });
+            }
+            parts.push(cube);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        let cube = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Data {
+            path: PathBuf::from(&self.data.path),
+            dataset: None,
+            reason: format!("cannot stack the features of checkpoint {t}: {e}"),
+        })?;
+        match self.chkpnt.sample_to_size {
+            Some(to) => sample_equidistant(cube.view(), to),
+            None => Ok(cube),
+        }
+    }
+
+    fn cut(&self, cube: ArrayView4<f32>, layout: &CubeLayout) -> Result<Array5<f32>> {
+        let all = cut_cube(cube, layout.batch_size)?;
+        Ok(all.slice_move(s![..layout.per_cube, .., .., .., ..]))
+    }
+}
+
+/// Reads one dataset of one file as a (C, D, H, W) float32 cube: the dataset named `label`, or
+/// else the last one in name order (as h5py's `list(file.keys())[-1]`). A (D, H, W) dataset is
+/// read as C = 1; float64 is converted to float32. Every value must be finite.
+pub fn read_cube(path: &Path, label: Option<&str>) -> Result<Array4<f32>> {
+    read_named(path, label).map(|(cube, _)| cube)
+}
+
+/// [`read_cube`], also returning the name of the dataset read.
+fn read_named(path: &Path, label: Option<&str>) -> Result<(Array4<f32>, String)> {
+    let err = |dataset: Option<&str>, reason: String| Error::Data {
+        path: path.to_path_buf(),
+        dataset: dataset.map(str::to_string),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(err(label, "file not found; check the path".into()));
+    }
+    let file = hdf5::File::open(path).map_err(|e| {
+        err(
+            label,
+            format!(
+                "cannot open it as HDF5 ({e}); the file is truncated, corrupt or not HDF5: \
+                 re-create or re-download it"
+            ),
+        )
+    })?;
+    let mut names = file.member_names().map_err(|e| {
+        err(
+            label,
+            format!("cannot list the datasets ({e}); the file may be corrupt: re-create it"),
+        )
+    })?;
+    names.sort();
+    let name = match label {
+        Some(l) => {
+            if !names.iter().any(|n| n == l) {
+                return Err(err(
+                    Some(l),
+                    format!(
+                        "no dataset with this label; the file has {names:?}: fix the label \
+                         (data - features_label / data - target_label) or leave it unset to take \
+                         the last dataset"
+                    ),
+                ));
+            }
+            l.to_string()
+        }
+        None => names
+            .last()
+            .cloned()
+            .ok_or_else(|| err(None, "the file holds no datasets; re-create it".into()))?,
+    };
+    let ds = file.dataset(&name).map_err(|e| {
+        err(
+            Some(&name),
+            format!("{name:?} is not a readable dataset ({e}); name a dataset with a label"),
+        )
+    })?;
+    let dtype = ds.dtype().and_then(|t| t.to_descriptor()).map_err(|e| {
+        err(
+            Some(&name),
+            format!("cannot read the data type ({e}); the file may be corrupt"),
+        )
+    })?;
+    if !matches!(dtype, hdf5::types::TypeDescriptor::Float(_)) {
+        return Err(err(
+            Some(&name),
+            format!(
+                "holds {dtype} data; sapsan reads float32 or float64 only: convert the dataset"
+            ),
+        ));
+    }
+    let shape = ds.shape();
+    let shape4 = match shape.as_slice() {
+        &[d, h, w] => [1, d, h, w],
+        &[c, d, h, w] => [c, d, h, w],
+        other => {
+            return Err(err(
+                Some(&name),
+                format!(
+                    "has shape {other:?} (rank {}); expected (C, D, H, W) or (D, H, W): write one \
+                     cube per file",
+                    other.len()
+                ),
+            ));
+        }
+    };
+    if shape4.contains(&0) {
+        return Err(err(
+            Some(&name),
+            format!("has an empty shape {shape:?}; re-create the file"),
+        ));
+    }
+    let raw: Vec<f32> = ds.read_raw::<f32>().map_err(|e| {
+        err(
+            Some(&name),
+            format!("reading failed ({e}); the file is truncated or corrupt: re-create it"),
+        )
+    })?;
+    if let Some(first) = raw.iter().position(|v| !v.is_finite()) {
+        let count = raw.iter().filter(|v| !v.is_finite()).count();
+        let [_, d, h, w] = shape4;
+        let (c, rest) = (first / (d * h * w), first % (d * h * w));
+        let (z, y, x) = (rest / (h * w), (rest / w) % h, rest % w);
+        return Err(err(
+            Some(&name),
+            format!(
+                "value at [channel {c}, {z}, {y}, {x}] is {}{}; {count} non-finite value(s) in \
+                 total: clean the data (NaN/inf cannot be trained on)",
+                raw[first],
+                if matches!(
+                    dtype,
+                    hdf5::types::TypeDescriptor::Float(hdf5::types::FloatSize::U8)
+                ) {
+                    " after conversion to float32"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let cube = Array4::from_shape_vec(shape4, raw).map_err(|e| {
+        err(
+            Some(&name),
+            format!("data does not match its shape {shape:?} ({e})"),
+        )
+    })?;
+    Ok((cube, name))
+}
+
+/// Sapsan's `EquidistantSampling`: keeps every `size / to`-th point along each spatial axis,
+/// starting at 0. Each `to` must divide the cube's size.
+pub fn sample_equidistant(cube: ArrayView4<f32>, to: [usize; 3]) -> Result<Array4<f32>> {
+    let [_, d, h, w] = dims(&cube);
+    let from = [d, h, w];
+    let mut step = [1isize; 3];
+    for a in 0..3 {
+        if to[a] == 0 || !from[a].is_multiple_of(to[a]) {
+            return Err(setting(
+                "chkpnt - sample to size",
+                py_list(&to),
+                format!("each size must divide the cube size {}", py_list(&from)),
+            ));
+        }
+        step[a] = (from[a] / to[a]) as isize;
+    }
+    Ok(cube
+        .slice(s![.., ..;step[0], ..;step[1], ..;step[2]])
+        .to_owned())
+}
+
+/// Cuts a (C, D, H, W) cube into non-overlapping sub-cubes of `batch` = (d, h, w), returned as
+/// (N, C, d, h, w). Order: the D block index varies slowest, the W block index fastest (row-major
+/// over the block grid). Each `batch` size must divide the cube's size.
+pub fn cut_cube(cube: ArrayView4<f32>, batch: [usize; 3]) -> Result<Array5<f32>> {
+    let [c, d, h, w] = dims(&cube);
+    let size = [d, h, w];
+    let blocks = block_grid(size, batch, "chkpnt - batch_size")?;
+    let n = blocks.iter().product();
+    let mut out = Array5::<f32>::zeros((n, c, batch[0], batch[1], batch[2]));
+    for (i, mut sub) in out.outer_iter_mut().enumerate() {
+        let (z, y, x) = block_origin(i, blocks, batch);
+        sub.assign(&cube.slice(s![.., z..z + batch[0], y..y + batch[1], x..x + batch[2]]));
+    }
+    Ok(out)
+}
+
+/// Puts sub-cubes (N, C, d, h, w) in [`cut_cube`] order back into full cubes of `cube_size`,
+/// returned as (N / per_cube, C, D, H, W). N must be a whole number of cubes.
+pub fn restore_cube(subcubes: ArrayView5<f32>, cube_size: [usize; 3]) -> Result<Array5<f32>> {
+    let (n, c, bd, bh, bw) = subcubes.dim();
+    let batch = [bd, bh, bw];
+    let blocks = block_grid(cube_size, batch, "cube size")?;
+    let per_cube: usize = blocks.iter().product();
+    if !n.is_multiple_of(per_cube) {
+        return Err(setting(
+            "sub-cubes",
+            n,
+            format!(
+                "a cube of {} holds {per_cube} sub-cubes of {}, so the count must be a multiple \
+                 of {per_cube} (were some dropped by chkpnt - batch_num or the split?)",
+                py_list(&cube_size),
+                py_list(&batch)
+            ),
+        ));
+    }
+    let mut out = Array5::<f32>::zeros((n / per_cube, c, cube_size[0], cube_size[1], cube_size[2]));
+    for (i, sub) in subcubes.outer_iter().enumerate() {
+        let (z, y, x) = block_origin(i % per_cube, blocks, batch);
+        out.slice_mut(s![i / per_cube, .., z..z + bd, y..y + bh, x..x + bw])
+            .assign(&sub);
+    }
+    Ok(out)
+}
+
+fn block_grid(size: [usize; 3], batch: [usize; 3], name: &str) -> Result<[usize; 3]> {
+    let mut blocks = [0; 3];
+    for a in 0..3 {
+        if batch[a] == 0 || !size[a].is_multiple_of(batch[a]) {
+            return Err(setting(
+                name,
+                py_list(&batch),
+                format!(
+                    "sub-cubes of {} do not tile a cube of {} (axis {a}); choose sizes that divide",
+                    py_list(&batch),
+                    py_list(&size)
+                ),
+            ));
+        }
+        blocks[a] = size[a] / batch[a];
+    }
+    Ok(blocks)
+}
+
+fn block_origin(i: usize, blocks: [usize; 3], batch: [usize; 3]) -> (usize, usize, usize) {
+    let x = i % blocks[2];
+    let y = (i / blocks[2]) % blocks[1];
+    let z = i / (blocks[2] * blocks[1]);
+    (z * batch[0], y * batch[1], x * batch[2])
+}
+
+fn dims(cube: &ArrayView4<f32>) -> [usize; 4] {
+    let (c, d, h, w) = cube.dim();
+    [c, d, h, w]
+}
+
+fn concat(parts: Vec<Array5<f32>>, what: &str) -> Result<Array5<f32>> {
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Setting {
+        name: what.to_string(),
+        value: String::new(),
+        reason: format!(
+            "checkpoints disagree in the number of channels ({e}); every checkpoint's files \
+             must hold the same channels"
+        ),
+    })
+}
+
+fn check_labels(name: &str, columns: &[String], labels: &Option<Vec<String>>) -> Result<()> {
+    match labels {
+        Some(l) if l.len() != columns.len() => Err(setting(
+            name,
+            format!("{l:?}"),
+            format!(
+                "gives {} label(s) for {} feature(s) {columns:?}; give one dataset name per \
+                 feature or None",
+                l.len(),
+                columns.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn setting(name: &str, value: impl ToString, reason: String) -> Error {
+    Error::Setting {
+        name: name.to_string(),
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// `[32, 32, 32]`, as Python prints a list.
+fn py_list(v: &[usize]) -> String {
+    let items: Vec<String> = v.iter().map(ToString::to_string).collect();
+    format!("[{}]", items.join(", "))
+}

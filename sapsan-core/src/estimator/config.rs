@@ -1,0 +1,210 @@
+//! [`Cnn3dConfig`]: the settings of the CNN3d estimator, with Sapsan's names, order and defaults.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Settings of the CNN3d estimator, as Sapsan's `CNN3dConfig` has them (same field names, order and
+/// defaults), plus `kwargs` for extra user parameters.
+///
+/// Build it with struct-update syntax or the `with_*` setters:
+/// ```
+/// use sapsan_core::estimator::Cnn3dConfig;
+/// let config = Cnn3dConfig::default().with_n_epochs(5).with_patience(3);
+/// assert_eq!(config.min_lr(), 1e-5); // lr * 1e-2 when not given
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cnn3dConfig {
+    /// Number of training epochs (default 1).
+    pub n_epochs: usize,
+    /// Directory for training logs (default `./logs/`); kept for parity with Sapsan, which writes
+    /// its training logs there.
+    pub logdir: PathBuf,
+    /// Epochs without improvement before the learning rate is reduced and before training stops
+    /// early (default 10).
+    pub patience: usize,
+    /// Smallest drop of the train loss that counts as an improvement for early stopping
+    /// (default 1e-5).
+    pub min_delta: f64,
+    /// Learning rate of the Adam optimizer (default 1e-3).
+    pub lr: f64,
+    /// Floor of the learning rate schedule; `None` means `lr * 1e-2` (see [`Cnn3dConfig::min_lr`]).
+    pub min_lr: Option<f64>,
+    /// Device to train on (default `"cpu"`, the only one this build supports).
+    pub device: String,
+    /// Extra user parameters, logged next to the fields.
+    pub kwargs: BTreeMap<String, String>,
+}
+
+impl Default for Cnn3dConfig {
+    fn default() -> Self {
+        Self {
+            n_epochs: 1,
+            logdir: PathBuf::from("./logs/"),
+            patience: 10,
+            min_delta: 1e-5,
+            lr: 1e-3,
+            min_lr: None,
+            device: "cpu".to_string(),
+            kwargs: BTreeMap::new(),
+        }
+    }
+}
+
+impl Cnn3dConfig {
+    /// The learning-rate floor in effect: `min_lr` if set, else `lr * 1e-2`.
+    pub fn min_lr(&self) -> f64 {
+        self.min_lr.unwrap_or(self.lr * 1e-2)
+    }
+
+    /// Sets `n_epochs`.
+    pub fn with_n_epochs(mut self, n_epochs: usize) -> Self {
+        self.n_epochs = n_epochs;
+        self
+    }
+
+    /// Sets `logdir`.
+    pub fn with_logdir(mut self, logdir: impl Into<PathBuf>) -> Self {
+        self.logdir = logdir.into();
+        self
+    }
+
+    /// Sets `patience`.
+    pub fn with_patience(mut self, patience: usize) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    /// Sets `min_delta`.
+    pub fn with_min_delta(mut self, min_delta: f64) -> Self {
+        self.min_delta = min_delta;
+        self
+    }
+
+    /// Sets `lr`.
+    pub fn with_lr(mut self, lr: f64) -> Self {
+        self.lr = lr;
+        self
+    }
+
+    /// Sets `min_lr` (the learning-rate floor).
+    pub fn with_min_lr(mut self, min_lr: f64) -> Self {
+        self.min_lr = Some(min_lr);
+        self
+    }
+
+    /// Sets `device`.
+    pub fn with_device(mut self, device: impl Into<String>) -> Self {
+        self.device = device.into();
+        self
+    }
+
+    /// Adds (or replaces) one extra user parameter.
+    pub fn with_kwarg(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.kwargs.insert(key.into(), value.to_string());
+        self
+    }
+
+    /// Checks the settings before training; the error says which one to change and how.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Estimator(format!("invalid Cnn3dConfig: {msg}")));
+        if self.n_epochs == 0 {
+            return bad("n_epochs is 0; set n_epochs to at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!(
+                "lr is {}; set lr to a positive number such as 1e-3",
+                self.lr
+            ));
+        }
+        let min_lr = self.min_lr();
+        if !(min_lr.is_finite() && min_lr >= 0.0) {
+            return bad(format!(
+                "min_lr is {min_lr}; set min_lr to a number >= 0 (or leave it unset for lr * 1e-2)"
+            ));
+        }
+        if min_lr > self.lr {
+            return bad(format!(
+                "min_lr ({min_lr}) is larger than lr ({}); set min_lr below lr",
+                self.lr
+            ));
+        }
+        if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
+            return bad(format!(
+                "min_delta is {}; set min_delta to a number >= 0 such as 1e-5",
+                self.min_delta
+            ));
+        }
+        if self.device != "cpu" {
+            return bad(format!(
+                "device {:?} is not available: this build runs candle on the CPU; set device to \"cpu\"",
+                self.device
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sapsans() {
+        let c = Cnn3dConfig::default();
+        assert_eq!(c.n_epochs, 1);
+        assert_eq!(c.logdir, PathBuf::from("./logs/"));
+        assert_eq!(c.patience, 10);
+        assert_eq!(c.min_delta, 1e-5);
+        assert_eq!(c.lr, 1e-3);
+        assert_eq!(c.min_lr, None);
+        assert!((c.min_lr() - 1e-5).abs() < 1e-20);
+        assert_eq!(c.device, "cpu");
+        assert!(c.kwargs.is_empty());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn setters_set_and_min_lr_resolves() {
+        let c = Cnn3dConfig::default()
+            .with_n_epochs(3)
+            .with_logdir("/tmp/x")
+            .with_patience(2)
+            .with_min_delta(0.5)
+            .with_lr(0.1)
+            .with_device("cpu")
+            .with_kwarg("batch", 4);
+        assert_eq!(
+            (c.n_epochs, c.patience, c.min_delta, c.lr),
+            (3, 2, 0.5, 0.1)
+        );
+        assert_eq!(c.logdir, PathBuf::from("/tmp/x"));
+        assert!((c.min_lr() - 1e-3).abs() < 1e-15);
+        assert_eq!(c.kwargs.get("batch").map(String::as_str), Some("4"));
+        assert_eq!(c.with_min_lr(0.02).min_lr(), 0.02);
+    }
+
+    #[test]
+    fn validate_names_the_setting_to_fix() {
+        let cases: Vec<(Cnn3dConfig, &str)> = vec![
+            (Cnn3dConfig::default().with_n_epochs(0), "set n_epochs"),
+            (Cnn3dConfig::default().with_lr(0.0), "set lr"),
+            (Cnn3dConfig::default().with_lr(f64::NAN), "set lr"),
+            (Cnn3dConfig::default().with_min_lr(-1.0), "set min_lr"),
+            (
+                Cnn3dConfig::default().with_min_lr(1.0),
+                "set min_lr below lr",
+            ),
+            (Cnn3dConfig::default().with_min_delta(-1.0), "set min_delta"),
+            (Cnn3dConfig::default().with_device("cuda"), "set device"),
+        ];
+        for (c, want) in cases {
+            let err = c.validate().unwrap_err();
+            assert!(matches!(err, Error::Estimator(_)));
+            assert!(
+                err.to_string().contains(want),
+                "{err} should contain {want:?}"
+            );
+        }
+    }
+}
