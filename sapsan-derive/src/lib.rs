@@ -1,15 +1,141 @@
-//! Procedural macros of sapsan. This crate only turns tokens into code: the generated code calls
-//! the public runtime API of `sapsan-core`.
+//! Procedural macros of sapsan: `#[derive(ModelConfig)]` and `#[tracked]`. This crate only turns
+//! tokens into code: the generated code calls the public runtime API of `sapsan-core`
+//! (`config::ParamsBuilder`, `tracking::scope::RunScope`). Use them through the `sapsan` facade
+//! (`use sapsan::{ModelConfig, tracked};`) or `sapsan-core`.
 use proc_macro::TokenStream;
 
-/// Derives `sapsan_core::config::ModelConfig` (skeleton; filled in by the DSL work).
-#[proc_macro_derive(ModelConfig, attributes(config))]
-pub fn derive_model_config(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+mod common;
+/// MLflow's key rules: the very file the runtime uses, so compile-time and run-time checks agree.
+#[allow(dead_code)]
+#[path = "../../sapsan-core/src/config/keys.rs"]
+mod keys;
+mod model_config;
+mod tracked;
+
+/// Derives `ModelConfig` for a struct with named fields: `parameters()` returns the ordered map
+/// `<prefix> - <field>` = the field's value formatted like Python's `str()` (trait `PyStr`), one
+/// entry per field in declaration order, then one per entry of the kwargs field.
+///
+/// Keys are checked against MLflow's rules at compile time (a `/` at either end, `//`, characters
+/// such as `@ , (`, more than 250 characters, two fields with the same key are compile errors);
+/// kwargs keys are checked when `parameters()` runs, and a kwarg may not replace a field's key.
+///
+/// Struct options, `#[sapsan(...)]`:
+/// - `prefix = "data"`: keys are `data - <field>` (default `model`).
+/// - `crate = path`: path of the runtime crate, for re-exports (default: `::sapsan` when the
+///   crate depends on the facade, else `::sapsan_core`).
+///
+/// Field options, `#[sapsan(...)]`:
+/// - `rename = "initial size"`: the key is `<prefix> - initial size`.
+/// - `skip`: the field is not logged.
+/// - `kwargs`: the field is a map (`Kwargs`, `BTreeMap`, `HashMap`, `Vec<(K, V)>`; trait
+///   `KwargsMap`) whose entries are logged as `<prefix> - <name>` after the fields. At most one.
+/// - `with = path`: format with `path`, a `fn(&FieldType) -> String`, instead of `PyStr`.
+/// - `default = expr`: for an `Option<T>` field: when it is `None`, log `expr` instead (evaluated
+///   in `parameters(&self)`, so `self` is in scope). Sapsan's CNN3d `min_lr` is
+///   `#[sapsan(default = self.lr * 1e-2)] min_lr: Option<f64>`.
+///
+/// ```
+/// use sapsan_core::ModelConfig;
+/// use sapsan_core::config::{Kwargs, ModelConfig as _};
+///
+/// #[derive(ModelConfig)]
+/// struct Cnn3dConfig {
+///     n_epochs: u32,
+///     logdir: String,
+///     patience: u32,
+///     min_delta: f64,
+///     lr: f64,
+///     #[sapsan(default = self.lr * 1e-2)]
+///     min_lr: Option<f64>,
+///     #[sapsan(kwargs)]
+///     kwargs: Kwargs,
+/// }
+///
+/// let cfg = Cnn3dConfig {
+///     n_epochs: 1, logdir: "./logs/".into(), patience: 10, min_delta: 1e-5, lr: 1e-3,
+///     min_lr: None, kwargs: Kwargs::new().with("new_parameter", true),
+/// };
+/// let p = cfg.parameters().unwrap();
+/// assert_eq!(p.iter().collect::<Vec<_>>(), [
+///     ("model - n_epochs", "1"), ("model - logdir", "./logs/"), ("model - patience", "10"),
+///     ("model - min_delta", "1e-05"), ("model - lr", "0.001"), ("model - min_lr", "1e-05"),
+///     ("model - new_parameter", "True"),
+/// ]);
+/// ```
+#[proc_macro_derive(ModelConfig, attributes(sapsan))]
+pub fn derive_model_config(input: TokenStream) -> TokenStream {
+    model_config::expand(input.into()).into()
 }
 
-/// Wraps a train/evaluate function in MLflow run bookkeeping (skeleton).
+/// Wraps a train or evaluate function in MLflow run bookkeeping; its signature stays as written.
+///
+/// The expansion, in plain words:
+/// 1. Start a run on the backend argument. `train`: end the backend's other open runs, start a
+///    top-level run. `evaluate`: start a run nested under `parent = <run id>` or, without it, under
+///    the backend's active run (the open train run). The run is named `name = "..."` or after the
+///    function, and becomes the backend's active run, so `backend.log_metric(...)` in the body
+///    logs to it.
+/// 2. Log the parameters of each argument in `params(a, b)` (types implementing `ModelConfig`).
+/// 3. Run the body (in a closure with the function's return type, so `return` and `?` work as
+///    before) and time it.
+/// 4. If the value is an `Err`, or the body panics: end the run FAILED with the error text in the
+///    tag `sapsan.error`, flush, and return the `Err` (the panic keeps unwinding).
+/// 5. Otherwise log what the value reports (trait `TrackedOutput`: metrics with optional steps, the
+///    final epoch, artifacts), prefixed `train - ` or `eval - `, plus `train - runtime` /
+///    `eval - runtime` in seconds. `evaluate` also copies the parent's params (those it did not log
+///    itself) and `train - ` metrics, then ends its run FINISHED; `train` leaves its run open.
+///
+/// The run id: right after the call, `sapsan::tracking::scope::last_run_id()` (this thread's last
+/// tracked run); a train run is also `backend.active_run_id()`. Resume it with
+/// `backend.resume(&id)`, log more, `backend.end()`.
+///
+/// If the tracking itself fails (server down, invalid metric key) and the function returns
+/// `Result<T, E>` with `E: From<sapsan::Error>`, that error is returned (before the body runs when
+/// the run cannot be started); other return types get their value back and the error goes to
+/// stderr and `scope::last_run()`.
+///
+/// Options: `train` | `evaluate` (required), `name = "..."`, `params(arg, ...)` (arguments or
+/// expressions such as `self.config`), `backend = <expr>` (default: the one argument whose type is a
+/// backend: `&B` with `B: Backend`, `&dyn Backend`, `&impl Backend`, `&MlflowBackend`,
+/// `&FakeBackend`, `Arc<...>`), `parent = <expr>` (evaluate only; a `&str`/`String` run id),
+/// `crate = path`. Generics, lifetimes, `impl Trait` arguments, `self` methods, doc comments and
+/// other attributes are kept. `async fn`, `const fn` and `impl Trait` return types are rejected.
+///
+/// ```
+/// use sapsan_core::tracking::{Backend, FakeBackend};
+/// use sapsan_core::tracking::scope::{Report, TrackedOutput, last_run_id};
+/// use sapsan_core::{Error, ModelConfig, tracked};
+///
+/// #[derive(ModelConfig)]
+/// struct Config { lr: f64 }
+///
+/// struct Trained { loss: f64 }
+/// impl TrackedOutput for Trained {
+///     fn report<'a>(&'a self, r: &mut Report<'a>) {
+///         r.final_epoch(1).metric("loss", self.loss);
+///     }
+/// }
+///
+/// #[tracked(train, params(config))]
+/// fn train(config: &Config, backend: &impl Backend) -> Result<Trained, Error> {
+///     Ok(Trained { loss: config.lr * 10.0 })
+/// }
+///
+/// #[tracked(evaluate, name = "evaluate")]
+/// fn evaluate(model: &Trained, backend: &impl Backend) -> Result<(), Error> {
+///     backend.log_metric("eval - extra", model.loss)?; // the evaluate run is the active one
+///     Ok(())
+/// }
+///
+/// let backend = FakeBackend::new();
+/// let model = train(&Config { lr: 1e-3 }, &backend).unwrap();
+/// let train_id = last_run_id().unwrap();
+/// assert_eq!(backend.active_run_id(), Some(train_id.clone())); // the train run stays open
+/// evaluate(&model, &backend).unwrap();
+/// assert_ne!(last_run_id(), Some(train_id));
+/// ```
 #[proc_macro_attribute]
-pub fn tracked(_args: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn tracked(args: TokenStream, item: TokenStream) -> TokenStream {
+    tracked::expand(args.into(), item.into()).into()
 }

@@ -15,6 +15,7 @@ pub mod client;
 mod fake;
 pub mod mlflow;
 pub mod queue;
+pub mod scope;
 pub mod server;
 pub mod settings;
 pub mod validate;

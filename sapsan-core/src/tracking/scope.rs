@@ -1,0 +1,682 @@
+//! Run scopes: the small runtime API behind `#[tracked(train)]` / `#[tracked(evaluate)]`, usable by hand.
+//!
+//! A [`RunScope`] starts a run, logs parameter groups, and at the end logs what the function's
+//! output reports ([`TrackedOutput`]) plus the runtime, or marks the run FAILED:
+//!
+//! - **train** ([`RunScope::train`]): ends the backend's other open runs (FINISHED), starts a
+//!   top-level run and pushes it on the backend's run stack. [`RunScope::finish`] logs
+//!   `train - <metric>`s, artifacts and `train - runtime` and leaves the run open so evaluations
+//!   nest under it.
+//! - **evaluate** ([`RunScope::evaluate`]): starts a run nested under `parent` or, when none is
+//!   given, under the backend's active run (a top-level run when there is none), and pushes it.
+//!   [`RunScope::finish`] logs `eval - <metric>`s, artifacts and `eval - runtime`, copies the
+//!   parent's params (those the evaluation did not log itself) and its `train - ` metrics, and
+//!   ends the run FINISHED.
+//! - **failure**: [`RunScope::fail`], an output whose [`TrackedOutput::failure`] is set (an `Err`),
+//!   or a panic while the scope is alive (its `Drop`) ends the run FAILED with the error text in the
+//!   tag [`ERROR_TAG`] and flushes. A failed train run is removed from the run stack, so it is never
+//!   left RUNNING.
+//!
+//! The id of the run of the last scope that ended on this thread is [`last_run_id`] (and
+//! [`last_run`] has its status and errors): that is how a caller of a `#[tracked]` function gets the
+//! run id without the function's signature changing. This record is informational only; no
+//! tracking logic reads it.
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Backend, LogItem, Metric, RunData, RunStatus, now_ms};
+use crate::config::ModelConfig;
+use crate::config::keys::MAX_TAG_VALUE_LEN;
+use crate::error::{Error, Result};
+
+/// Tag that holds the error text of a FAILED run.
+pub const ERROR_TAG: &str = "sapsan.error";
+
+/// Which kind of run a scope is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// A top-level training run that stays open for evaluations.
+    Train,
+    /// An evaluation run nested under a training run, ended when the scope finishes.
+    Evaluate,
+}
+
+impl Mode {
+    /// Prefix of the metrics this mode logs: `train - ` or `eval - `.
+    pub fn metric_prefix(self) -> &'static str {
+        match self {
+            Mode::Train => "train - ",
+            Mode::Evaluate => "eval - ",
+        }
+    }
+}
+
+// ---- backends -----------------------------------------------------------------------------
+
+/// A backend a scope holds: borrowed, or shared through an `Arc` (so the scope does not borrow the
+/// argument it came from).
+#[derive(Clone)]
+pub enum BackendHandle<'b> {
+    /// A borrowed backend.
+    Borrowed(&'b dyn Backend),
+    /// A shared backend.
+    Shared(Arc<dyn Backend + 'b>),
+}
+
+impl<'b> Deref for BackendHandle<'b> {
+    type Target = dyn Backend + 'b;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            BackendHandle::Borrowed(b) => *b,
+            BackendHandle::Shared(b) => &**b,
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendHandle<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendHandle::Borrowed(_) => "BackendHandle::Borrowed",
+            BackendHandle::Shared(_) => "BackendHandle::Shared",
+        })
+    }
+}
+
+/// What can serve as the backend of a scope: `&B`, `&dyn Backend`, `Arc<B>`, `Arc<dyn Backend>`
+/// (and references to those) where `B: Backend`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a tracking backend",
+    label = "expected `&B`, `&dyn Backend` or `Arc<B>` with `B: Backend`",
+    note = "pass the backend by reference, e.g. `backend: &MlflowBackend`, or name it with `#[tracked(..., backend = <expr>)]`"
+)]
+pub trait BackendArg<'b> {
+    /// A handle on the backend that does not borrow `self`.
+    fn backend_handle(&self) -> BackendHandle<'b>;
+}
+
+impl<'b, B: Backend + 'b> BackendArg<'b> for &'b B {
+    fn backend_handle(&self) -> BackendHandle<'b> {
+        BackendHandle::Borrowed(*self)
+    }
+}
+
+impl<'b> BackendArg<'b> for &'b (dyn Backend + 'b) {
+    fn backend_handle(&self) -> BackendHandle<'b> {
+        BackendHandle::Borrowed(*self)
+    }
+}
+
+impl<'b, B: Backend + 'b> BackendArg<'b> for Arc<B> {
+    fn backend_handle(&self) -> BackendHandle<'b> {
+        BackendHandle::Shared(self.clone())
+    }
+}
+
+impl<'b> BackendArg<'b> for Arc<dyn Backend + 'b> {
+    fn backend_handle(&self) -> BackendHandle<'b> {
+        BackendHandle::Shared(self.clone())
+    }
+}
+
+impl<'b, B: Backend + 'b> BackendArg<'b> for &Arc<B> {
+    fn backend_handle(&self) -> BackendHandle<'b> {
+        BackendHandle::Shared((*self).clone())
+    }
+}
+
+impl<'b> BackendArg<'b> for &Arc<dyn Backend + 'b> {
+    fn backend_handle(&self) -> BackendHandle<'b> {
+        BackendHandle::Shared((*self).clone())
+    }
+}
+
+impl<'b> BackendArg<'b> for BackendHandle<'b> {
+    fn backend_handle(&self) -> BackendHandle<'b> {
+        self.clone()
+    }
+}
+
+// ---- outputs ------------------------------------------------------------------------------
+
+/// What a tracked function's output reports: metrics (optionally per step) and artifacts. Metric
+/// names are given without the mode prefix; the scope adds `train - ` or `eval - `.
+#[derive(Debug, Default, Clone)]
+pub struct Report<'a> {
+    metrics: Vec<(String, f64, Option<i64>)>,
+    artifacts: Vec<(String, Cow<'a, [u8]>)>,
+}
+
+impl<'a> Report<'a> {
+    /// An empty report.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A metric without a step (logged at step 0).
+    pub fn metric(&mut self, name: impl Into<String>, value: f64) -> &mut Self {
+        self.metrics.push((name.into(), value, None));
+        self
+    }
+    /// A metric at `step` (an epoch, an iteration).
+    pub fn metric_at(&mut self, name: impl Into<String>, value: f64, step: i64) -> &mut Self {
+        self.metrics.push((name.into(), value, Some(step)));
+        self
+    }
+    /// The final training epoch, logged as the metric `final epoch` (Sapsan's `train - final epoch`).
+    pub fn final_epoch(&mut self, epoch: u64) -> &mut Self {
+        self.metric("final epoch", epoch as f64)
+    }
+    /// An artifact `name` (a relative path such as `pdf_cdf.png`) with borrowed contents.
+    pub fn artifact(&mut self, name: impl Into<String>, bytes: &'a [u8]) -> &mut Self {
+        self.artifacts.push((name.into(), Cow::Borrowed(bytes)));
+        self
+    }
+    /// An artifact `name` with owned contents.
+    pub fn artifact_owned(&mut self, name: impl Into<String>, bytes: Vec<u8>) -> &mut Self {
+        self.artifacts.push((name.into(), Cow::Owned(bytes)));
+        self
+    }
+    /// The metrics in order: `(name, value, step)`.
+    pub fn metrics(&self) -> impl Iterator<Item = (&str, f64, Option<i64>)> {
+        self.metrics.iter().map(|(n, v, s)| (n.as_str(), *v, *s))
+    }
+    /// The artifacts in order: `(name, bytes)`.
+    pub fn artifacts(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.artifacts.iter().map(|(n, b)| (n.as_str(), &**b))
+    }
+}
+
+/// The return type of a `#[tracked]` function: what it reports to its run.
+///
+/// Implemented for `()` (nothing to report), for [`Report`] (return one directly), and for
+/// `Result<T, E>` where `T: TrackedOutput` and `E: Display + From<sapsan::Error>`: `Ok` reports
+/// what `T` reports; `Err` marks the run FAILED with the error's text; and an error of the tracking
+/// itself (the server cannot create the run, a metric key is invalid, ...) becomes an `Err` too.
+/// For other types a tracking error is kept in [`last_run`] and written to stderr once, and the
+/// function's value is returned unchanged.
+///
+/// ```
+/// use sapsan_core::tracking::scope::{Report, TrackedOutput};
+/// struct TrainOutput { loss: Vec<f64>, details: String }
+/// impl TrackedOutput for TrainOutput {
+///     fn report<'a>(&'a self, r: &mut Report<'a>) {
+///         r.final_epoch(self.loss.len() as u64);
+///         for (epoch, l) in self.loss.iter().enumerate() {
+///             r.metric_at("loss", *l, epoch as i64);
+///         }
+///         r.artifact("model_details.txt", self.details.as_bytes());
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the return type of a `#[tracked]` function",
+    label = "does not implement `TrackedOutput`",
+    note = "return `()`, a `sapsan::tracking::scope::Report`, your own type implementing `TrackedOutput`, \
+            or `Result<T, E>` with `T: TrackedOutput` and `E: Display + From<sapsan::Error>` \
+            (e.g. `sapsan::Error`, `Box<dyn std::error::Error>`, `anyhow::Error`)"
+)]
+pub trait TrackedOutput {
+    /// Adds the metrics and artifacts this value reports.
+    fn report<'a>(&'a self, report: &mut Report<'a>) {
+        let _ = report;
+    }
+    /// The failure this value stands for (an `Err`'s text), if any.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+    /// Turns an error of the tracking itself into a value of this type, when it can hold one.
+    fn from_tracking_error(error: Error) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = error;
+        None
+    }
+}
+
+impl TrackedOutput for () {}
+
+impl TrackedOutput for Report<'_> {
+    fn report<'a>(&'a self, report: &mut Report<'a>) {
+        report.metrics.extend(self.metrics.iter().cloned());
+        report.artifacts.extend(
+            self.artifacts
+                .iter()
+                .map(|(n, b)| (n.clone(), Cow::Borrowed(&**b))),
+        );
+    }
+}
+
+impl<T: TrackedOutput, E: Display + From<Error>> TrackedOutput for Result<T, E> {
+    fn report<'a>(&'a self, report: &mut Report<'a>) {
+        if let Ok(v) = self {
+            v.report(report);
+        }
+    }
+    fn failure(&self) -> Option<String> {
+        self.as_ref().err().map(|e| e.to_string())
+    }
+    fn from_tracking_error(error: Error) -> Option<Self> {
+        Some(Err(E::from(error)))
+    }
+}
+
+// ---- the last run of this thread ----------------------------------------------------------
+
+/// How the last scope on this thread ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// The run's id; `None` when the run could not be created.
+    pub run_id: Option<String>,
+    /// Train or evaluate.
+    pub mode: Mode,
+    /// The run's name.
+    pub name: String,
+    /// RUNNING (a finished train run stays open), FINISHED or FAILED.
+    pub status: RunStatus,
+    /// The function's error (the `Err` text, or `panicked`), when it failed.
+    pub error: Option<String>,
+    /// The first error of the tracking itself, when there was one.
+    pub tracking_error: Option<String>,
+}
+
+thread_local! {
+    static LAST_RUN: RefCell<Option<RunRecord>> = const { RefCell::new(None) };
+}
+
+/// How the last run scope that ended on this thread ended (for a `#[tracked]` function: the call
+/// that just returned or panicked).
+pub fn last_run() -> Option<RunRecord> {
+    LAST_RUN.with(|r| r.borrow().clone())
+}
+
+/// The id of the run of the last scope that ended on this thread: call it right after a
+/// `#[tracked]` function returns to get its run id (e.g. to `resume` it and log more).
+pub fn last_run_id() -> Option<String> {
+    LAST_RUN.with(|r| r.borrow().as_ref().and_then(|r| r.run_id.clone()))
+}
+
+// ---- the scope ----------------------------------------------------------------------------
+
+/// One tracked run from start to finish. See the [module documentation](self).
+///
+/// By hand (what `#[tracked]` writes for you):
+/// ```
+/// use sapsan_core::tracking::scope::{Report, RunScope};
+/// use sapsan_core::tracking::{Backend, FakeBackend};
+///
+/// let backend = FakeBackend::new();
+/// let mut train = RunScope::train(&backend, "train")?;
+/// // ... log params with `train.log_params(&config)?`, train the model ...
+/// let mut report = Report::new();
+/// report.final_epoch(50).metric("loss", 0.01);
+/// let train_id = train.finish(&report)?; // logs `train - ...`, stays open
+///
+/// let eval = RunScope::evaluate(&backend, "evaluate", None)?; // nested under `train_id`
+/// eval.fail("target cube missing")?; // FAILED, error text in the `sapsan.error` tag
+/// assert_eq!(backend.active_run_id(), Some(train_id));
+/// # Ok::<(), sapsan_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct RunScope<'b> {
+    backend: BackendHandle<'b>,
+    mode: Mode,
+    name: String,
+    /// `None` only for the inert scope of a `#[tracked]` function whose run could not be created.
+    run_id: Option<String>,
+    parent_data: Option<RunData>,
+    logged_params: Vec<String>,
+    started: Instant,
+    tracking_error: Option<Error>,
+    start_error: Option<String>,
+    done: bool,
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+impl<'b> RunScope<'b> {
+    /// Starts a train run named `name`: ends the backend's other open runs, creates a top-level run
+    /// and makes it the active one.
+    pub fn train(backend: impl BackendArg<'b>, name: &str) -> Result<Self> {
+        Self::start(backend.backend_handle(), Mode::Train, name, None)
+    }
+
+    /// Starts an evaluate run named `name`, nested under `parent` or, when `None`, under the
+    /// backend's active run (top-level when there is none), copying nothing yet: the parent's
+    /// params and `train - ` metrics are copied by [`RunScope::finish`] / [`RunScope::fail`].
+    pub fn evaluate(
+        backend: impl BackendArg<'b>,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Result<Self> {
+        Self::start(
+            backend.backend_handle(),
+            Mode::Evaluate,
+            name,
+            parent.map(str::to_owned),
+        )
+    }
+
+    /// Starts a run of `mode` (`parent` only matters for [`Mode::Evaluate`]).
+    pub fn start(
+        backend: BackendHandle<'b>,
+        mode: Mode,
+        name: &str,
+        parent: Option<String>,
+    ) -> Result<Self> {
+        let mut parent_data = None;
+        let run_id = match mode {
+            Mode::Train => {
+                backend.close_active_runs()?;
+                backend.create_run(name, None)?
+            }
+            Mode::Evaluate => {
+                let parent = parent.or_else(|| backend.active_run_id());
+                if let Some(p) = &parent {
+                    parent_data = Some(backend.run_data(p)?);
+                }
+                backend.create_run(name, parent.as_deref())?
+            }
+        };
+        backend.runs().push(&run_id);
+        Ok(Self {
+            backend,
+            mode,
+            name: name.to_owned(),
+            run_id: Some(run_id),
+            parent_data,
+            logged_params: Vec::new(),
+            started: Instant::now(),
+            tracking_error: None,
+            start_error: None,
+            done: false,
+        })
+    }
+
+    /// The run's id (`None` only inside a `#[tracked]` function whose run could not be created).
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
+    }
+
+    /// Train or evaluate.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Logs the parameters of `config` to the run.
+    pub fn log_params(&mut self, config: &(impl ModelConfig + ?Sized)) -> Result<()> {
+        let params = config.parameters()?;
+        let Some(run) = self.run_id.clone() else {
+            return Ok(());
+        };
+        for (key, value) in params {
+            self.backend.enqueue(
+                &run,
+                LogItem::Param {
+                    key: key.clone(),
+                    value,
+                },
+            )?;
+            self.logged_params.push(key);
+        }
+        Ok(())
+    }
+
+    fn log_metric(&self, run: &str, key: String, value: f64, step: i64) -> Result<()> {
+        self.backend.enqueue(
+            run,
+            LogItem::Metric(Metric {
+                key,
+                value,
+                timestamp_ms: now_ms(),
+                step,
+            }),
+        )
+    }
+
+    /// Evaluate runs: the parent's params this run did not log, then its `train - ` metrics.
+    fn copy_parent(&mut self, run: &str) -> Result<()> {
+        let Some(parent) = self.parent_data.take() else {
+            return Ok(());
+        };
+        for (key, value) in parent.params {
+            if !self.logged_params.contains(&key) {
+                self.backend.enqueue(run, LogItem::Param { key, value })?;
+            }
+        }
+        for (key, value) in parent.metrics {
+            if key.starts_with(Mode::Train.metric_prefix()) {
+                self.log_metric(run, key, value, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, status: RunStatus, error: Option<String>, tracking_error: Option<String>) {
+        let record = RunRecord {
+            run_id: self.run_id.clone(),
+            mode: self.mode,
+            name: self.name.clone(),
+            status,
+            error,
+            tracking_error,
+        };
+        LAST_RUN.with(|r| *r.borrow_mut() = Some(record));
+    }
+
+    fn log_output(&mut self, run: &str, output: &impl TrackedOutput) -> Result<()> {
+        let mut report = Report::new();
+        output.report(&mut report);
+        let prefix = self.mode.metric_prefix();
+        for (name, value, step) in report.metrics() {
+            self.log_metric(run, format!("{prefix}{name}"), value, step.unwrap_or(0))?;
+        }
+        let runtime = self.started.elapsed().as_secs_f64();
+        self.log_metric(run, format!("{prefix}runtime"), runtime, 0)?;
+        for (name, bytes) in report.artifacts() {
+            self.backend.upload_artifact(run, name, bytes)?;
+        }
+        self.copy_parent(run)?;
+        if self.mode == Mode::Evaluate {
+            self.backend.end_run(run, RunStatus::Finished)?;
+        }
+        self.backend.flush()
+    }
+
+    /// Ends the scope with the function's `output`: when it is a failure, as [`RunScope::fail`];
+    /// otherwise logs the reported metrics (`train - `/`eval - ` prefixed), `<mode> - runtime` in
+    /// seconds and the artifacts, copies the parent's data (evaluate), ends the run FINISHED
+    /// (evaluate; a train run stays open) and flushes. A tracking error on the way ends the run
+    /// FAILED and is returned. Returns the run id.
+    pub fn finish(mut self, output: &impl TrackedOutput) -> Result<String> {
+        let run = self.run_id.clone().unwrap_or_default();
+        if let Some(message) = output.failure() {
+            return self.fail_inner(&message, None).map(|()| run);
+        }
+        if self.run_id.is_none() {
+            self.done = true;
+            self.record(RunStatus::Failed, None, self.start_error.clone());
+            return Ok(run);
+        }
+        match self.log_output(&run, output) {
+            Ok(()) => {
+                self.done = true;
+                let status = match self.mode {
+                    Mode::Train => RunStatus::Running,
+                    Mode::Evaluate => RunStatus::Finished,
+                };
+                self.record(status, None, None);
+                Ok(run)
+            }
+            Err(e) => {
+                let text = format!("tracking failed: {e}");
+                // Best effort: the run must not stay RUNNING after a failure.
+                let _ = self.fail_inner(&text, Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the run FAILED with `message` in the tag [`ERROR_TAG`], removes it from the run stack
+    /// and flushes.
+    pub fn fail(mut self, message: &str) -> Result<()> {
+        self.fail_inner(message, None)
+    }
+
+    fn fail_inner(&mut self, message: &str, tracking_error: Option<String>) -> Result<()> {
+        self.done = true;
+        self.record(
+            RunStatus::Failed,
+            Some(message.to_owned()),
+            tracking_error.or_else(|| self.start_error.clone()),
+        );
+        let Some(run) = self.run_id.clone() else {
+            return Ok(());
+        };
+        let mut first: Option<Error> = None;
+        let mut keep = |r: Result<()>| {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        };
+        keep(self.copy_parent(&run));
+        keep(self.backend.enqueue(
+            &run,
+            LogItem::Tag {
+                key: ERROR_TAG.to_owned(),
+                value: truncate(message, MAX_TAG_VALUE_LEN),
+            },
+        ));
+        keep(self.backend.end_run(&run, RunStatus::Failed));
+        keep(self.backend.flush());
+        first.map_or(Ok(()), Err)
+    }
+
+    // ---- what `#[tracked]` calls ------------------------------------------------------------
+
+    /// Used by `#[tracked]`: starts a run. When that fails, either stops the function with the
+    /// error as its return value (`Err(r)`, for outputs that can hold it) or continues with an inert
+    /// scope that logs nothing; the error is written to stderr and kept in [`last_run`].
+    #[doc(hidden)]
+    pub fn start_tracked<R: TrackedOutput>(
+        backend: BackendHandle<'b>,
+        mode: Mode,
+        name: &str,
+        parent: Option<String>,
+    ) -> std::result::Result<TrackedScope<'b, R>, R> {
+        let tracked = |scope| TrackedScope {
+            scope,
+            finish: RunScope::finish_tracked::<R>,
+        };
+        match Self::start(backend.clone(), mode, name, parent) {
+            Ok(scope) => Ok(tracked(scope)),
+            Err(e) => {
+                let text = e.to_string();
+                let mut inert = Self {
+                    backend,
+                    mode,
+                    name: name.to_owned(),
+                    run_id: None,
+                    parent_data: None,
+                    logged_params: Vec::new(),
+                    started: Instant::now(),
+                    tracking_error: None,
+                    start_error: Some(text.clone()),
+                    done: false,
+                };
+                match R::from_tracking_error(e) {
+                    Some(r) => {
+                        inert.done = true;
+                        inert.record(RunStatus::Failed, None, Some(text));
+                        Err(r)
+                    }
+                    None => {
+                        eprintln!(
+                            "sapsan: cannot start the {name:?} run, running untracked: {text}"
+                        );
+                        Ok(tracked(inert))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Used by `#[tracked]`: logs the params of `config`, keeping the first error for the end.
+    #[doc(hidden)]
+    pub fn params_tracked(&mut self, config: &(impl ModelConfig + ?Sized)) {
+        if self.tracking_error.is_none()
+            && let Err(e) = self.log_params(config)
+        {
+            self.tracking_error = Some(e);
+        }
+    }
+
+    /// Used by `#[tracked]`: ends the scope with the function's return value and returns it (or,
+    /// when the tracking failed and the value can hold the error, that error).
+    #[doc(hidden)]
+    pub fn finish_tracked<R: TrackedOutput>(mut self, output: R) -> R {
+        if output.failure().is_none()
+            && let Some(e) = self.tracking_error.take()
+        {
+            let text = e.to_string();
+            let _ = self.fail_inner(&format!("tracking failed: {text}"), Some(text));
+            return tracking_error_into(e, output);
+        }
+        match self.finish(&output) {
+            Ok(_) => output,
+            Err(e) => tracking_error_into(e, output),
+        }
+    }
+}
+
+/// Used by `#[tracked]`: a [`RunScope`] for a function returning `R`. Only
+/// [`RunScope::start_tracked`] requires `R: TrackedOutput`, so a wrong return type is one error.
+#[doc(hidden)]
+pub struct TrackedScope<'b, R> {
+    scope: RunScope<'b>,
+    finish: fn(RunScope<'b>, R) -> R,
+}
+
+impl<'b, R> TrackedScope<'b, R> {
+    /// Logs the params of `config`, keeping the first error for the end.
+    pub fn params_tracked(&mut self, config: &(impl ModelConfig + ?Sized)) {
+        self.scope.params_tracked(config);
+    }
+    /// Ends the scope with the function's return value (see [`RunScope::finish_tracked`]).
+    pub fn finish_tracked(self, output: R) -> R {
+        (self.finish)(self.scope, output)
+    }
+}
+
+/// The tracking error as the function's value when its type can hold one; else the value itself,
+/// with the error on stderr (it is also in [`last_run`]).
+fn tracking_error_into<R: TrackedOutput>(error: Error, output: R) -> R {
+    let text = error.to_string();
+    match R::from_tracking_error(error) {
+        Some(r) => r,
+        None => {
+            eprintln!("sapsan: tracking failed: {text}");
+            output
+        }
+    }
+}
+
+impl Drop for RunScope<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let message = if std::thread::panicking() {
+            "panicked"
+        } else {
+            "the run scope was dropped without `finish` or `fail`"
+        };
+        // Nothing to propagate to from a destructor: failures here are best effort.
+        let _ = self.fail_inner(message, None);
+    }
+}

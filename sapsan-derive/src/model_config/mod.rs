@@ -1,0 +1,5 @@
+//! `#[derive(ModelConfig)]`.
+mod attr;
+mod expand;
+
+pub use expand::expand;

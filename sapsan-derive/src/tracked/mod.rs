@@ -1,0 +1,5 @@
+//! `#[tracked(train | evaluate, ...)]`.
+mod attr;
+mod expand;
+
+pub use expand::expand;

@@ -1,0 +1,9 @@
+use sapsan_core::ModelConfig;
+
+#[derive(ModelConfig)]
+enum C {
+    A,
+    B,
+}
+
+fn main() {}

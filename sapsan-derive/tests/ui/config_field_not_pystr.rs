@@ -1,0 +1,10 @@
+use sapsan_core::ModelConfig;
+
+struct Device;
+
+#[derive(ModelConfig)]
+struct C {
+    device: Device,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+use sapsan_core::tracked;
+use sapsan_core::tracking::FakeBackend;
+
+#[tracked(train, params(config))]
+fn train(cfg: &u32, backend: &FakeBackend) {}
+
+fn main() {}
