@@ -1,4 +1,4 @@
-//! **sapsan**: train machine-learned turbulence models and track every run in MLflow.
+#![doc = include_str!("../README.md")]
 //!
 //! This facade re-exports the runtime ([`sapsan_core`]) and the macros ([`sapsan_derive`]),
 //! so `use sapsan::...` is all a user writes.
