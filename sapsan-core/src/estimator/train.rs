@@ -9,11 +9,12 @@
 use std::io::IsTerminal;
 
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::{Optimizer, ParamsAdamW};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::Array5;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 
+use super::adam::Adam;
 use super::cnn3d::Cnn3dNet;
 use super::config::Cnn3dConfig;
 use crate::error::{Error, Result};
@@ -298,7 +299,7 @@ pub fn fit(
     let batch = options.batch_size.unwrap_or(n_train).min(n_train);
     let valid_batch = options.batch_size.unwrap_or(valid_x.dim(0)?);
 
-    let mut optimizer = AdamW::new(vars, adam_params(config.lr))?;
+    let mut optimizer = Adam::new(vars, adam_params(config.lr))?;
     let mut scheduler = ReduceLrOnPlateau::new(config.patience, config.min_lr());
     let mut stopper = EarlyStopping::new(config.patience, config.min_delta);
     let mut rng = StdRng::seed_from_u64(options.seed);
@@ -359,7 +360,7 @@ pub fn fit(
     })
 }
 
-/// Adam as candle's AdamW without weight decay, with PyTorch's Adam defaults.
+/// Adam's settings (no weight decay) with PyTorch's Adam defaults.
 pub(crate) fn adam_params(lr: f64) -> ParamsAdamW {
     ParamsAdamW {
         lr,
@@ -448,7 +449,7 @@ mod tests {
     #[test]
     fn plateau_drives_the_optimizer_learning_rate() {
         let v = Var::new(&[1.0f32], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![v], adam_params(1e-3)).unwrap();
+        let mut opt = Adam::new(vec![v], adam_params(1e-3)).unwrap();
         let mut s = ReduceLrOnPlateau::new(1, 5e-5);
         for loss in [1.0, 1.0, 1.0, 1.0, 1.0] {
             let lr = s.step(loss, opt.learning_rate());
