@@ -5,7 +5,9 @@
 //! - [`config`]: [`Cnn3dConfig`], Sapsan's settings and defaults.
 //! - [`model`]: [`Cnn3d`], the estimator: train, predict, save/load, details.
 //! - [`train`]: the training loop, loss, learning-rate schedule, early stopping.
+//! - [`adam`]: [`Adam`](adam::Adam), the optimizer, updating parameters in place.
 //! - [`init`]: seeded parameter initialisation (reproducible weights on the CPU).
+pub mod adam;
 pub mod cnn3d;
 pub mod config;
 pub mod init;
