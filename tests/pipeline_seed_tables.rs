@@ -2,8 +2,11 @@
 //! the three tables of Sapsan's tracking page, the per-epoch history, nesting and statuses.
 mod common;
 
+use sapsan::data::Hdf5Dataset;
+use sapsan::estimator::Cnn3dConfig;
 use sapsan::experiment::quickstart::{Quickstart, QuickstartRun};
-use sapsan::tracking::MlflowBackend;
+use sapsan::experiment::{Evaluate, load_model_from_run};
+use sapsan::tracking::{FakeBackend, MlflowBackend};
 use serde_json::Value;
 
 /// Reads runs back: status, parent, params, latest metrics, metric histories, artifacts.
