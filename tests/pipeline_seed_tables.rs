@@ -126,6 +126,15 @@ fn train_and_two_nested_evaluations_record_every_row_of_the_seed_tables() {
         open[train_id]["status"], "RUNNING",
         "the train run awaits evaluations"
     );
+
+    // The logged weights reload into the trained model: same MSE on the same checkpoint.
+    let config = Cnn3dConfig::default().with_n_epochs(4);
+    let model = load_model_from_run(&backend, train_id, config, 3, [1, 8, 8, 8]).unwrap();
+    let data = Hdf5Dataset::new(q.data(), q.checkpoints(&[4]), 1.0);
+    let again = Evaluate::new(&model, data, &FakeBackend::new())
+        .run()
+        .unwrap();
+    assert_eq!(again.mse, Some(run.evaluations[0].mse));
     drop(backend); // ends the open train run
     let runs = read_runs(&[train_id, e1, e2]);
     let train = &runs[train_id];
