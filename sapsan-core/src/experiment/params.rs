@@ -110,9 +110,11 @@ mod tests {
                 ("data - shuffle", "False"),
             ])
         );
-        let mut labelled = DataConfig::default();
-        labelled.features_label = Some(vec!["u00000".into()]);
-        labelled.shuffle = true;
+        let labelled = DataConfig {
+            features_label: Some(vec!["u00000".into()]),
+            shuffle: true,
+            ..DataConfig::default()
+        };
         let p = labelled.parameters().unwrap();
         assert_eq!(p.get("data - target"), Some("None"));
         assert_eq!(p.get("data - features_label"), Some("['u00000']"));
@@ -147,7 +149,7 @@ mod tests {
 
     #[test]
     fn formatters() {
-        assert_eq!(joined(&vec!["u".into()]), "u");
+        assert_eq!(joined(&["u".to_owned()]), "u");
         assert_eq!(joined_or_none(&None), "None");
         assert_eq!(tuple_or_none(&Some([8, 4, 2])), "(8, 4, 2)");
         assert_eq!(number(&2.0), "2");
