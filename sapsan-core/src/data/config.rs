@@ -2,14 +2,22 @@
 //! ([`CheckpointConfig`]).
 
 /// Which files to read and what to take from them (Sapsan's `data - ...` parameters).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its parameter map (`ModelConfig::parameters`) is Sapsan's, key for key and value for value:
+/// `data - path`, `data - features` (joined: `u, b`), `data - target` (joined, or `None`),
+/// `data - features_label`, `data - target_label` (`['u00000']` or `None`), `data - axis`,
+/// `data - shuffle` (`False`).
+#[derive(Debug, Clone, PartialEq, crate::ModelConfig)]
+#[sapsan(prefix = "data")]
 pub struct DataConfig {
     /// Path template, Python `str.format` style, filled per checkpoint and feature, for example
     /// `data/t{checkpoint:1.0f}/{feature}_dim32_fm15.h5` (see [`format_path`](super::format_path)).
     pub path: String,
     /// Input features, one file each per checkpoint, stacked along the channel axis in this order.
+    #[sapsan(with = crate::experiment::params::joined)]
     pub features: Vec<String>,
     /// Target features (what the model learns to predict); `None` to load inputs only.
+    #[sapsan(with = crate::experiment::params::joined_or_none)]
     pub target: Option<Vec<String>>,
     /// Dataset name inside each feature file, one per feature; `None` takes the last dataset of
     /// each file (names sorted, as h5py lists them).
@@ -66,16 +74,26 @@ impl Default for DataConfig {
 }
 
 /// Which checkpoints to read and how to cut them (Sapsan's `chkpnt - ...` parameters).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its parameter map (`ModelConfig::parameters`) is Sapsan's: `chkpnt - time` (`[0, 1]`),
+/// `chkpnt - initial size` (a list, `[32, 32, 32]`, as the user gives it in Python),
+/// `chkpnt - sample to size` (a tuple, `(16, 16, 16)`, as Python reports the sampled shape;
+/// `None` without sampling), `chkpnt - time_granularity` (`1` for a whole number, as Python's
+/// default int), `chkpnt - batch_size` (a list), `chkpnt - batch_num`.
+#[derive(Debug, Clone, PartialEq, crate::ModelConfig)]
+#[sapsan(prefix = "chkpnt")]
 pub struct CheckpointConfig {
     /// Checkpoint numbers; file `k` is found with `checkpoint = time_granularity * time[k]`.
     pub time: Vec<usize>,
     /// Size (D, H, W) of the cube stored in each file; files of another size are an error.
+    #[sapsan(rename = "initial size")]
     pub initial_size: [usize; 3],
     /// Decimate each cube to this size by taking every `initial / sample` point along each axis
     /// (Sapsan's `EquidistantSampling`); each size must divide the initial size. `None`: keep.
+    #[sapsan(rename = "sample to size", with = crate::experiment::params::tuple_or_none)]
     pub sample_to_size: Option<[usize; 3]>,
     /// Factor from checkpoint number to the value put into the path template.
+    #[sapsan(with = crate::experiment::params::number)]
     pub time_granularity: f64,
     /// Size (D, H, W) of the sub-cubes the (sampled) cube is cut into; must divide it.
     pub batch_size: [usize; 3],

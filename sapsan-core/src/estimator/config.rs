@@ -13,7 +13,11 @@ use crate::error::{Error, Result};
 /// let config = Cnn3dConfig::default().with_n_epochs(5).with_patience(3);
 /// assert_eq!(config.min_lr(), 1e-5); // lr * 1e-2 when not given
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its parameter map (`ModelConfig::parameters`) is Sapsan's: `model - n_epochs`, `model - logdir`,
+/// `model - patience`, `model - min_delta`, `model - lr`, `model - min_lr` (`lr * 1e-2` when not
+/// given), `model - device`, then one `model - <name>` per kwarg.
+#[derive(Debug, Clone, PartialEq, crate::ModelConfig)]
 pub struct Cnn3dConfig {
     /// Number of training epochs (default 1).
     pub n_epochs: usize,
@@ -29,10 +33,12 @@ pub struct Cnn3dConfig {
     /// Learning rate of the Adam optimizer (default 1e-3).
     pub lr: f64,
     /// Floor of the learning rate schedule; `None` means `lr * 1e-2` (see [`Cnn3dConfig::min_lr`]).
+    #[sapsan(default = self.lr * 1e-2)]
     pub min_lr: Option<f64>,
     /// Device to train on (default `"cpu"`, the only one this build supports).
     pub device: String,
     /// Extra user parameters, logged next to the fields.
+    #[sapsan(kwargs)]
     pub kwargs: BTreeMap<String, String>,
 }
 

@@ -1,0 +1,294 @@
+//! The main job against a live MLflow server, judged by the official Python client: every row of
+//! the three tables of Sapsan's tracking page, the per-epoch history, nesting and statuses.
+mod common;
+
+use sapsan::data::Hdf5Dataset;
+use sapsan::estimator::Cnn3dConfig;
+use sapsan::experiment::quickstart::{Quickstart, QuickstartRun};
+use sapsan::experiment::{Evaluate, load_model_from_run};
+use sapsan::tracking::{FakeBackend, MlflowBackend};
+use serde_json::Value;
+
+/// Reads runs back: status, parent, params, latest metrics, metric histories, artifacts.
+const READ_RUNS: &str = r#"
+out = {}
+for run_id in args:
+    r = client.get_run(run_id)
+    arts = {}
+    for f in client.list_artifacts(run_id):
+        path = client.download_artifacts(run_id, f.path)
+        data = open(path, 'rb').read()
+        arts[f.path] = {'size': f.file_size, 'head': data[:8].hex(),
+                        'title': '<title>Training Progress</title>' in data.decode('latin-1')}
+    hist = {k: [[m.step, m.value] for m in client.get_metric_history(run_id, k)]
+            for k in ['train - loss', 'valid - loss', 'lr']}
+    out[run_id] = {'status': r.info.status, 'name': r.info.run_name,
+                   'experiment': r.info.experiment_id,
+                   'parent': r.data.tags.get('mlflow.parentRunId'),
+                   'params': r.data.params, 'metrics': r.data.metrics,
+                   'artifacts': arts, 'history': hist}
+print(json.dumps(out))
+"#;
+
+fn small(dir: &std::path::Path) -> Quickstart {
+    Quickstart {
+        data_dir: dir.to_path_buf(),
+        grid: 16,
+        sample_to: 8,
+        train_checkpoints: vec![0, 1, 2, 3],
+        evaluations: vec![vec![4], vec![4, 5]],
+        n_epochs: 4,
+        seed: 3,
+    }
+}
+
+fn read_runs(ids: &[&str]) -> Value {
+    common::judge(READ_RUNS, ids)
+}
+
+const MODEL_PARAMS: [(&str, &str); 7] = [
+    ("model - n_epochs", "4"),
+    ("model - logdir", "./logs/"),
+    ("model - patience", "10"),
+    ("model - min_delta", "1e-05"),
+    ("model - lr", "0.001"),
+    ("model - min_lr", "1e-05"),
+    ("model - device", "cpu"),
+];
+
+fn data_params(q: &Quickstart, time: &str) -> Vec<(String, String)> {
+    let path = q
+        .data_dir
+        .join("t{checkpoint:1.0f}/{feature}_dim16_fm15.h5")
+        .display()
+        .to_string();
+    [
+        ("data - path", path.as_str()),
+        ("data - features", "u"),
+        ("data - target", "tn"),
+        ("data - features_label", "None"),
+        ("data - target_label", "None"),
+        ("data - axis", "3"),
+        ("data - shuffle", "False"),
+        ("chkpnt - time", time),
+        ("chkpnt - initial size", "[16, 16, 16]"),
+        ("chkpnt - sample to size", "(8, 8, 8)"),
+        ("chkpnt - time_granularity", "1"),
+        ("chkpnt - batch_size", "[8, 8, 8]"),
+        ("chkpnt - batch_num", "1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn assert_params(run: &Value, want: &[(String, String)], extra: &[&str]) {
+    let params = run["params"].as_object().unwrap();
+    for (k, v) in want {
+        assert_eq!(
+            params.get(k).and_then(Value::as_str),
+            Some(v.as_str()),
+            "param {k}"
+        );
+    }
+    let mut keys: Vec<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+    keys.extend(extra);
+    keys.sort_unstable();
+    let mut got: Vec<&str> = params.keys().map(String::as_str).collect();
+    got.sort_unstable();
+    assert_eq!(got, keys, "exactly these params");
+}
+
+fn metric(run: &Value, key: &str) -> f64 {
+    run["metrics"][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("metric {key} missing: {}", run["metrics"]))
+}
+
+#[test]
+fn train_and_two_nested_evaluations_record_every_row_of_the_seed_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = small(dir.path());
+    let experiment = common::unique("pipeline-seed");
+    let backend = MlflowBackend::builder()
+        .tracking_uri(common::tracking_uri())
+        .experiment(&experiment)
+        .build()
+        .unwrap();
+    let run: QuickstartRun = q.run(&backend, &mut |_| {}).unwrap();
+    let (train_id, e1, e2) = (
+        run.train_run_id.as_str(),
+        run.evaluations[0].run_id.as_str(),
+        run.evaluations[1].run_id.as_str(),
+    );
+    let open = read_runs(&[train_id]);
+    assert_eq!(
+        open[train_id]["status"], "RUNNING",
+        "the train run awaits evaluations"
+    );
+
+    // The logged weights reload into the trained model: same MSE on the same checkpoint.
+    let config = Cnn3dConfig::default().with_n_epochs(4);
+    let model = load_model_from_run(&backend, train_id, config, 3, [1, 8, 8, 8]).unwrap();
+    let data = Hdf5Dataset::new(q.data(), q.checkpoints(&[4]), 1.0);
+    let again = Evaluate::new(&model, data, &FakeBackend::new())
+        .run()
+        .unwrap();
+    assert_eq!(again.mse, Some(run.evaluations[0].mse));
+    drop(backend); // ends the open train run
+    let runs = read_runs(&[train_id, e1, e2]);
+    let train = &runs[train_id];
+    assert_eq!(train["status"], "FINISHED");
+    assert_eq!(train["name"], "train");
+    assert_eq!(train["parent"], Value::Null);
+
+    // Params: model (with Sapsan's defaults), data, checkpoints.
+    let mut want: Vec<(String, String)> = MODEL_PARAMS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.extend(data_params(&q, "[0, 1, 2, 3]"));
+    assert_params(train, &want, &[]);
+
+    // Metrics: final epoch, the model metrics with their per-epoch history, runtime.
+    assert_eq!(metric(train, "train - final epoch"), 4.0);
+    assert!(metric(train, "train - runtime") > 0.0);
+    for key in ["train - loss", "valid - loss", "lr"] {
+        let steps: Vec<i64> = train["history"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_i64().unwrap())
+            .collect();
+        assert_eq!(steps, [1, 2, 3, 4], "{key} per epoch");
+        let last = train["history"][key][3][1].as_f64().unwrap();
+        assert_eq!(metric(train, key), last);
+    }
+    assert_eq!(metric(train, "lr"), 1e-3);
+    assert!(metric(train, "train - loss") > 0.0 && metric(train, "valid - loss") > 0.0);
+    let losses: Vec<f64> = train["history"]["train - loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    assert!(
+        losses[3] < losses[0],
+        "training lowers the loss: {losses:?}"
+    );
+
+    // Artifacts.
+    let arts = train["artifacts"].as_object().unwrap();
+    let mut names: Vec<&str> = arts.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "model.safetensors",
+            "model_details.txt",
+            "model_forward.txt",
+            "runtime_log.html"
+        ]
+    );
+    for (name, a) in arts {
+        assert!(a["size"].as_u64().unwrap() > 0, "{name} is empty");
+    }
+    assert_eq!(arts["runtime_log.html"]["title"], true);
+
+    // Two evaluations nested under the train run, ended FINISHED.
+    for (id, time) in [(e1, "[4]"), (e2, "[4, 5]")] {
+        let e = &runs[id];
+        assert_eq!(e["status"], "FINISHED", "{id}");
+        assert_eq!(e["name"], "evaluate");
+        assert_eq!(e["parent"], train_id);
+        assert_eq!(e["experiment"], train["experiment"]);
+        let mut want: Vec<(String, String)> = MODEL_PARAMS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.extend(data_params(&q, time));
+        want.push(("n_output_channels".into(), "1".into()));
+        assert_params(e, &want, &[]);
+        let mse = metric(e, "eval - MSE Loss");
+        let ks = metric(e, "eval - KS Stat");
+        assert!(mse > 0.0 && mse.is_finite());
+        assert!(ks > 0.0 && ks <= 1.0);
+        assert!(metric(e, "eval - runtime") > 0.0);
+        for key in [
+            "train - final epoch",
+            "train - runtime",
+            "train - loss",
+            "valid - loss",
+            "lr",
+        ] {
+            assert_eq!(metric(e, key), metric(train, key), "{key} copied into {id}");
+        }
+        let arts = e["artifacts"].as_object().unwrap();
+        let mut names: Vec<&str> = arts.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["pdf_cdf.png", "slices_plot.png"]);
+        for a in arts.values() {
+            assert_eq!(a["head"], "89504e470d0a1a0a", "PNG magic");
+            assert!(a["size"].as_u64().unwrap() > 1000);
+        }
+    }
+    let (m1, m2) = (&run.evaluations[0], &run.evaluations[1]);
+    assert_eq!(metric(&runs[e1], "eval - MSE Loss"), m1.mse);
+    assert_eq!(metric(&runs[e2], "eval - KS Stat"), m2.ks);
+}
+
+/// The example binary itself, as `bash scripts/quickstart.sh` runs it, pointed at the test server
+/// through MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME, with a private data directory and 3 epochs.
+#[test]
+fn quickstart_example_runs_against_the_configured_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = common::unique("quickstart");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--example", "quickstart"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("MLFLOW_TRACKING_URI", common::tracking_uri())
+        .env("MLFLOW_EXPERIMENT_NAME", &experiment)
+        .env("SAPSAN_DATA_DIR", dir.path())
+        .env("SAPSAN_EPOCHS", "3")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quickstart failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id_after = |label: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(label))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    let train = id_after("train run:");
+    let evals = id_after("evaluate run:");
+    assert_eq!((train.len(), evals.len()), (1, 2), "{stdout}");
+    assert!(stdout.contains("/#/experiments/"), "UI URL: {stdout}");
+    assert!(stdout.contains(&experiment), "{stdout}");
+    assert!(
+        dir.path().join("t5/u_dim32_fm15.h5").is_file(),
+        "data generated"
+    );
+
+    let ids: Vec<&str> = train.iter().chain(&evals).map(String::as_str).collect();
+    let runs = read_runs(&ids);
+    let t = &runs[ids[0]];
+    assert_eq!(t["status"], "FINISHED");
+    assert_eq!(t["params"]["chkpnt - initial size"], "[32, 32, 32]");
+    assert_eq!(t["params"]["chkpnt - sample to size"], "(16, 16, 16)");
+    assert_eq!(t["params"]["chkpnt - time"], "[0, 1, 2, 3]");
+    assert_eq!(t["params"]["model - n_epochs"], "3");
+    assert_eq!(metric(t, "train - final epoch"), 3.0);
+    for e in &ids[1..] {
+        assert_eq!(runs[*e]["parent"], ids[0]);
+        assert_eq!(runs[*e]["status"], "FINISHED");
+        assert_eq!(runs[*e]["experiment"], t["experiment"]);
+    }
+    assert_eq!(runs[ids[1]]["params"]["chkpnt - time"], "[4]");
+    assert_eq!(runs[ids[2]]["params"]["chkpnt - time"], "[5]");
+}
