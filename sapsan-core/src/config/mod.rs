@@ -6,6 +6,7 @@
 //! - [`PyStr`]: formats values like Python's `str()` (`True`, `1e-05`, `[16, 16, 16]`, `None`).
 //! - [`Kwargs`] / [`KwargsMap`]: extra parameters, the Rust form of Python's `**kwargs`.
 //! - [`keys`]: MLflow's key rules, shared with the derive macro, which checks keys at compile time.
+pub mod formatters;
 pub mod keys;
 mod params;
 mod pystr;

@@ -14,10 +14,10 @@ pub struct DataConfig {
     /// `data/t{checkpoint:1.0f}/{feature}_dim32_fm15.h5` (see [`format_path`](super::format_path)).
     pub path: String,
     /// Input features, one file each per checkpoint, stacked along the channel axis in this order.
-    #[sapsan(with = crate::experiment::params::joined)]
+    #[sapsan(with = crate::config::formatters::joined)]
     pub features: Vec<String>,
     /// Target features (what the model learns to predict); `None` to load inputs only.
-    #[sapsan(with = crate::experiment::params::joined_or_none)]
+    #[sapsan(with = crate::config::formatters::joined_or_none)]
     pub target: Option<Vec<String>>,
     /// Dataset name inside each feature file, one per feature; `None` takes the last dataset of
     /// each file (names sorted, as h5py lists them).
@@ -90,10 +90,10 @@ pub struct CheckpointConfig {
     pub initial_size: [usize; 3],
     /// Decimate each cube to this size by taking every `initial / sample` point along each axis
     /// (Sapsan's `EquidistantSampling`); each size must divide the initial size. `None`: keep.
-    #[sapsan(rename = "sample to size", with = crate::experiment::params::tuple_or_none)]
+    #[sapsan(rename = "sample to size", with = crate::config::formatters::tuple_or_none)]
     pub sample_to_size: Option<[usize; 3]>,
     /// Factor from checkpoint number to the value put into the path template.
-    #[sapsan(with = crate::experiment::params::number)]
+    #[sapsan(with = crate::config::formatters::number)]
     pub time_granularity: f64,
     /// Size (D, H, W) of the sub-cubes the (sampled) cube is cut into; must divide it.
     pub batch_size: [usize; 3],

@@ -42,7 +42,8 @@ use crate::tracked;
 use crate::tracking::MlflowBackend;
 use crate::tracking::scope::{BackendArg, BackendHandle, Report, TrackedOutput, last_run_id};
 
-pub mod params;
+#[cfg(test)]
+mod params;
 pub mod quickstart;
 
 /// Name of the weights artifact of a train run (safetensors), read by [`load_model_from_run`].
