@@ -16,6 +16,7 @@ use super::client::{HttpClient, Idempotency};
 use super::queue::{Deliver, LogQueue, RunBatch};
 use super::server::{MlflowServer, ServerOptions, ensure_server};
 use super::settings::Settings;
+use super::signals::{self, SignalTarget};
 use super::validate;
 use super::{Backend, LogItem, Metric, RunData, RunStack, RunStatus, now_ms};
 use crate::error::{Error, Result};
@@ -121,10 +122,12 @@ pub struct MlflowBackend {
     experiment_name: String,
     experiment_id: String,
     system_tags: Vec<(String, String)>,
-    state: Mutex<HashMap<String, RunState>>,
-    queue: LogQueue,
+    state: Arc<Mutex<HashMap<String, RunState>>>,
+    queue: Arc<LogQueue>,
     runs: RunStack,
     server: Option<MlflowServer>,
+    /// What the SIGINT/SIGTERM path reaches through a weak reference (see [`super::signals`]).
+    _signal_hook: Option<Arc<dyn SignalTarget>>,
 }
 
 impl std::fmt::Debug for MlflowBackend {
@@ -148,6 +151,7 @@ pub struct MlflowBackendBuilder {
     experiment: Option<String>,
     server_options: ServerOptions,
     own_server: bool,
+    no_signal_handlers: bool,
 }
 
 impl MlflowBackendBuilder {
@@ -185,6 +189,14 @@ impl MlflowBackendBuilder {
         self
     }
 
+    /// `true` (default): SIGINT and SIGTERM mark this backend's open runs KILLED before the process
+    /// dies of the signal (handlers installed with the first backend; see [`super::signals`]).
+    /// `false`: this backend is left out, and builds no handlers.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.no_signal_handlers = !on;
+        self
+    }
+
     /// Connects (starting a server if asked and needed), resolves the experiment (get-or-create),
     /// and starts the background sender.
     pub fn build(self) -> Result<MlflowBackend> {
@@ -195,6 +207,7 @@ impl MlflowBackendBuilder {
             experiment,
             server_options,
             own_server,
+            no_signal_handlers,
         } = self;
         settings.check()?;
         let mut server = None;
@@ -231,16 +244,29 @@ impl MlflowBackendBuilder {
             http: http.clone(),
             concurrency: settings.send_concurrency,
         };
-        let queue = LogQueue::start(sender, settings.linger)?;
+        let queue = Arc::new(LogQueue::start(sender, settings.linger)?);
+        let state = Arc::new(Mutex::new(HashMap::new()));
+        let signal_hook = if no_signal_handlers {
+            None
+        } else {
+            let hook: Arc<dyn SignalTarget> = Arc::new(SignalHook {
+                http: http.clone(),
+                state: state.clone(),
+                queue: queue.clone(),
+            });
+            signals::register(&hook)?;
+            Some(hook)
+        };
         Ok(MlflowBackend {
             http,
             experiment_name,
             experiment_id,
             system_tags: system_tags(),
-            state: Mutex::new(HashMap::new()),
+            state,
             queue,
             runs: RunStack::default(),
             server,
+            _signal_hook: signal_hook,
         })
     }
 }
@@ -498,15 +524,61 @@ impl MlflowBackend {
 
     /// Sends `runs/update` for `run_id` (no flush) and records whether it is open.
     fn update_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        let mut body = json!({"run_id": run_id, "status": status.as_str()});
-        if status != RunStatus::Running {
-            body["end_time"] = json!(now_ms());
+        send_status(&self.http, &self.state, run_id, status)
+    }
+}
+
+/// Sends `runs/update` for `run_id` (no flush) and records in `state` whether it is open.
+fn send_status(
+    http: &HttpClient,
+    state: &Mutex<HashMap<String, RunState>>,
+    run_id: &str,
+    status: RunStatus,
+) -> Result<()> {
+    let mut body = json!({"run_id": run_id, "status": status.as_str()});
+    if status != RunStatus::Running {
+        body["end_time"] = json!(now_ms());
+    }
+    http.post("runs/update", &body, Idempotency::Idempotent)
+        .map_err(|e| map_unknown_run(e, run_id, http.base()))?;
+    state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(run_id.to_owned())
+        .or_default()
+        .open = status == RunStatus::Running;
+    Ok(())
+}
+
+/// The parts of a backend the signal path needs; held strongly by the backend only.
+struct SignalHook {
+    http: Arc<HttpClient>,
+    state: Arc<Mutex<HashMap<String, RunState>>>,
+    queue: Arc<LogQueue>,
+}
+
+impl SignalTarget for SignalHook {
+    fn kill_open_runs(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.queue.flush() {
+            problems.push(format!(
+                "some logged data could not be delivered to MLflow: {e}"
+            ));
         }
-        self.http
-            .post("runs/update", &body, Idempotency::Idempotent)
-            .map_err(|e| self.unknown_run(run_id, e))?;
-        self.state().entry(run_id.to_owned()).or_default().open = status == RunStatus::Running;
-        Ok(())
+        let open: Vec<String> = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, s)| s.open)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for run in open {
+            if let Err(e) = send_status(&self.http, &self.state, &run, RunStatus::Killed) {
+                problems.push(format!("could not mark MLflow run {run} KILLED: {e}"));
+            }
+        }
+        problems
     }
 }
 
