@@ -323,7 +323,31 @@ fn read_json(resp: Response, method: &str, url: &str) -> Result<Value> {
 fn error_from_response(method: &str, url: &str, resp: Response) -> Error {
     let status = resp.status().as_u16();
     let body = resp.text().unwrap_or_default();
-    map_error(method, url, status, &body)
+    with_auth_hint(map_error(method, url, status, &body))
+}
+
+/// What to check after a 401/403, appended to the server's message.
+pub const AUTH_HINT: &str = "(the server refused the credentials: check MLFLOW_TRACKING_USERNAME and \
+MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, and the user's permissions; not retried)";
+
+/// Adds [`AUTH_HINT`] to the message of a 401 or 403 answer.
+fn with_auth_hint(e: Error) -> Error {
+    match e {
+        Error::Mlflow {
+            method,
+            url,
+            status: status @ (401 | 403),
+            error_code,
+            message,
+        } => Error::Mlflow {
+            method,
+            url,
+            status,
+            error_code,
+            message: format!("{message} {AUTH_HINT}"),
+        },
+        other => other,
+    }
 }
 
 /// Maps an error answer to [`Error::Mlflow`]: MLflow's JSON `{error_code, message}`, or for any other
