@@ -761,10 +761,25 @@ impl Drop for MlflowBackend {
 }
 
 /// Maps the server's RESOURCE_DOES_NOT_EXIST for a run to [`Error::UnknownRun`].
+/// Also maps "The run <id> must be in the 'active' state. Current state is deleted." to
+/// [`Error::DeletedRun`].
 fn map_unknown_run(e: Error, run_id: &str, base: &str) -> Error {
     match e {
         Error::Mlflow { ref error_code, .. } if error_code == "RESOURCE_DOES_NOT_EXIST" => {
             Error::UnknownRun {
+                run_id: run_id.to_owned(),
+                url: base.to_owned(),
+            }
+        }
+        Error::Mlflow {
+            ref error_code,
+            ref message,
+            ..
+        } if error_code == "INVALID_PARAMETER_VALUE"
+            && message.contains(&format!("run {run_id} must be in the 'active' state"))
+            && message.contains("deleted") =>
+        {
+            Error::DeletedRun {
                 run_id: run_id.to_owned(),
                 url: base.to_owned(),
             }
@@ -1157,6 +1172,18 @@ mod tests {
         let e = super::super::client::map_error("GET", "u", 400, "{}");
         assert!(matches!(
             map_unknown_run(e, "x", "http://h"),
+            Error::Mlflow { .. }
+        ));
+        let deleted = r#"{"error_code":"INVALID_PARAMETER_VALUE","message":"The run x must be in the 'active' state. Current state is deleted."}"#;
+        let e = super::super::client::map_error("POST", "u", 400, deleted);
+        assert!(matches!(
+            map_unknown_run(e, "x", "http://h"),
+            Error::DeletedRun { ref run_id, .. } if run_id == "x"
+        ));
+        // Another run's message is not this run's deletion.
+        let e = super::super::client::map_error("POST", "u", 400, deleted);
+        assert!(matches!(
+            map_unknown_run(e, "y", "http://h"),
             Error::Mlflow { .. }
         ));
     }
