@@ -1,6 +1,8 @@
 //! Credentials: basic auth against `mlflow server --app-name basic-auth` (the `mlflow[auth]` extra),
 //! bearer tokens, 401/403 answered by exactly one request and one clear error, and no credential in
 //! any error message or `Debug` string.
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -274,4 +276,64 @@ fn connection_errors_never_show_credentials() {
     })
     .unwrap();
     assert_no_secret("Settings Debug", &format!("{from_env:?}"));
+}
+
+#[test]
+fn artifact_names_escaping_the_run_are_rejected_before_any_request() {
+    let b = MlflowBackend::builder()
+        .tracking_uri(common::tracking_uri())
+        .experiment(common::unique("artifact-escape"))
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    let run = b.start("train", false, None).unwrap();
+    let before = b.http_requests();
+    for name in [
+        "../escape.txt",
+        "plots/../../escape.txt",
+        "/etc/passwd",
+        "/tmp/escape.txt",
+        "..",
+        "a\\..\\..\\x",
+    ] {
+        match b.upload_artifact(&run, name, b"x") {
+            Err(Error::Artifact { name: n, reason }) => {
+                assert_eq!(n, name);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{name:?}: {other:?}"),
+        }
+        assert!(matches!(
+            b.download_artifact(&run, name),
+            Err(Error::Artifact { .. })
+        ));
+    }
+    assert_eq!(
+        b.http_requests(),
+        before,
+        "a rejected name must never reach the server"
+    );
+    assert!(
+        b.list_artifacts(&run, None).unwrap().is_empty(),
+        "nothing written"
+    );
+    b.end().unwrap();
+}
+
+#[test]
+fn the_default_host_of_an_auto_started_server_is_loopback() {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = (sapsan::tracking::mlflow::DEFAULT_HOST, 5000)
+        .to_socket_addrs()
+        .unwrap()
+        .collect();
+    assert!(!addrs.is_empty());
+    for a in addrs {
+        assert!(a.ip().is_loopback(), "{a} is not loopback");
+    }
+    // A client of a server bound to every interface still talks to it over loopback.
+    assert_eq!(
+        sapsan::tracking::server::base_url("0.0.0.0", 5000),
+        "http://127.0.0.1:5000"
+    );
 }
