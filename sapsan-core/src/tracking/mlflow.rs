@@ -116,7 +116,9 @@ impl RunState {
 /// The MLflow tracking backend. See the [module docs](self).
 ///
 /// Dropping it delivers everything queued, ends the runs it left open as FINISHED, and stops a
-/// server it owns. Create and drop it outside any async runtime (it uses a blocking HTTP client).
+/// server it owns. SIGINT or SIGTERM while it is alive end its open runs as KILLED before the
+/// process dies of the signal (see [`super::signals`]; opt out with
+/// [`MlflowBackendBuilder::handle_signals`]). Create and drop it outside any async runtime (it uses a blocking HTTP client).
 pub struct MlflowBackend {
     http: Arc<HttpClient>,
     experiment_name: String,
