@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what sapsan-rs needs on a fresh Debian machine, and nothing twice:
 #   - libhdf5-dev + pkg-config (the HDF5 data module links against libhdf5),
-#   - a project-local Python venv `.venv` with mlflow==3.17.2 (the tracking server and the official
-#     Python client that the integration tests use as the judge).
+#   - a project-local Python venv `.venv` with mlflow[auth]==3.17.2 (the tracking server, its
+#     basic-auth app for the security tests, and the official Python client that the integration
+#     tests use as the judge). The `auth` extra adds Flask-WTF and costs about 8 s more.
 # Safe to run again: every step checks first.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,11 +33,11 @@ command -v cargo >/dev/null || { say "cargo not found: install Rust from https:/
 
 # 3. Python venv with MLflow.
 venv="$root/.venv"
-if ! "$venv/bin/python" -c "import mlflow, sys; sys.exit(mlflow.__version__ != '$MLFLOW_VERSION')" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import mlflow, flask_wtf, sys; sys.exit(mlflow.__version__ != '$MLFLOW_VERSION')" 2>/dev/null; then
     py=$(command -v python3 || true)
     [ -n "$py" ] || { say "python3 not found: install it (apt-get install python3 python3-venv)"; exit 1; }
-    say "creating $venv with mlflow==$MLFLOW_VERSION (about a minute)"
+    say "creating $venv with mlflow[auth]==$MLFLOW_VERSION (about a minute)"
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "mlflow==$MLFLOW_VERSION"
+    "$venv/bin/pip" install -q --disable-pip-version-check "mlflow[auth]==$MLFLOW_VERSION"
 fi
 say "ready: $("$venv/bin/mlflow" --version)"

@@ -84,6 +84,16 @@ pub enum Error {
         /// Tracking URI.
         url: String,
     },
+    /// The run exists but is deleted (in the trash).
+    #[error(
+        "run {run_id:?} on {url} is deleted; restore it with `mlflow runs restore --run-id {run_id}` (or in the MLflow UI) or start a new run"
+    )]
+    DeletedRun {
+        /// The run id.
+        run_id: String,
+        /// Tracking URI.
+        url: String,
+    },
     /// The experiment exists but is deleted.
     #[error(
         "experiment {name:?} on {url} is deleted; restore it in the MLflow UI (or `mlflow experiments restore`) or choose another name"

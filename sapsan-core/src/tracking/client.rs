@@ -72,6 +72,15 @@ impl HttpClient {
                     value: path.display().to_string(),
                     reason: format!("not a PEM certificate bundle: {e}"),
                 })?;
+            if certs.is_empty() {
+                return Err(Error::Setting {
+                    name: "MLFLOW_TRACKING_SERVER_CERT_PATH".into(),
+                    value: path.display().to_string(),
+                    reason: "the file holds no PEM certificate (-----BEGIN CERTIFICATE-----); \
+                             point it at the CA bundle that signed the server's certificate"
+                        .into(),
+                });
+            }
             b = b.tls_certs_merge(certs);
         }
         let client = b.build().map_err(|e| Error::Setting {
@@ -201,11 +210,20 @@ impl HttpClient {
                     err
                 }
                 Err(e) => {
+                    let reason = describe_reqwest(e);
+                    // An untrusted certificate stays untrusted: say what to do, once.
+                    if is_certificate_error(&reason) {
+                        return Err(Error::Connection {
+                            url: url.to_owned(),
+                            reason: format!("{reason}; {TLS_HINT}"),
+                        });
+                    }
                     // A connect error never reached the server: even `runs/create` may go again.
-                    let retry = e.is_connect() || idem == Idempotency::Idempotent;
+                    let retry =
+                        reason.starts_with("connection failed") || idem == Idempotency::Idempotent;
                     let err = Error::Connection {
                         url: url.to_owned(),
-                        reason: describe_reqwest(e),
+                        reason,
                     };
                     if !retry || attempt >= self.max_retries {
                         return Err(match err {
@@ -280,6 +298,18 @@ mod base64_lite {
     }
 }
 
+/// What to do when the server's TLS certificate is not trusted.
+pub const TLS_HINT: &str = "the server's TLS certificate is not trusted: set \
+MLFLOW_TRACKING_SERVER_CERT_PATH to the PEM file of the CA that signed it (or, for a test server \
+only, MLFLOW_TRACKING_INSECURE_TLS=true); not retried";
+
+/// Whether a described transport error is a TLS certificate rejection (rustls words it
+/// "invalid peer certificate: ...").
+fn is_certificate_error(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("invalid peer certificate") || r.contains("certificate verify failed")
+}
+
 fn describe_reqwest(e: reqwest::Error) -> String {
     let kind = if e.is_connect() {
         "connection failed"
@@ -323,7 +353,31 @@ fn read_json(resp: Response, method: &str, url: &str) -> Result<Value> {
 fn error_from_response(method: &str, url: &str, resp: Response) -> Error {
     let status = resp.status().as_u16();
     let body = resp.text().unwrap_or_default();
-    map_error(method, url, status, &body)
+    with_auth_hint(map_error(method, url, status, &body))
+}
+
+/// What to check after a 401/403, appended to the server's message.
+pub const AUTH_HINT: &str = "(the server refused the credentials: check MLFLOW_TRACKING_USERNAME and \
+MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, and the user's permissions; not retried)";
+
+/// Adds [`AUTH_HINT`] to the message of a 401 or 403 answer.
+fn with_auth_hint(e: Error) -> Error {
+    match e {
+        Error::Mlflow {
+            method,
+            url,
+            status: status @ (401 | 403),
+            error_code,
+            message,
+        } => Error::Mlflow {
+            method,
+            url,
+            status,
+            error_code,
+            message: format!("{message} {AUTH_HINT}"),
+        },
+        other => other,
+    }
 }
 
 /// Maps an error answer to [`Error::Mlflow`]: MLflow's JSON `{error_code, message}`, or for any other

@@ -16,6 +16,7 @@ use super::client::{HttpClient, Idempotency};
 use super::queue::{Deliver, LogQueue, RunBatch};
 use super::server::{MlflowServer, ServerOptions, ensure_server};
 use super::settings::Settings;
+use super::signals::{self, SignalTarget};
 use super::validate;
 use super::{Backend, LogItem, Metric, RunData, RunStack, RunStatus, now_ms};
 use crate::error::{Error, Result};
@@ -115,16 +116,20 @@ impl RunState {
 /// The MLflow tracking backend. See the [module docs](self).
 ///
 /// Dropping it delivers everything queued, ends the runs it left open as FINISHED, and stops a
-/// server it owns. Create and drop it outside any async runtime (it uses a blocking HTTP client).
+/// server it owns. SIGINT or SIGTERM while it is alive end its open runs as KILLED before the
+/// process dies of the signal (see [`super::signals`]; opt out with
+/// [`MlflowBackendBuilder::handle_signals`]). Create and drop it outside any async runtime (it uses a blocking HTTP client).
 pub struct MlflowBackend {
     http: Arc<HttpClient>,
     experiment_name: String,
     experiment_id: String,
     system_tags: Vec<(String, String)>,
-    state: Mutex<HashMap<String, RunState>>,
-    queue: LogQueue,
+    state: Arc<Mutex<HashMap<String, RunState>>>,
+    queue: Arc<LogQueue>,
     runs: RunStack,
     server: Option<MlflowServer>,
+    /// What the SIGINT/SIGTERM path reaches through a weak reference (see [`super::signals`]).
+    _signal_hook: Option<Arc<dyn SignalTarget>>,
 }
 
 impl std::fmt::Debug for MlflowBackend {
@@ -148,6 +153,7 @@ pub struct MlflowBackendBuilder {
     experiment: Option<String>,
     server_options: ServerOptions,
     own_server: bool,
+    no_signal_handlers: bool,
 }
 
 impl MlflowBackendBuilder {
@@ -185,6 +191,14 @@ impl MlflowBackendBuilder {
         self
     }
 
+    /// `true` (default): SIGINT and SIGTERM mark this backend's open runs KILLED before the process
+    /// dies of the signal (handlers installed with the first backend; see [`super::signals`]).
+    /// `false`: this backend is left out, and builds no handlers.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.no_signal_handlers = !on;
+        self
+    }
+
     /// Connects (starting a server if asked and needed), resolves the experiment (get-or-create),
     /// and starts the background sender.
     pub fn build(self) -> Result<MlflowBackend> {
@@ -195,6 +209,7 @@ impl MlflowBackendBuilder {
             experiment,
             server_options,
             own_server,
+            no_signal_handlers,
         } = self;
         settings.check()?;
         let mut server = None;
@@ -231,16 +246,29 @@ impl MlflowBackendBuilder {
             http: http.clone(),
             concurrency: settings.send_concurrency,
         };
-        let queue = LogQueue::start(sender, settings.linger)?;
+        let queue = Arc::new(LogQueue::start(sender, settings.linger)?);
+        let state = Arc::new(Mutex::new(HashMap::new()));
+        let signal_hook = if no_signal_handlers {
+            None
+        } else {
+            let hook: Arc<dyn SignalTarget> = Arc::new(SignalHook {
+                http: http.clone(),
+                state: state.clone(),
+                queue: queue.clone(),
+            });
+            signals::register(&hook)?;
+            Some(hook)
+        };
         Ok(MlflowBackend {
             http,
             experiment_name,
             experiment_id,
             system_tags: system_tags(),
-            state: Mutex::new(HashMap::new()),
+            state,
             queue,
             runs: RunStack::default(),
             server,
+            _signal_hook: signal_hook,
         })
     }
 }
@@ -498,15 +526,61 @@ impl MlflowBackend {
 
     /// Sends `runs/update` for `run_id` (no flush) and records whether it is open.
     fn update_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        let mut body = json!({"run_id": run_id, "status": status.as_str()});
-        if status != RunStatus::Running {
-            body["end_time"] = json!(now_ms());
+        send_status(&self.http, &self.state, run_id, status)
+    }
+}
+
+/// Sends `runs/update` for `run_id` (no flush) and records in `state` whether it is open.
+fn send_status(
+    http: &HttpClient,
+    state: &Mutex<HashMap<String, RunState>>,
+    run_id: &str,
+    status: RunStatus,
+) -> Result<()> {
+    let mut body = json!({"run_id": run_id, "status": status.as_str()});
+    if status != RunStatus::Running {
+        body["end_time"] = json!(now_ms());
+    }
+    http.post("runs/update", &body, Idempotency::Idempotent)
+        .map_err(|e| map_unknown_run(e, run_id, http.base()))?;
+    state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(run_id.to_owned())
+        .or_default()
+        .open = status == RunStatus::Running;
+    Ok(())
+}
+
+/// The parts of a backend the signal path needs; held strongly by the backend only.
+struct SignalHook {
+    http: Arc<HttpClient>,
+    state: Arc<Mutex<HashMap<String, RunState>>>,
+    queue: Arc<LogQueue>,
+}
+
+impl SignalTarget for SignalHook {
+    fn kill_open_runs(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.queue.flush() {
+            problems.push(format!(
+                "some logged data could not be delivered to MLflow: {e}"
+            ));
         }
-        self.http
-            .post("runs/update", &body, Idempotency::Idempotent)
-            .map_err(|e| self.unknown_run(run_id, e))?;
-        self.state().entry(run_id.to_owned()).or_default().open = status == RunStatus::Running;
-        Ok(())
+        let open: Vec<String> = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, s)| s.open)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for run in open {
+            if let Err(e) = send_status(&self.http, &self.state, &run, RunStatus::Killed) {
+                problems.push(format!("could not mark MLflow run {run} KILLED: {e}"));
+            }
+        }
+        problems
     }
 }
 
@@ -689,10 +763,25 @@ impl Drop for MlflowBackend {
 }
 
 /// Maps the server's RESOURCE_DOES_NOT_EXIST for a run to [`Error::UnknownRun`].
+/// Also maps "The run <id> must be in the 'active' state. Current state is deleted." to
+/// [`Error::DeletedRun`].
 fn map_unknown_run(e: Error, run_id: &str, base: &str) -> Error {
     match e {
         Error::Mlflow { ref error_code, .. } if error_code == "RESOURCE_DOES_NOT_EXIST" => {
             Error::UnknownRun {
+                run_id: run_id.to_owned(),
+                url: base.to_owned(),
+            }
+        }
+        Error::Mlflow {
+            ref error_code,
+            ref message,
+            ..
+        } if error_code == "INVALID_PARAMETER_VALUE"
+            && message.contains(&format!("run {run_id} must be in the 'active' state"))
+            && message.contains("deleted") =>
+        {
+            Error::DeletedRun {
                 run_id: run_id.to_owned(),
                 url: base.to_owned(),
             }
@@ -1085,6 +1174,18 @@ mod tests {
         let e = super::super::client::map_error("GET", "u", 400, "{}");
         assert!(matches!(
             map_unknown_run(e, "x", "http://h"),
+            Error::Mlflow { .. }
+        ));
+        let deleted = r#"{"error_code":"INVALID_PARAMETER_VALUE","message":"The run x must be in the 'active' state. Current state is deleted."}"#;
+        let e = super::super::client::map_error("POST", "u", 400, deleted);
+        assert!(matches!(
+            map_unknown_run(e, "x", "http://h"),
+            Error::DeletedRun { ref run_id, .. } if run_id == "x"
+        ));
+        // Another run's message is not this run's deletion.
+        let e = super::super::client::map_error("POST", "u", 400, deleted);
+        assert!(matches!(
+            map_unknown_run(e, "y", "http://h"),
             Error::Mlflow { .. }
         ));
     }

@@ -18,6 +18,7 @@ pub mod queue;
 pub mod scope;
 pub mod server;
 pub mod settings;
+pub mod signals;
 pub mod validate;
 pub use fake::FakeBackend;
 pub use mlflow::{ArtifactFile, MlflowBackend, MlflowBackendBuilder, RunInfo};

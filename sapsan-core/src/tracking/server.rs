@@ -36,8 +36,9 @@ const TAIL_LINES: usize = 20;
 /// Bytes of the server log read for the quoted tail.
 const TAIL_BYTES: u64 = 8192;
 
-/// How to start an MLflow server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to start an MLflow server. Its `Debug` output shows the names of [`ServerOptions::env`]
+/// only, never their values (they may be passwords).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServerOptions {
     /// The `mlflow` executable: a path, or a bare name looked up on `PATH`. `None`: `mlflow` on `PATH`.
     pub mlflow_bin: Option<PathBuf>,
@@ -50,6 +51,31 @@ pub struct ServerOptions {
     pub ready_timeout: Duration,
     /// Print nothing to stderr (the "server started" line of [`ensure_server`]).
     pub quiet: bool,
+    /// More arguments for `mlflow server` (`["--app-name", "basic-auth"]`, ...), after sapsan's own.
+    pub extra_args: Vec<String>,
+    /// More environment variables for the server process (`MLFLOW_AUTH_ADMIN_PASSWORD`, ...).
+    pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("mlflow_bin", &self.mlflow_bin)
+            .field("data_dir", &self.data_dir)
+            .field("workers", &self.workers)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("quiet", &self.quiet)
+            .field("extra_args", &self.extra_args)
+            .field(
+                "env",
+                &self
+                    .env
+                    .iter()
+                    .map(|(k, _)| format!("{k}=<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Default for ServerOptions {
@@ -64,6 +90,8 @@ impl Default for ServerOptions {
             workers: Some(1),
             ready_timeout: Duration::from_secs(60),
             quiet: false,
+            extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -267,7 +295,9 @@ impl MlflowServer {
             .arg("--artifacts-destination")
             .arg(&artifacts)
             .args(["--workers", &workers.to_string()])
+            .args(&opts.extra_args)
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&data_dir)
             .stdin(Stdio::null())
             .stdout(log)

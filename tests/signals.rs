@@ -1,0 +1,214 @@
+//! SIGTERM and SIGINT to a training process: its open runs end KILLED with an end time, what it
+//! logged arrived, and the process dies of the signal. Judged with the official Python client.
+//!
+//! This file has its own `main` (`harness = false` in Cargo.toml): started with
+//! `SAPSAN_SIGNAL_CHILD` set, the binary is the victim, a small training job that logs in a loop;
+//! otherwise it is the test, which starts victims and signals them.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use sapsan::tracking::{Backend, MlflowBackend};
+use serde_json::Value;
+
+const CHILD_ENV: &str = "SAPSAN_SIGNAL_CHILD";
+/// Steps the victim logs (and delivers) before it says it is ready to be signalled.
+const READY_STEPS: i64 = 20;
+
+fn main() {
+    if let Ok(mode) = std::env::var(CHILD_ENV) {
+        victim(&mode);
+        return;
+    }
+    let tests: [(&str, fn()); 4] = [
+        ("sigterm_marks_every_open_run_killed", || {
+            signalled_runs_end_killed(libc::SIGTERM)
+        }),
+        ("sigint_marks_every_open_run_killed", || {
+            signalled_runs_end_killed(libc::SIGINT)
+        }),
+        (
+            "opt_out_leaves_the_signal_alone",
+            opt_out_leaves_the_signal_alone,
+        ),
+        ("ignored_sigint_stays_ignored", ignored_sigint_stays_ignored),
+    ];
+    for (name, t) in tests {
+        eprint!("test {name} ... ");
+        t();
+        eprintln!("ok");
+    }
+    eprintln!("test result: ok. {} passed; 0 failed", tests.len());
+}
+
+/// The victim: two backends (as two parts of a program might have), a train run with a nested
+/// evaluation in the first and a train run in the second; logs `loss` at steps 0, 1, 2, ...
+/// Prints `READY <run ids>` once the first steps are delivered, then logs until it is killed.
+fn victim(mode: &str) {
+    let experiment = std::env::var("SAPSAN_SIGNAL_EXPERIMENT").unwrap();
+    let build = |on: bool| {
+        MlflowBackend::builder()
+            .tracking_uri(common::tracking_uri())
+            .experiment(&experiment)
+            .handle_signals(on)
+            .build()
+            .unwrap()
+    };
+    let on = mode != "opt-out";
+    let a = build(on);
+    let b = build(on);
+    let train = a.start("train", false, None).unwrap();
+    a.log_parameter("model - lr", "0.001").unwrap();
+    let eval = a.start("evaluate", true, None).unwrap();
+    let other = b.start("train", false, None).unwrap();
+    let mut step = 0i64;
+    loop {
+        a.log_metric_step("loss", 1.0 / (step + 1) as f64, step)
+            .unwrap();
+        b.log_metric_step("loss", step as f64, step).unwrap();
+        step += 1;
+        if step == READY_STEPS {
+            a.flush().unwrap();
+            b.flush().unwrap();
+            println!("READY {train} {eval} {other}");
+        }
+        // One "epoch" of training.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Starts a victim in `mode`, waits for READY, sends `sig`; returns the exit status and run ids.
+fn run_victim(
+    mode: &str,
+    sig: libc::c_int,
+    ignore_sigint: bool,
+) -> (std::process::ExitStatus, Vec<String>) {
+    let exp = common::unique("signals");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CHILD_ENV, mode)
+        .env("SAPSAN_SIGNAL_EXPERIMENT", &exp)
+        .env("SAPSAN_TEST_TRACKING_URI", common::tracking_uri())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if ignore_sigint {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only `signal` between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ids: Vec<String> = line
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("victim did not get ready: {line:?}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 3, "{line}");
+    // What the victim does with each signal, as the kernel reports it.
+    let (ignored, caught) = signal_masks(child.id());
+    let bit = |s: libc::c_int| 1u64 << (s - 1);
+    let handled = mode != "opt-out";
+    assert_eq!(
+        caught & bit(libc::SIGTERM) != 0,
+        handled,
+        "SigCgt {caught:x}"
+    );
+    assert_eq!(
+        caught & bit(libc::SIGINT) != 0,
+        handled && !ignore_sigint,
+        "SigCgt {caught:x}"
+    );
+    assert_eq!(
+        ignored & bit(libc::SIGINT) != 0,
+        ignore_sigint,
+        "SigIgn {ignored:x}"
+    );
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+    (child.wait().unwrap(), ids)
+}
+
+/// `SigIgn` and `SigCgt` of process `pid` from /proc.
+fn signal_masks(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line[name.len()..].trim(), 16).unwrap()
+    };
+    (field("SigIgn:"), field("SigCgt:"))
+}
+
+const READ_RUNS: &str = r#"
+out = []
+for rid in args:
+    r = client.get_run(rid)
+    hist = sorted(m.step for m in client.get_metric_history(rid, "loss"))
+    out.append({"status": r.info.status, "start": r.info.start_time, "end": r.info.end_time,
+                "steps": hist, "params": r.data.params})
+print(json.dumps(out))
+"#;
+
+fn read_runs(ids: &[String]) -> Vec<Value> {
+    let args: Vec<&str> = ids.iter().map(String::as_str).collect();
+    common::judge(READ_RUNS, &args).as_array().unwrap().clone()
+}
+
+/// Steps 0..=max, each once, with at least the READY steps.
+fn assert_complete_history(run: &Value) {
+    let steps: Vec<i64> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_i64().unwrap())
+        .collect();
+    assert!(steps.len() as i64 >= READY_STEPS, "{run}");
+    let expected: Vec<i64> = (0..steps.len() as i64).collect();
+    assert_eq!(steps, expected, "gaps or duplicates: {run}");
+}
+
+fn signalled_runs_end_killed(sig: libc::c_int) {
+    let (status, ids) = run_victim("handle", sig, false);
+    assert_eq!(status.signal(), Some(sig), "exit status: {status:?}");
+    let runs = read_runs(&ids);
+    for (id, run) in ids.iter().zip(&runs) {
+        assert_eq!(run["status"], "KILLED", "run {id}: {run}");
+        let (start, end) = (run["start"].as_i64().unwrap(), run["end"].as_i64());
+        assert!(
+            end.is_some_and(|e| e >= start),
+            "run {id} has no end time: {run}"
+        );
+    }
+    // `a` logs to its active run, the nested evaluation; `b` to its train run.
+    assert_complete_history(&runs[1]);
+    assert_complete_history(&runs[2]);
+    assert_eq!(runs[0]["params"]["model - lr"], "0.001");
+}
+
+fn opt_out_leaves_the_signal_alone() {
+    let (status, ids) = run_victim("opt-out", libc::SIGTERM, false);
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    // Nobody ended the runs: they stay RUNNING (what the handlers exist to prevent).
+    for run in read_runs(&ids) {
+        assert_eq!(run["status"], "RUNNING", "{run}");
+    }
+}
+
+fn ignored_sigint_stays_ignored() {
+    // A job started with SIGINT ignored (nohup, `&` in a script) keeps ignoring it; SIGTERM still
+    // ends its runs KILLED.
+    let (status, ids) = run_victim("handle", libc::SIGTERM, true);
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    for run in read_runs(&ids) {
+        assert_eq!(run["status"], "KILLED", "{run}");
+    }
+}
