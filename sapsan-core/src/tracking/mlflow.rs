@@ -935,7 +935,7 @@ pub(crate) fn get_or_create_experiment(http: &HttpClient, name: &str) -> Result<
 }
 
 /// The system tags the Python client sets, computed once per backend.
-fn system_tags() -> Vec<(String, String)> {
+pub(crate) fn system_tags() -> Vec<(String, String)> {
     let mut tags = vec![
         ("mlflow.user".to_owned(), user_name()),
         ("mlflow.source.type".to_owned(), "LOCAL".to_owned()),

@@ -15,6 +15,7 @@ pub mod client;
 mod fake;
 pub mod journal;
 pub mod mlflow;
+pub mod offline;
 pub mod queue;
 pub mod scope;
 pub mod server;
@@ -23,6 +24,7 @@ pub mod sync;
 pub mod validate;
 pub use fake::FakeBackend;
 pub use mlflow::{ArtifactFile, MlflowBackend, MlflowBackendBuilder, RunInfo};
+pub use offline::{OfflineBackend, backend_from_env};
 pub use server::{MlflowServer, ServerOptions, ensure_server};
 pub use settings::{Auth, Settings};
 
