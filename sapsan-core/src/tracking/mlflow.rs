@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -137,6 +138,8 @@ struct Durable {
     journal: Arc<SharedJournal>,
     uploader: Option<Uploader>,
     http_once: Arc<HttpClient>,
+    /// How long the drop waits for an away server to come back before leaving the journal.
+    exit_grace: Duration,
 }
 
 impl std::fmt::Debug for MlflowBackend {
@@ -278,6 +281,7 @@ impl MlflowBackendBuilder {
                 journal: shared,
                 uploader: Some(uploader),
                 http_once,
+                exit_grace: (settings.backoff_max * 3).min(Duration::from_secs(10)),
             };
             (queue, Some(durable))
         };
@@ -819,7 +823,7 @@ impl Drop for MlflowBackend {
                 eprintln!("sapsan: could not journal the end of the open runs: {e}");
             }
             if let Some(up) = d.uploader.take() {
-                if let Err(e) = up.wait() {
+                if let Err(e) = up.wait_with_grace(d.exit_grace) {
                     eprintln!("sapsan: some logged data was refused by MLflow: {e}");
                 }
                 let drained = up.drained();

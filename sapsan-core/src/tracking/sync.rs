@@ -280,6 +280,8 @@ struct UpState {
     first_error: Option<Error>,
     stop: bool,
     gone: bool,
+    /// A request is in flight.
+    attempting: bool,
 }
 
 #[derive(Debug)]
@@ -351,6 +353,33 @@ impl Uploader {
         let mut g = lock(&self.shared.st);
         while g.acked < g.written && g.healthy && !g.gone {
             g = self.shared.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        match g.first_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`Uploader::wait`], but while the server is away keeps waiting up to `grace` (plus the
+    /// request in flight at that time) for it to come back (used at the end of a program, so a server that just restarted still gets
+    /// everything).
+    pub fn wait_with_grace(&self, grace: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + grace;
+        let mut g = lock(&self.shared.st);
+        while g.acked < g.written && !g.gone {
+            let now = std::time::Instant::now();
+            if g.healthy || g.attempting {
+                g = self.shared.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            } else if now < deadline {
+                g = self
+                    .shared
+                    .cv
+                    .wait_timeout(g, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            } else {
+                break;
+            }
         }
         match g.first_error.take() {
             Some(e) => Err(e),
@@ -450,7 +479,10 @@ fn upload_loop(
         for (rec, end) in recs {
             let mut attempt = 0u32;
             loop {
-                match rep.apply(&rec) {
+                lock(&shared.st).attempting = true;
+                let res = rep.apply(&rec);
+                lock(&shared.st).attempting = false;
+                match res {
                     Ok(()) => {
                         let mut g = lock(&shared.st);
                         g.acked = end;
