@@ -89,7 +89,8 @@ fn steps(run: &Value, key: &str) -> Vec<i64> {
 
 /// One epoch of a toy training job: metrics `loss` and `acc` at `epoch`.
 fn epoch(b: &MlflowBackend, e: i64) {
-    b.log_metric_step("loss", 1.0 / (e as f64 + 1.0), e).unwrap();
+    b.log_metric_step("loss", 1.0 / (e as f64 + 1.0), e)
+        .unwrap();
     b.log_metric_step("acc", e as f64 / 50.0, e).unwrap();
 }
 
@@ -119,7 +120,12 @@ fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
     let server = start_server(port, &data);
     let uri = server.url().to_owned();
     let exp = common::unique("kill9");
-    let b = backend(&uri, &exp, &tmp.path().join("journal"), Duration::from_secs(2));
+    let b = backend(
+        &uri,
+        &exp,
+        &tmp.path().join("journal"),
+        Duration::from_secs(2),
+    );
     let train = b.start("train", false, None).unwrap();
     b.log_parameter("lr", "0.01").unwrap();
     for e in 0..20 {
@@ -173,7 +179,8 @@ fn frozen_server_never_blocks_logging_and_loses_nothing() {
             acc = acc.wrapping_mul(6364136223846793005).wrapping_add(i);
         }
         let t = Instant::now();
-        b.log_metric_step("loss", (acc % 1000) as f64, step).unwrap();
+        b.log_metric_step("loss", (acc % 1000) as f64, step)
+            .unwrap();
         b.log_metric_step("acc", step as f64, step).unwrap();
         let d = t.elapsed();
         in_logging += d;
@@ -255,7 +262,11 @@ fn server_gone_for_good_then_sapsan_sync_delivers_everything() {
     let runs = runs_at(server.url(), &exp);
     assert_job_landed(&runs, 7);
     sapsan_sync(&root, server.url());
-    assert_eq!(runs_at(server.url(), &exp), runs, "a second sync changes nothing");
+    assert_eq!(
+        runs_at(server.url(), &exp),
+        runs,
+        "a second sync changes nothing"
+    );
     server.stop().unwrap();
 }
 

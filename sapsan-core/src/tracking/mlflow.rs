@@ -3,6 +3,12 @@
 //! Logging calls validate, remember, enqueue and return in microseconds; a background thread sends
 //! log-batch requests (see [`super::queue`]). Run creation, status changes and artifacts are sent
 //! at once. Each backend has its own run stack and its own view of the runs it logged to.
+//!
+//! By default (see [`MlflowBackendBuilder::journal`]) everything, run creations and status changes
+//! included, first goes to a journal on disk ([`super::journal`]) and a background uploader
+//! ([`super::sync::Uploader`]) sends it, retrying while the server is away. A run started while the
+//! server is away gets a local id (`local-...`) and is created on the server later, exactly once.
+//! `flush` and status changes wait for delivery only while the server answers.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
