@@ -46,12 +46,17 @@ pub fn unique(prefix: &str) -> String {
 /// in scope; `args` is `sys.argv[1:]`), pointed at the test server. The script prints one JSON value
 /// on its last line of stdout; that value is returned.
 pub fn judge(script: &str, args: &[&str]) -> serde_json::Value {
+    judge_at(&tracking_uri(), script, args)
+}
+
+/// [`judge`] against the server at `uri` (a server the test started itself).
+pub fn judge_at(uri: &str, script: &str, args: &[&str]) -> serde_json::Value {
     let prelude = "import json, sys, mlflow\nfrom mlflow import MlflowClient\nclient = MlflowClient()\nargs = sys.argv[1:]\n";
     let out = Command::new(python())
         .arg("-c")
         .arg(format!("{prelude}{script}"))
         .args(args)
-        .env("MLFLOW_TRACKING_URI", tracking_uri())
+        .env("MLFLOW_TRACKING_URI", uri)
         .env("MLFLOW_DISABLE_TELEMETRY", "true")
         .output()
         .expect("cannot run the Python judge");

@@ -3,20 +3,29 @@
 //! Logging calls validate, remember, enqueue and return in microseconds; a background thread sends
 //! log-batch requests (see [`super::queue`]). Run creation, status changes and artifacts are sent
 //! at once. Each backend has its own run stack and its own view of the runs it logged to.
+//!
+//! By default (see [`MlflowBackendBuilder::journal`]) everything, run creations and status changes
+//! included, first goes to a journal on disk ([`super::journal`]) and a background uploader
+//! ([`super::sync::Uploader`]) sends it, retrying while the server is away. A run started while the
+//! server is away gets a local id (`local-...`) and is created on the server later, exactly once.
+//! `flush` and status changes wait for delivery only while the server answers.
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::artifacts::{self, ArtifactLocation};
 use super::client::{HttpClient, Idempotency};
+use super::journal::{self, Journal, JournalSink, Record, SharedJournal};
 use super::queue::{Deliver, LogQueue, RunBatch};
 use super::server::{MlflowServer, ServerOptions, ensure_server};
 use super::settings::Settings;
 use super::signals::{self, SignalTarget};
+use super::sync::{Replayer, Uploader, is_transient};
 use super::validate;
 use super::{Backend, LogItem, Metric, RunData, RunStack, RunStatus, now_ms};
 use crate::error::{Error, Result};
@@ -130,6 +139,18 @@ pub struct MlflowBackend {
     server: Option<MlflowServer>,
     /// What the SIGINT/SIGTERM path reaches through a weak reference (see [`super::signals`]).
     _signal_hook: Option<Arc<dyn SignalTarget>>,
+    /// The durable path (`None`: in-memory queue straight to HTTP).
+    durable: Option<Durable>,
+}
+
+/// The journal, its background uploader, and a no-retry client for run creation.
+#[derive(Debug)]
+struct Durable {
+    journal: Arc<SharedJournal>,
+    uploader: Option<Uploader>,
+    http_once: Arc<HttpClient>,
+    /// How long the drop waits for an away server to come back before leaving the journal.
+    exit_grace: Duration,
 }
 
 impl std::fmt::Debug for MlflowBackend {
@@ -154,6 +175,8 @@ pub struct MlflowBackendBuilder {
     server_options: ServerOptions,
     own_server: bool,
     no_signal_handlers: bool,
+    use_journal: bool,
+    journal_root: Option<PathBuf>,
 }
 
 impl MlflowBackendBuilder {
@@ -199,6 +222,19 @@ impl MlflowBackendBuilder {
         self
     }
 
+    /// `true`: everything goes to a journal on disk first and a background uploader delivers it,
+    /// surviving server outages (see [`super::journal`]; `sapsan sync` uploads what is left).
+    /// Default `false` for now: logged data lives in memory until sent.
+    pub fn journal(mut self, on: bool) -> Self {
+        self.use_journal = on;
+        self
+    }
+    /// The root directory for journals (default: `SAPSAN_JOURNAL_DIR`, else `./.sapsan-journal`).
+    pub fn journal_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.journal_root = Some(root.into());
+        self
+    }
+
     /// Connects (starting a server if asked and needed), resolves the experiment (get-or-create),
     /// and starts the background sender.
     pub fn build(self) -> Result<MlflowBackend> {
@@ -210,6 +246,8 @@ impl MlflowBackendBuilder {
             server_options,
             own_server,
             no_signal_handlers,
+            use_journal,
+            journal_root,
         } = self;
         settings.check()?;
         let mut server = None;
@@ -242,11 +280,34 @@ impl MlflowBackendBuilder {
             .unwrap_or_else(|| DEFAULT_EXPERIMENT.to_owned());
         let http = Arc::new(HttpClient::new(&base, &settings)?);
         let experiment_id = get_or_create_experiment(&http, &experiment_name)?;
-        let sender = HttpSender {
-            http: http.clone(),
-            concurrency: settings.send_concurrency,
+        let (queue, durable) = if !use_journal {
+            let sender = HttpSender {
+                http: http.clone(),
+                concurrency: settings.send_concurrency,
+            };
+            (LogQueue::start(sender, settings.linger)?, None)
+        } else {
+            let root = journal_root.unwrap_or_else(journal::journal_root);
+            let j = Journal::create_in(&root)?;
+            let dir = j.dir().to_owned();
+            // The uploader retries by itself, forever, without blocking anyone.
+            let mut once = settings.clone();
+            once.max_retries = 0;
+            let http_once = Arc::new(HttpClient::new(&base, &once)?);
+            let mut rep = Replayer::new(http_once.clone(), true);
+            rep.know_experiment(&experiment_name, &experiment_id);
+            let uploader = Uploader::start(&dir, rep, settings.backoff_base, settings.backoff_max)?;
+            let shared = Arc::new(SharedJournal::new(j, Some(uploader.notifier())));
+            let queue = LogQueue::start(JournalSink(shared.clone()), settings.linger)?;
+            let durable = Durable {
+                journal: shared,
+                uploader: Some(uploader),
+                http_once,
+                exit_grace: (settings.backoff_max * 3).min(Duration::from_secs(10)),
+            };
+            (queue, Some(durable))
         };
-        let queue = Arc::new(LogQueue::start(sender, settings.linger)?);
+        let queue = Arc::new(queue);
         let state = Arc::new(Mutex::new(HashMap::new()));
         let signal_hook = if no_signal_handlers {
             None
@@ -269,6 +330,7 @@ impl MlflowBackendBuilder {
             runs: RunStack::default(),
             server,
             _signal_hook: signal_hook,
+            durable,
         })
     }
 }
@@ -524,6 +586,64 @@ impl MlflowBackend {
         }
     }
 
+    /// Sends `runs/create` with `http`; the new run's id and artifact URI.
+    fn create_on_server(
+        &self,
+        http: &HttpClient,
+        run_name: &str,
+        start: i64,
+        parent_tag: Option<&(String, String)>,
+        tags: &[(String, String)],
+    ) -> Result<(String, Option<String>)> {
+        let body = json!({
+            "experiment_id": self.experiment_id,
+            "run_name": run_name,
+            "start_time": start,
+            "tags": tags.iter().chain(parent_tag).map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+        });
+        let v = http.post("runs/create", &body, Idempotency::CreatesOnce)?;
+        let info = v.pointer("/run/info").unwrap_or(&Value::Null);
+        let run_id = info
+            .get("run_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::Mlflow {
+                method: "POST".into(),
+                url: http.api_url("runs/create"),
+                status: 200,
+                error_code: "BAD_RESPONSE".into(),
+                message: "the answer has no run.info.run_id".into(),
+            })?
+            .to_owned();
+        let uri = info
+            .get("artifact_uri")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok((run_id, uri))
+    }
+
+    /// Records a run this backend created.
+    fn remember_created(
+        &self,
+        run_id: &str,
+        artifact_uri: Option<String>,
+        tags: impl Iterator<Item = (String, String)>,
+    ) {
+        let state = RunState {
+            created_here: true,
+            open: true,
+            artifact_uri,
+            tags: tags.collect(),
+            ..RunState::default()
+        };
+        self.state().insert(run_id.to_owned(), state);
+    }
+
+    /// The journal directory of this backend (`None` without a journal). It is removed when the
+    /// backend is dropped with everything delivered.
+    pub fn journal_dir(&self) -> Option<PathBuf> {
+        self.durable.as_ref().map(|d| d.journal.dir())
+    }
+
     /// Sends `runs/update` for `run_id` (no flush) and records whether it is open.
     fn update_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
         send_status(&self.http, &self.state, run_id, status)
@@ -592,47 +712,50 @@ enum ArtifactTarget {
 impl Backend for MlflowBackend {
     fn create_run(&self, run_name: &str, parent: Option<&str>) -> Result<String> {
         let start = now_ms();
-        let mut tags: Vec<(String, String)> = Vec::with_capacity(self.system_tags.len() + 2);
+        let mut tags: Vec<(String, String)> = Vec::with_capacity(self.system_tags.len() + 3);
         tags.push(("mlflow.runName".into(), run_name.to_owned()));
-        if let Some(p) = parent {
-            tags.push(("mlflow.parentRunId".into(), p.to_owned()));
-        }
         tags.extend(self.system_tags.iter().cloned());
-        for (k, v) in &tags {
+        let key = self.durable.as_ref().map(|_| journal::fresh_key());
+        if let Some(k) = &key {
+            tags.push((journal::RUN_KEY_TAG.into(), k.clone()));
+        }
+        let parent_tag = parent.map(|p| ("mlflow.parentRunId".to_owned(), p.to_owned()));
+        for (k, v) in tags.iter().chain(parent_tag.iter()) {
             validate::tag_value(k, v)?;
         }
-        let body = json!({
-            "experiment_id": self.experiment_id,
-            "run_name": run_name,
-            "start_time": start,
-            "tags": tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
-        });
-        let v = self
-            .http
-            .post("runs/create", &body, Idempotency::CreatesOnce)?;
-        let info = v.pointer("/run/info").unwrap_or(&Value::Null);
-        let run_id = info
-            .get("run_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::Mlflow {
-                method: "POST".into(),
-                url: self.http.api_url("runs/create"),
-                status: 200,
-                error_code: "BAD_RESPONSE".into(),
-                message: "the answer has no run.info.run_id".into(),
-            })?
-            .to_owned();
-        let state = RunState {
-            created_here: true,
-            open: true,
-            artifact_uri: info
-                .get("artifact_uri")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            tags: tags.into_iter().collect(),
-            ..RunState::default()
+        let (Some(d), Some(key)) = (&self.durable, key) else {
+            let (run_id, artifact_uri) =
+                self.create_on_server(&self.http, run_name, start, parent_tag.as_ref(), &tags)?;
+            self.remember_created(&run_id, artifact_uri, tags.into_iter().chain(parent_tag));
+            return Ok(run_id);
         };
-        self.state().insert(run_id.clone(), state);
+        // A parent not yet on the server: the child is created lazily after it, by the uploader.
+        let parent_is_local = parent.is_some_and(|p| p.starts_with(LOCAL_RUN_PREFIX));
+        let created = if parent_is_local {
+            None
+        } else {
+            match self.create_on_server(&d.http_once, run_name, start, parent_tag.as_ref(), &tags) {
+                Ok(c) => Some(c),
+                // Server away: journal the run now, create it when the server is back.
+                Err(e) if is_transient(&e) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        let (run_id, artifact_uri, server_id) = match created {
+            Some((id, uri)) => (id.clone(), uri, Some(id)),
+            None => (format!("{LOCAL_RUN_PREFIX}{key}"), None, None),
+        };
+        d.journal.append(&[Record::Create {
+            key: key.clone(),
+            experiment: self.experiment_name.clone(),
+            name: run_name.to_owned(),
+            parent: parent.map(|p| d.journal.run_ref(p)),
+            start_ms: start,
+            tags: tags.clone(),
+            id: server_id,
+        }])?;
+        d.journal.set_key(&run_id, &key);
+        self.remember_created(&run_id, artifact_uri, tags.into_iter().chain(parent_tag));
         Ok(run_id)
     }
 
@@ -698,6 +821,22 @@ impl Backend for MlflowBackend {
     }
 
     fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
+        if let Some(d) = &self.durable {
+            // Into the journal in order (queued items first); sent by the uploader.
+            let flushed = self.queue.flush();
+            let end_ms = (status != RunStatus::Running).then(now_ms);
+            let journaled = d.journal.append(&[Record::Status {
+                run: d.journal.run_ref(run_id),
+                status: status.as_str().to_owned(),
+                end_ms,
+            }]);
+            self.state().entry(run_id.to_owned()).or_default().open = status == RunStatus::Running;
+            let delivered = match &d.uploader {
+                Some(u) => u.wait(),
+                None => Ok(()),
+            };
+            return flushed.and(journaled).and(delivered);
+        }
         let flushed = if status == RunStatus::Running {
             Ok(())
         } else {
@@ -709,7 +848,11 @@ impl Backend for MlflowBackend {
     }
 
     fn flush(&self) -> Result<()> {
-        self.queue.flush()
+        let flushed = self.queue.flush();
+        match self.durable.as_ref().and_then(|d| d.uploader.as_ref()) {
+            Some(u) => flushed.and(u.wait()),
+            None => flushed,
+        }
     }
 
     fn run_data(&self, run_id: &str) -> Result<RunData> {
@@ -748,9 +891,38 @@ impl Drop for MlflowBackend {
             .filter(|(_, s)| s.open)
             .map(|(id, _)| id.clone())
             .collect();
-        for run in open {
-            if let Err(e) = self.update_status(&run, RunStatus::Finished) {
-                eprintln!("sapsan: could not end MLflow run {run}: {e}");
+        if let Some(d) = &mut self.durable {
+            let end_ms = Some(now_ms());
+            let recs: Vec<Record> = open
+                .iter()
+                .map(|run| Record::Status {
+                    run: d.journal.run_ref(run),
+                    status: RunStatus::Finished.as_str().to_owned(),
+                    end_ms,
+                })
+                .collect();
+            if let Err(e) = d.journal.append(&recs) {
+                eprintln!("sapsan: could not journal the end of the open runs: {e}");
+            }
+            if let Some(up) = d.uploader.take() {
+                if let Err(e) = up.wait_with_grace(d.exit_grace) {
+                    eprintln!("sapsan: some logged data was refused by MLflow: {e}");
+                }
+                let drained = up.drained();
+                let (acked, last_error) = up.stop();
+                finish_journal(
+                    &d.journal.dir(),
+                    drained,
+                    acked,
+                    last_error,
+                    self.http.base(),
+                );
+            }
+        } else {
+            for run in open {
+                if let Err(e) = self.update_status(&run, RunStatus::Finished) {
+                    eprintln!("sapsan: could not end MLflow run {run}: {e}");
+                }
             }
         }
         self.runs.drain();
@@ -762,10 +934,38 @@ impl Drop for MlflowBackend {
     }
 }
 
+/// Run ids handed out for runs created while the server was away (created on it lazily).
+pub const LOCAL_RUN_PREFIX: &str = "local-";
+
+/// At the end of a backend: removes a fully delivered journal, or says where the rest is kept.
+fn finish_journal(dir: &Path, drained: bool, acked: u64, last_error: Option<String>, url: &str) {
+    if drained {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            eprintln!(
+                "sapsan: could not remove the delivered journal {}: {e}",
+                dir.display()
+            );
+        }
+        return;
+    }
+    let (records, items) = match journal::read_records(dir, acked, None) {
+        Ok(r) => (r.len(), r.iter().map(|(r, _)| r.items()).sum::<usize>()),
+        Err(_) => (0, 0),
+    };
+    eprintln!(
+        "sapsan: the MLflow server at {url} is unreachable ({}); {items} logged items \
+         ({records} journal records) are kept in {}. Upload them when it is back with:\n    \
+         sapsan sync {} --tracking-uri {url}",
+        last_error.as_deref().unwrap_or("not answering"),
+        dir.display(),
+        dir.display(),
+    );
+}
+
 /// Maps the server's RESOURCE_DOES_NOT_EXIST for a run to [`Error::UnknownRun`].
 /// Also maps "The run <id> must be in the 'active' state. Current state is deleted." to
 /// [`Error::DeletedRun`].
-fn map_unknown_run(e: Error, run_id: &str, base: &str) -> Error {
+pub(crate) fn map_unknown_run(e: Error, run_id: &str, base: &str) -> Error {
     match e {
         Error::Mlflow { ref error_code, .. } if error_code == "RESOURCE_DOES_NOT_EXIST" => {
             Error::UnknownRun {
@@ -791,7 +991,7 @@ fn map_unknown_run(e: Error, run_id: &str, base: &str) -> Error {
 }
 
 /// Finds experiment `name`, creating it when missing; safe against a concurrent creator.
-fn get_or_create_experiment(http: &HttpClient, name: &str) -> Result<String> {
+pub(crate) fn get_or_create_experiment(http: &HttpClient, name: &str) -> Result<String> {
     let by_name = || -> Result<Option<String>> {
         match http.get("experiments/get-by-name", &[("experiment_name", name)]) {
             Ok(v) => {
@@ -836,7 +1036,7 @@ fn get_or_create_experiment(http: &HttpClient, name: &str) -> Result<String> {
 }
 
 /// The system tags the Python client sets, computed once per backend.
-fn system_tags() -> Vec<(String, String)> {
+pub(crate) fn system_tags() -> Vec<(String, String)> {
     let mut tags = vec![
         ("mlflow.user".to_owned(), user_name()),
         ("mlflow.source.type".to_owned(), "LOCAL".to_owned()),

@@ -1,0 +1,472 @@
+//! The append-only journal: every run creation, status change and batch of metrics, params and
+//! tags is written to local disk (JSON lines, fsync at each append) before it goes to the server.
+//!
+//! One directory per backend instance (`<root>/<ms>-<pid>-<n>/journal.jsonl`), where the root is
+//! `SAPSAN_JOURNAL_DIR` or `./.sapsan-journal`. A backend removes its directory once everything in
+//! it has landed on the server; when the server stayed away, the directory stays and the program
+//! says so on exit. `sapsan sync <dir>` (see [`super::sync`]) uploads it later.
+//!
+//! Runs are named in the journal by a client-generated *key* (also stored on the run as the tag
+//! [`RUN_KEY_TAG`]), so a run is created on a server exactly once: before creating, the uploader
+//! looks for a run with that tag.
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::Metric;
+use super::queue::{Deliver, RunBatch};
+use super::sync::Notifier;
+use crate::error::{Error, Result};
+
+/// File name of the journal inside its directory.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// Tag holding a run's client-generated key (exactly-once run creation).
+pub const RUN_KEY_TAG: &str = "sapsan.runKey";
+/// Environment variable naming the journal root directory.
+pub const JOURNAL_DIR_ENV: &str = "SAPSAN_JOURNAL_DIR";
+
+/// A run as the journal names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunRef {
+    /// A run created through the journal, by its client-generated key.
+    Key(String),
+    /// A run that existed before (resumed by its server id).
+    Id(String),
+}
+
+/// A metric value in JSON: a number, or `"NaN"`, `"Infinity"`, `"-Infinity"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JsonF64(pub f64);
+
+impl Serialize for JsonF64 {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let v = self.0;
+        if v.is_finite() {
+            s.serialize_f64(v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if v > 0.0 {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonF64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        super::validate::decode_f64(&v)
+            .map(JsonF64)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a metric value: {v}")))
+    }
+}
+
+/// One metric point in the journal: `[key, value, timestamp_ms, step]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JMetric(pub String, pub JsonF64, pub i64, pub i64);
+
+impl From<&Metric> for JMetric {
+    fn from(m: &Metric) -> Self {
+        JMetric(m.key.clone(), JsonF64(m.value), m.timestamp_ms, m.step)
+    }
+}
+
+impl JMetric {
+    /// Back to a [`Metric`].
+    pub fn to_metric(&self) -> Metric {
+        Metric {
+            key: self.0.clone(),
+            value: self.1.0,
+            timestamp_ms: self.2,
+            step: self.3,
+        }
+    }
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Record {
+    /// A run was started.
+    Create {
+        /// Client-generated key of the run.
+        key: String,
+        /// Experiment name.
+        experiment: String,
+        /// Run name.
+        name: String,
+        /// Parent run (nesting), if any.
+        parent: Option<RunRef>,
+        /// Start time, ms since the Unix epoch.
+        start_ms: i64,
+        /// Tags set at creation (system tags, run name, run key; not the parent id).
+        tags: Vec<(String, String)>,
+        /// The id the server gave the run, when it was created at once (`None`: created lazily).
+        id: Option<String>,
+    },
+    /// Metrics, params and tags of one run (within the server's log-batch limits).
+    Batch {
+        /// The run.
+        run: RunRef,
+        /// Metric points.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        metrics: Vec<JMetric>,
+        /// Params (key, value).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        params: Vec<(String, String)>,
+        /// Tags (key, value).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tags: Vec<(String, String)>,
+    },
+    /// The status of a run changed.
+    Status {
+        /// The run.
+        run: RunRef,
+        /// `RUNNING`, `FINISHED`, `FAILED` or `KILLED`.
+        status: String,
+        /// End time for a terminal status.
+        end_ms: Option<i64>,
+    },
+}
+
+impl Record {
+    /// How many logged items the record stands for (metrics + params + tags; 1 for the others).
+    pub fn items(&self) -> usize {
+        match self {
+            Record::Batch {
+                metrics,
+                params,
+                tags,
+                ..
+            } => metrics.len() + params.len() + tags.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// The journal root: `SAPSAN_JOURNAL_DIR`, else `./.sapsan-journal`.
+pub fn journal_root() -> PathBuf {
+    match std::env::var_os(JOURNAL_DIR_ENV) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(".sapsan-journal"),
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, hard-to-guess key (run keys, directory names): time, pid, a counter and hashed entropy.
+pub fn fresh_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(t);
+    h.write_u64(n);
+    h.write_u32(std::process::id());
+    format!(
+        "{:012x}{:08x}{:016x}",
+        t as u64 & 0xffff_ffff_ffff,
+        n,
+        h.finish()
+    )
+}
+
+/// The append-only journal file of one backend instance.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    file: File,
+    /// Bytes written so far (the file's length).
+    len: u64,
+}
+
+impl Journal {
+    /// Creates a new instance directory under `root` and opens its journal.
+    pub fn create_in(root: &Path) -> Result<Self> {
+        let name = format!(
+            "{}-{}-{}",
+            super::now_ms(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::open(&root.join(name))
+    }
+
+    /// Opens (creating if needed) the journal in `dir`, appending after what is there.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::io(
+                "creating the journal directory (set SAPSAN_JOURNAL_DIR to a writable place)",
+                dir,
+                e,
+            )
+        })?;
+        let path = dir.join(JOURNAL_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening the journal", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("reading the journal's size", &path, e))?
+            .len();
+        Ok(Journal {
+            dir: dir.to_owned(),
+            file,
+            len,
+        })
+    }
+
+    /// The instance directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `records` (one line each) and syncs them to disk; returns the new length. On a
+    /// failed write the file is cut back to its previous length, so no half line stays.
+    pub fn append(&mut self, records: &[Record]) -> Result<u64> {
+        let mut buf = Vec::with_capacity(256 * records.len());
+        for r in records {
+            serde_json::to_writer(&mut buf, r).map_err(|e| Error::Io {
+                action: "encoding a journal record",
+                path: self.dir.join(JOURNAL_FILE),
+                source: std::io::Error::other(e),
+            })?;
+            buf.push(b'\n');
+        }
+        let path = self.dir.join(JOURNAL_FILE);
+        let res = self
+            .file
+            .write_all(&buf)
+            .and_then(|_| self.file.sync_data());
+        if let Err(e) = res {
+            let _ = self.file.set_len(self.len);
+            return Err(Error::io("writing the journal", path, e));
+        }
+        self.len += buf.len() as u64;
+        Ok(self.len)
+    }
+}
+
+/// Reads the records of the journal in `dir` from byte `from` up to byte `upto` (`None`: the end).
+/// Returns each record with the offset just after it. A torn last line (the program died while
+/// writing it) ends the reading; it was never acknowledged to anyone.
+pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Record, u64)>> {
+    let path = dir.join(JOURNAL_FILE);
+    let mut f = File::open(&path).map_err(|e| Error::io("opening the journal", &path, e))?;
+    f.seek(SeekFrom::Start(from))
+        .map_err(|e| Error::io("reading the journal", &path, e))?;
+    let mut r = BufReader::new(f);
+    let mut out = Vec::new();
+    let mut off = from;
+    let mut line = Vec::new();
+    loop {
+        if upto.is_some_and(|u| off >= u) {
+            break;
+        }
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io("reading the journal", &path, e))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        let rec: Record = match serde_json::from_slice(&line) {
+            Ok(rec) => rec,
+            Err(e) => {
+                return Err(Error::Io {
+                    action: "parsing the journal (corrupt line)",
+                    path: path.clone(),
+                    source: std::io::Error::other(format!("at byte {off}: {e}")),
+                });
+            }
+        };
+        off += n as u64;
+        out.push((rec, off));
+    }
+    Ok(out)
+}
+
+/// A journal shared by a backend and its log queue: appends, tells the uploader, and knows which
+/// run ids stand for which journal run keys.
+#[derive(Debug)]
+pub struct SharedJournal {
+    journal: Mutex<Journal>,
+    keys: Mutex<HashMap<String, String>>,
+    notify: Option<Notifier>,
+}
+
+impl SharedJournal {
+    /// Wraps `journal`; `notify` (if any) is told about every append.
+    pub fn new(journal: Journal, notify: Option<Notifier>) -> Self {
+        SharedJournal {
+            journal: Mutex::new(journal),
+            keys: Mutex::new(HashMap::new()),
+            notify,
+        }
+    }
+
+    fn lock_journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_keys(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends and syncs `records`, then tells the uploader.
+    pub fn append(&self, records: &[Record]) -> Result<()> {
+        let len = self.lock_journal().append(records)?;
+        if let Some(n) = &self.notify {
+            n.written(len);
+        }
+        Ok(())
+    }
+
+    /// The instance directory.
+    pub fn dir(&self) -> PathBuf {
+        self.lock_journal().dir().to_owned()
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.lock_journal().len()
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remembers that run id `id` (as handed to the user) is journal run key `key`.
+    pub fn set_key(&self, id: &str, key: &str) {
+        self.lock_keys().insert(id.to_owned(), key.to_owned());
+    }
+
+    /// How the journal names run `id`.
+    pub fn run_ref(&self, id: &str) -> RunRef {
+        match self.lock_keys().get(id) {
+            Some(k) => RunRef::Key(k.clone()),
+            None => RunRef::Id(id.to_owned()),
+        }
+    }
+}
+
+/// The log queue's sink when journaling: each round of batches becomes `Batch` records, appended
+/// and synced to disk before [`Deliver::deliver`] returns (the uploader sends them later).
+#[derive(Debug)]
+pub struct JournalSink(pub Arc<SharedJournal>);
+
+impl Deliver for JournalSink {
+    fn deliver(&mut self, batches: Vec<RunBatch>) -> Result<()> {
+        let recs: Vec<Record> = batches
+            .into_iter()
+            .map(|b| Record::Batch {
+                run: self.0.run_ref(&b.run_id),
+                metrics: b.metrics.iter().map(JMetric::from).collect(),
+                params: b.params,
+                tags: b.tags,
+            })
+            .collect();
+        self.0.append(&recs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_torn_tail_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut j = Journal::create_in(tmp.path()).unwrap();
+        let recs = vec![
+            Record::Create {
+                key: "k1".into(),
+                experiment: "e".into(),
+                name: "train".into(),
+                parent: None,
+                start_ms: 5,
+                tags: vec![("a".into(), "b".into())],
+                id: None,
+            },
+            Record::Batch {
+                run: RunRef::Key("k1".into()),
+                metrics: vec![
+                    JMetric("m".into(), JsonF64(f64::NAN), 1, 0),
+                    JMetric("m".into(), JsonF64(f64::NEG_INFINITY), 1, 1),
+                    JMetric("m".into(), JsonF64(0.25), 1, 2),
+                ],
+                params: vec![("p".into(), "1".into())],
+                tags: vec![],
+            },
+            Record::Status {
+                run: RunRef::Id("abc".into()),
+                status: "FINISHED".into(),
+                end_ms: Some(9),
+            },
+        ];
+        let end = j.append(&recs).unwrap();
+        assert_eq!(end, j.len());
+        // A torn line at the end, as after a crash mid-write.
+        let path = j.dir().join(JOURNAL_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"t":"status","run":{"id":"x"},"sta"#)
+            .unwrap();
+        let back = read_records(j.dir(), 0, None).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[2].1, end);
+        assert_eq!(back[0].0, recs[0]);
+        assert_eq!(back[2].0, recs[2]);
+        match &back[1].0 {
+            Record::Batch { metrics, .. } => {
+                assert!(metrics[0].1.0.is_nan());
+                assert_eq!(metrics[1].1.0, f64::NEG_INFINITY);
+                assert_eq!(metrics[2].to_metric().value, 0.25);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(back[1].0.items(), 4);
+        // Reading from the middle gives the rest.
+        let rest = read_records(j.dir(), back[0].1, Some(back[1].1)).unwrap();
+        assert_eq!(rest.len(), 1);
+    }
+
+    #[test]
+    fn unwritable_directory_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Journal::create_in(&file).unwrap_err();
+        assert!(e.to_string().contains("SAPSAN_JOURNAL_DIR"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_unique() {
+        let a = fresh_key();
+        let b = fresh_key();
+        assert_ne!(a, b);
+        assert!(super::super::validate::tag_value(RUN_KEY_TAG, &a).is_ok());
+    }
+}

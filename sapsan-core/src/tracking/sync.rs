@@ -1,0 +1,532 @@
+//! Delivering a journal to an MLflow server: the [`Replayer`] applies journal records one by one
+//! (creating each run exactly once, found again by its [`RUN_KEY_TAG`]), the [`Uploader`] does it
+//! in the background while a backend writes the journal, and [`sync_dir`] does it once for a
+//! journal left on disk (the `sapsan sync` command).
+//!
+//! Every step is idempotent, so a journal may be replayed any number of times: runs are looked up
+//! by key before being created, the server drops exact duplicate metric points, a param logged
+//! again with the same value is accepted, tags and statuses are set to the same values again.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::client::{HttpClient, Idempotency};
+use super::journal::{self, RUN_KEY_TAG, Record, RunRef};
+use super::mlflow::{get_or_create_experiment, map_unknown_run};
+use super::settings::Settings;
+use crate::error::{Error, Result};
+
+/// Whether `e` may go away by itself (server down, frozen, overloaded): retry later.
+pub fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Connection { .. } => true,
+        Error::Mlflow { status, .. } => *status == 0 || *status == 429 || *status >= 500,
+        _ => false,
+    }
+}
+
+/// Applies journal records to one server.
+#[derive(Debug)]
+pub struct Replayer {
+    http: Arc<HttpClient>,
+    /// Run key -> server run id.
+    runs: HashMap<String, String>,
+    /// Experiment name -> id.
+    experiments: HashMap<String, String>,
+    /// Trust the ids recorded in `Create` records (same server as when they were written).
+    trust_ids: bool,
+}
+
+impl Replayer {
+    /// A replayer sending with `http`. `trust_ids`: the journal was written against this very
+    /// server, so run ids recorded at creation are valid (skips the look-up by key).
+    pub fn new(http: Arc<HttpClient>, trust_ids: bool) -> Self {
+        Replayer {
+            http,
+            runs: HashMap::new(),
+            experiments: HashMap::new(),
+            trust_ids,
+        }
+    }
+
+    /// Records that experiment `name` has id `id` on this server.
+    pub fn know_experiment(&mut self, name: &str, id: &str) {
+        self.experiments.insert(name.to_owned(), id.to_owned());
+    }
+
+    /// The server id of run key `key`, once its `Create` record has been applied.
+    pub fn run_id(&self, key: &str) -> Option<&str> {
+        self.runs.get(key).map(String::as_str)
+    }
+
+    fn experiment(&mut self, name: &str) -> Result<String> {
+        if let Some(id) = self.experiments.get(name) {
+            return Ok(id.clone());
+        }
+        let id = get_or_create_experiment(&self.http, name)?;
+        self.experiments.insert(name.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    fn resolve(&self, run: &RunRef) -> Result<String> {
+        match run {
+            RunRef::Id(id) => Ok(id.clone()),
+            RunRef::Key(k) => self.runs.get(k).cloned().ok_or_else(|| Error::UnknownRun {
+                run_id: format!("(journal run key {k}: its creation record is missing)"),
+                url: self.http.base().to_owned(),
+            }),
+        }
+    }
+
+    /// The run with tag `sapsan.runKey = key` in experiment `exp_id`, if the server has one.
+    fn find_by_key(&self, exp_id: &str, key: &str) -> Result<Option<String>> {
+        let body = json!({
+            "experiment_ids": [exp_id],
+            "filter": format!("tags.`{RUN_KEY_TAG}` = '{key}'"),
+            "max_results": 1,
+            "run_view_type": "ALL",
+        });
+        let v = self
+            .http
+            .post("runs/search", &body, Idempotency::Idempotent)?;
+        Ok(v.pointer("/runs/0/info/run_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned))
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, rec: &Record) -> Result<()> {
+        match rec {
+            Record::Create {
+                key,
+                experiment,
+                name,
+                parent,
+                start_ms,
+                tags,
+                id,
+            } => {
+                if self.runs.contains_key(key) {
+                    return Ok(());
+                }
+                if self.trust_ids
+                    && let Some(id) = id
+                {
+                    self.runs.insert(key.clone(), id.clone());
+                    return Ok(());
+                }
+                let exp_id = self.experiment(experiment)?;
+                if let Some(found) = self.find_by_key(&exp_id, key)? {
+                    self.runs.insert(key.clone(), found);
+                    return Ok(());
+                }
+                let mut all: Vec<Value> = tags
+                    .iter()
+                    .map(|(k, v)| json!({"key": k, "value": v}))
+                    .collect();
+                if let Some(p) = parent {
+                    all.push(json!({"key": "mlflow.parentRunId", "value": self.resolve(p)?}));
+                }
+                let body = json!({
+                    "experiment_id": exp_id,
+                    "run_name": name,
+                    "start_time": start_ms,
+                    "tags": all,
+                });
+                // A lost answer is harmless: the next attempt finds the run by its key.
+                let v = self
+                    .http
+                    .post("runs/create", &body, Idempotency::CreatesOnce)?;
+                let rid = v
+                    .pointer("/run/info/run_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::Mlflow {
+                        method: "POST".into(),
+                        url: self.http.api_url("runs/create"),
+                        status: 200,
+                        error_code: "BAD_RESPONSE".into(),
+                        message: "the answer has no run.info.run_id".into(),
+                    })?;
+                self.runs.insert(key.clone(), rid.to_owned());
+                Ok(())
+            }
+            Record::Batch {
+                run,
+                metrics,
+                params,
+                tags,
+            } => {
+                let run_id = self.resolve(run)?;
+                let kv = |v: &Vec<(String, String)>| -> Vec<Value> {
+                    v.iter()
+                        .map(|(k, v)| json!({"key": k, "value": v}))
+                        .collect()
+                };
+                let body = json!({
+                    "run_id": run_id,
+                    "metrics": metrics.iter().map(|m| json!({
+                        "key": m.0, "value": m.1, "timestamp": m.2, "step": m.3,
+                    })).collect::<Vec<_>>(),
+                    "params": kv(params),
+                    "tags": kv(tags),
+                });
+                self.http
+                    .post("runs/log-batch", &body, Idempotency::Idempotent)
+                    .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
+                Ok(())
+            }
+            Record::Status {
+                run,
+                status,
+                end_ms,
+            } => {
+                let run_id = self.resolve(run)?;
+                let mut body = json!({"run_id": run_id, "status": status});
+                if let Some(t) = end_ms {
+                    body["end_time"] = json!(t);
+                }
+                self.http
+                    .post("runs/update", &body, Idempotency::Idempotent)
+                    .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What [`sync_dir`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Journal directories read.
+    pub journals: usize,
+    /// Records applied.
+    pub records: usize,
+    /// Logged items (metrics + params + tags, one per run creation or status change) delivered.
+    pub items: usize,
+    /// Runs created or found again.
+    pub runs: usize,
+    /// Records the server refused for good (an unknown run, a changed param), with the reason;
+    /// they are skipped, everything else is delivered.
+    pub refused: Vec<String>,
+}
+
+/// The journal directories under `dir`: `dir` itself when it holds a journal, else its
+/// subdirectories that do (sorted, oldest first by name).
+pub fn journal_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.join(journal::JOURNAL_FILE).is_file() {
+        return Ok(vec![dir.to_owned()]);
+    }
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io("reading the journal directory", dir, e))?;
+    let mut out: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(journal::JOURNAL_FILE).is_file())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Uploads the journal(s) in `dir` (one instance directory, or a root holding several) to the
+/// server at `tracking_uri`, recreating runs (nesting, names, start and end times, statuses) that
+/// the server does not have. Idempotent: a second call changes nothing on the server. Stops at the
+/// first transient error (server away: run it again later); records refused for good are listed
+/// in [`SyncReport::refused`] and skipped.
+pub fn sync_dir(dir: &Path, tracking_uri: &str, settings: &Settings) -> Result<SyncReport> {
+    let mut settings = settings.clone();
+    settings.set_tracking_uri(tracking_uri)?;
+    let http = Arc::new(HttpClient::new(tracking_uri, &settings)?);
+    let dirs = journal_dirs(dir)?;
+    if dirs.is_empty() {
+        return Err(Error::io(
+            "no journal (journal.jsonl) found in",
+            dir,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    let mut report = SyncReport::default();
+    for d in dirs {
+        let mut rep = Replayer::new(http.clone(), false);
+        for (rec, _) in journal::read_records(&d, 0, None)? {
+            match rep.apply(&rec) {
+                Ok(()) => {
+                    report.records += 1;
+                    report.items += rec.items();
+                }
+                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) => report.refused.push(format!("{}: {e}", d.display())),
+            }
+        }
+        report.runs += rep.runs.len();
+        report.journals += 1;
+    }
+    Ok(report)
+}
+
+#[derive(Debug, Default)]
+struct UpState {
+    /// Journal length the uploader may read up to.
+    written: u64,
+    /// Offset up to which everything landed on the server.
+    acked: u64,
+    /// The last attempt reached the server (or none failed yet).
+    healthy: bool,
+    /// The last transient error, while unhealthy.
+    last_error: Option<String>,
+    /// First permanent (non-retryable) error since the last [`Uploader::wait`].
+    first_error: Option<Error>,
+    stop: bool,
+    gone: bool,
+    /// A request is in flight.
+    attempting: bool,
+}
+
+#[derive(Debug)]
+struct UpShared {
+    st: Mutex<UpState>,
+    cv: Condvar,
+}
+
+fn lock(m: &Mutex<UpState>) -> MutexGuard<'_, UpState> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The background sender of a journal: reads what the backend wrote, applies it to the server in
+/// order, and retries transient failures forever with capped exponential backoff (never blocking
+/// the writer).
+#[derive(Debug)]
+pub struct Uploader {
+    shared: Arc<UpShared>,
+    worker: Option<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl Uploader {
+    /// Starts the uploader thread for the journal in `dir`, sending with `replayer`; backoff
+    /// between failed attempts from `backoff_base` doubling up to `backoff_max`.
+    pub fn start(
+        dir: &Path,
+        replayer: Replayer,
+        backoff_base: Duration,
+        backoff_max: Duration,
+    ) -> Result<Self> {
+        let shared = Arc::new(UpShared {
+            st: Mutex::new(UpState {
+                healthy: true,
+                ..UpState::default()
+            }),
+            cv: Condvar::new(),
+        });
+        let s = shared.clone();
+        let d = dir.to_owned();
+        let worker = std::thread::Builder::new()
+            .name("sapsan-journal-uploader".into())
+            .spawn(move || upload_loop(s, d, replayer, backoff_base, backoff_max))
+            .map_err(|e| Error::Connection {
+                url: String::new(),
+                reason: format!("cannot start the journal uploader thread: {e}"),
+            })?;
+        Ok(Uploader {
+            shared,
+            worker: Some(worker),
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Tells the uploader the journal now has `len` bytes.
+    pub fn written(&self, len: u64) {
+        self.notifier().written(len);
+    }
+
+    /// A handle that tells the uploader about new journal bytes (for the journal's writers).
+    pub fn notifier(&self) -> Notifier {
+        Notifier(self.shared.clone())
+    }
+
+    /// Waits until everything written so far landed, or the server is found unreachable (then the
+    /// data stays in the journal and is sent when the server is back). Returns the first permanent
+    /// delivery error since the last call.
+    pub fn wait(&self) -> Result<()> {
+        let mut g = lock(&self.shared.st);
+        while g.acked < g.written && g.healthy && !g.gone {
+            g = self.shared.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        match g.first_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`Uploader::wait`], but while the server is away keeps waiting up to `grace` (plus the
+    /// request in flight at that time) for it to come back (used at the end of a program, so a server that just restarted still gets
+    /// everything).
+    pub fn wait_with_grace(&self, grace: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + grace;
+        let mut g = lock(&self.shared.st);
+        while g.acked < g.written && !g.gone {
+            let now = std::time::Instant::now();
+            if g.healthy || g.attempting {
+                g = self.shared.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            } else if now < deadline {
+                g = self
+                    .shared
+                    .cv
+                    .wait_timeout(g, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            } else {
+                break;
+            }
+        }
+        match g.first_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether everything written so far landed on the server.
+    pub fn drained(&self) -> bool {
+        let g = lock(&self.shared.st);
+        g.acked >= g.written
+    }
+
+    /// Whether the last attempt reached the server.
+    pub fn healthy(&self) -> bool {
+        lock(&self.shared.st).healthy
+    }
+
+    /// Stops the thread (after its current request); returns the offset up to which everything
+    /// landed and the last transient error, if the server was away.
+    pub fn stop(mut self) -> (u64, Option<String>) {
+        lock(&self.shared.st).stop = true;
+        self.shared.cv.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        let g = lock(&self.shared.st);
+        (g.acked, g.last_error.clone())
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        lock(&self.shared.st).stop = true;
+        self.shared.cv.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Tells an [`Uploader`] that the journal grew. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Notifier(Arc<UpShared>);
+
+impl Notifier {
+    /// The journal now has `len` bytes.
+    pub fn written(&self, len: u64) {
+        let mut g = lock(&self.0.st);
+        if len > g.written {
+            g.written = len;
+        }
+        drop(g);
+        self.0.cv.notify_all();
+    }
+}
+
+fn upload_loop(
+    shared: Arc<UpShared>,
+    dir: PathBuf,
+    mut rep: Replayer,
+    base: Duration,
+    max: Duration,
+) {
+    'outer: loop {
+        let (from, upto) = {
+            let mut g = lock(&shared.st);
+            while g.acked >= g.written && !g.stop {
+                g = shared.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            if g.acked >= g.written {
+                break;
+            }
+            (g.acked, g.written)
+        };
+        let recs = match journal::read_records(&dir, from, Some(upto)) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut g = lock(&shared.st);
+                g.first_error.get_or_insert(e);
+                break;
+            }
+        };
+        if recs.is_empty() {
+            // Nothing complete to read (cannot happen: the writer syncs whole lines first).
+            let mut g = lock(&shared.st);
+            g.acked = upto;
+            drop(g);
+            shared.cv.notify_all();
+            continue;
+        }
+        for (rec, end) in recs {
+            let mut attempt = 0u32;
+            loop {
+                lock(&shared.st).attempting = true;
+                let res = rep.apply(&rec);
+                lock(&shared.st).attempting = false;
+                match res {
+                    Ok(()) => {
+                        let mut g = lock(&shared.st);
+                        g.acked = end;
+                        g.healthy = true;
+                        g.last_error = None;
+                        drop(g);
+                        shared.cv.notify_all();
+                        break;
+                    }
+                    Err(e) if is_transient(&e) => {
+                        let wait = base
+                            .checked_mul(1u32 << attempt.min(16))
+                            .unwrap_or(max)
+                            .min(max);
+                        attempt += 1;
+                        let mut g = lock(&shared.st);
+                        g.healthy = false;
+                        g.last_error = Some(e.to_string());
+                        shared.cv.notify_all();
+                        if g.stop {
+                            break 'outer;
+                        }
+                        g = shared
+                            .cv
+                            .wait_timeout(g, wait)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                        if g.stop {
+                            break 'outer;
+                        }
+                    }
+                    Err(e) => {
+                        // Permanent (bad request, unknown run): report it, skip the record.
+                        let mut g = lock(&shared.st);
+                        g.first_error.get_or_insert(e);
+                        g.acked = end;
+                        drop(g);
+                        shared.cv.notify_all();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    lock(&shared.st).gone = true;
+    shared.cv.notify_all();
+}

@@ -1,0 +1,76 @@
+//! The `sapsan` command. `sapsan sync <journal-dir> [--tracking-uri URI]` uploads a journal left
+//! on disk (server away at the end of a program, or offline mode) to an MLflow server. The URI
+//! defaults to `MLFLOW_TRACKING_URI`; credentials and TLS come from the usual `MLFLOW_*` variables.
+//! Running it twice changes nothing on the server.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use sapsan::tracking::Settings;
+use sapsan::tracking::sync::sync_dir;
+
+const USAGE: &str = "usage: sapsan sync <journal-dir> [--tracking-uri http://host:port]\n\
+    Uploads a sapsan journal (a directory with journal.jsonl, or a root holding several) to MLflow.\n\
+    The tracking URI defaults to MLFLOW_TRACKING_URI.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("sapsan: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("sync") => {}
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        _ => return Err(USAGE.to_owned()),
+    }
+    let mut dir: Option<PathBuf> = None;
+    let mut uri: Option<String> = None;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tracking-uri" => uri = Some(it.next().ok_or(USAGE)?.clone()),
+            s if s.starts_with("--tracking-uri=") => {
+                uri = Some(s["--tracking-uri=".len()..].to_owned())
+            }
+            s if dir.is_none() && !s.starts_with('-') => dir = Some(PathBuf::from(s)),
+            _ => return Err(USAGE.to_owned()),
+        }
+    }
+    let dir = dir.ok_or(USAGE)?;
+    let uri = uri
+        .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok())
+        .filter(|u| !u.is_empty() && !u.starts_with("offline:"))
+        .ok_or("no MLflow server to sync to: pass --tracking-uri http://host:port or set MLFLOW_TRACKING_URI")?;
+    // Only credentials, TLS and timeouts are taken from the environment here.
+    let settings = Settings::from_lookup(|k| {
+        (k != "MLFLOW_TRACKING_URI")
+            .then(|| std::env::var(k).ok())
+            .flatten()
+    })
+    .map_err(|e| e.to_string())?;
+    let report = sync_dir(&dir, &uri, &settings).map_err(|e| e.to_string())?;
+    println!(
+        "sapsan sync: {} journal(s), {} runs, {} records ({} items) delivered to {uri}",
+        report.journals, report.runs, report.records, report.items
+    );
+    for r in &report.refused {
+        eprintln!("sapsan sync: refused by the server (skipped): {r}");
+    }
+    if report.refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} record(s) refused by the server",
+            report.refused.len()
+        ))
+    }
+}

@@ -1,0 +1,316 @@
+//! Fault injection against real MLflow servers the tests start themselves: `kill -9` and restart,
+//! a frozen server (SIGSTOP), a server gone for good followed by `sapsan sync`, and eight threads
+//! logging into one run. Every test reads the result back with the official Python client.
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sapsan::tracking::{Backend, MlflowBackend, MlflowServer, RunStatus, ServerOptions, Settings};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_server(port: u16, data_dir: &Path) -> MlflowServer {
+    let opts = ServerOptions {
+        data_dir: Some(data_dir.to_owned()),
+        workers: Some(1),
+        ready_timeout: Duration::from_secs(180),
+        quiet: true,
+        ..ServerOptions::default()
+    };
+    MlflowServer::start("127.0.0.1", port, &opts).unwrap()
+}
+
+fn signal_group(server: &MlflowServer, sig: i32) {
+    let rc = unsafe { libc::killpg(server.pid() as i32, sig) };
+    assert_eq!(rc, 0, "killpg({}, {sig}) failed", server.pid());
+}
+
+/// Fast failure detection: a short request timeout and backoff capped at 300 ms.
+fn settings(timeout: Duration) -> Settings {
+    Settings {
+        timeout,
+        max_retries: 1,
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(300),
+        linger: Duration::from_millis(20),
+        ..Settings::default()
+    }
+}
+
+fn backend(uri: &str, exp: &str, journal_root: &Path, timeout: Duration) -> MlflowBackend {
+    MlflowBackend::builder()
+        .tracking_uri(uri)
+        .experiment(exp)
+        .settings(settings(timeout))
+        .journal(true)
+        .journal_root(journal_root)
+        .build()
+        .unwrap()
+}
+
+/// Every run of experiment `exp` on `uri`: name, status, parent, end time, params, and for each
+/// metric key the list of steps in its history.
+fn runs_at(uri: &str, exp: &str) -> Vec<Value> {
+    let v = common::judge_at(
+        uri,
+        r#"
+exp = client.get_experiment_by_name(args[0])
+out = []
+for r in client.search_runs([exp.experiment_id], max_results=1000):
+    hist = {}
+    for k in r.data.metrics:
+        hist[k] = sorted(m.step for m in client.get_metric_history(r.info.run_id, k))
+    out.append({"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+                "parent": r.data.tags.get("mlflow.parentRunId"), "end": r.info.end_time,
+                "params": r.data.params, "hist": hist})
+print(json.dumps(sorted(out, key=lambda r: r["name"])))
+"#,
+        &[exp],
+    );
+    v.as_array().unwrap().clone()
+}
+
+fn steps(run: &Value, key: &str) -> Vec<i64> {
+    run["hist"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no metric {key} in {run}"))
+        .iter()
+        .map(|s| s.as_i64().unwrap())
+        .collect()
+}
+
+/// One epoch of a toy training job: metrics `loss` and `acc` at `epoch`.
+fn epoch(b: &MlflowBackend, e: i64) {
+    b.log_metric_step("loss", 1.0 / (e as f64 + 1.0), e)
+        .unwrap();
+    b.log_metric_step("acc", e as f64 / 50.0, e).unwrap();
+}
+
+/// The train run (50 epochs, params) with a nested evaluate run, both FINISHED, every history
+/// complete (steps 0..n-1, each once), exactly these two runs.
+fn assert_job_landed(runs: &[Value], eval_steps: i64) {
+    assert_eq!(runs.len(), 2, "exactly two runs, no duplicates: {runs:#?}");
+    let (eval, train) = (&runs[0], &runs[1]);
+    assert_eq!(train["name"], "train");
+    assert_eq!(eval["name"], "evaluate");
+    assert_eq!(train["status"], "FINISHED");
+    assert_eq!(eval["status"], "FINISHED");
+    assert!(train["end"].as_i64().unwrap() > 0);
+    assert_eq!(eval["parent"], train["id"], "evaluate nested under train");
+    assert_eq!(train["params"]["lr"], "0.01");
+    for k in ["loss", "acc"] {
+        assert_eq!(steps(train, k), (0..50).collect::<Vec<_>>(), "{k}");
+    }
+    assert_eq!(steps(eval, "mse"), (0..eval_steps).collect::<Vec<_>>());
+}
+
+#[test]
+fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("store");
+    let port = free_port();
+    let server = start_server(port, &data);
+    let uri = server.url().to_owned();
+    let exp = common::unique("kill9");
+    let b = backend(
+        &uri,
+        &exp,
+        &tmp.path().join("journal"),
+        Duration::from_secs(2),
+    );
+    let train = b.start("train", false, None).unwrap();
+    b.log_parameter("lr", "0.01").unwrap();
+    for e in 0..20 {
+        epoch(&b, e);
+    }
+    b.flush().unwrap();
+    signal_group(&server, libc::SIGKILL);
+    let _ = server.stop(); // reaps the killed process
+    for e in 20..35 {
+        epoch(&b, e);
+    }
+    // A nested run started while the server is dead: created when it is back, exactly once.
+    let eval = b.start("evaluate", true, None).unwrap();
+    assert!(eval.starts_with("local-"), "{eval}");
+    for s in 0..5 {
+        b.log_metric_step("mse", s as f64, s).unwrap();
+    }
+    b.end().unwrap(); // journaled; does not wait for the dead server
+    let server = start_server(port, &data);
+    for e in 35..50 {
+        epoch(&b, e);
+    }
+    b.end_run(&train, RunStatus::Finished).unwrap();
+    b.flush().unwrap();
+    let journal = b.journal_dir().unwrap();
+    drop(b);
+    assert!(!journal.exists(), "a delivered journal is removed");
+    assert_job_landed(&runs_at(&uri, &exp), 5);
+    server.stop().unwrap();
+}
+
+#[test]
+fn frozen_server_never_blocks_logging_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(free_port(), &tmp.path().join("store"));
+    let uri = server.url().to_owned();
+    let exp = common::unique("sigstop");
+    let timeout = Duration::from_millis(1500);
+    let b = backend(&uri, &exp, &tmp.path().join("journal"), timeout);
+    let run = b.start("train", false, None).unwrap();
+    b.log_metric_step("loss", 0.0, 0).unwrap();
+    b.flush().unwrap();
+
+    signal_group(&server, libc::SIGSTOP);
+    // "Training" while frozen for twice the request timeout: compute, log, repeat.
+    let frozen = Instant::now();
+    let (mut in_logging, mut worst, mut step) = (Duration::ZERO, Duration::ZERO, 1i64);
+    let mut acc = 0u64;
+    while frozen.elapsed() < timeout * 2 {
+        for i in 0..20_000u64 {
+            acc = acc.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        let t = Instant::now();
+        b.log_metric_step("loss", (acc % 1000) as f64, step)
+            .unwrap();
+        b.log_metric_step("acc", step as f64, step).unwrap();
+        let d = t.elapsed();
+        in_logging += d;
+        worst = worst.max(d);
+        step += 1;
+    }
+    let training = frozen.elapsed();
+    signal_group(&server, libc::SIGCONT);
+    eprintln!(
+        "[reliability] frozen {training:?}: {step} steps, time in logging calls {in_logging:?} \
+         ({:.3}% of training), slowest call {worst:?}",
+        100.0 * in_logging.as_secs_f64() / training.as_secs_f64()
+    );
+    assert!(
+        in_logging < training / 10,
+        "logging took {in_logging:?} of {training:?}"
+    );
+    assert!(worst < Duration::from_millis(100), "a call took {worst:?}");
+    b.end_run(&run, RunStatus::Finished).unwrap();
+    drop(b);
+    let runs = runs_at(&uri, &exp);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["status"], "FINISHED");
+    assert_eq!(steps(&runs[0], "loss"), (0..step).collect::<Vec<_>>());
+    assert_eq!(steps(&runs[0], "acc"), (1..step).collect::<Vec<_>>());
+    server.stop().unwrap();
+}
+
+fn sapsan_sync(dir: &Path, uri: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sapsan"))
+        .args(["sync"])
+        .arg(dir)
+        .args(["--tracking-uri", uri])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sapsan sync failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn server_gone_for_good_then_sapsan_sync_delivers_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(free_port(), &tmp.path().join("store-1"));
+    let exp = common::unique("gone");
+    let root = tmp.path().join("journal");
+    let b = backend(server.url(), &exp, &root, Duration::from_secs(2));
+    let train = b.start("train", false, None).unwrap();
+    b.log_parameter("lr", "0.01").unwrap();
+    for e in 0..10 {
+        epoch(&b, e);
+    }
+    b.flush().unwrap();
+    signal_group(&server, libc::SIGKILL);
+    let _ = server.stop();
+    for e in 10..50 {
+        epoch(&b, e);
+    }
+    b.end_run(&train, RunStatus::Finished).unwrap();
+    // The seed keeps train open for evaluations: resume it, nest evaluate, leave train open.
+    b.resume(&train).unwrap();
+    b.start("evaluate", true, None).unwrap();
+    for s in 0..7 {
+        b.log_metric_step("mse", s as f64, s).unwrap();
+    }
+    b.end().unwrap();
+    let journal = b.journal_dir().unwrap();
+    drop(b); // closes train as FINISHED in the journal; the journal stays
+    assert!(journal.join("journal.jsonl").is_file());
+
+    // A new server on a new store; everything arrives, twice changes nothing.
+    let server = start_server(free_port(), &tmp.path().join("store-2"));
+    let first = sapsan_sync(&root, server.url());
+    assert!(first.contains("2 runs"), "{first}");
+    let runs = runs_at(server.url(), &exp);
+    assert_job_landed(&runs, 7);
+    sapsan_sync(&root, server.url());
+    assert_eq!(
+        runs_at(server.url(), &exp),
+        runs,
+        "a second sync changes nothing"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn eight_threads_80000_metrics_one_run_all_present_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = common::tracking_uri();
+    let exp = common::unique("threads");
+    let b = Arc::new(backend(
+        &uri,
+        &exp,
+        &tmp.path().join("journal"),
+        Duration::from_secs(30),
+    ));
+    let run = b.start("train", false, None).unwrap();
+    let threads: Vec<_> = (0..8i64)
+        .map(|t| {
+            let (b, run) = (b.clone(), run.clone());
+            std::thread::spawn(move || {
+                for i in 0..10_000i64 {
+                    let m = sapsan::tracking::Metric {
+                        key: "x".into(),
+                        value: i as f64,
+                        timestamp_ms: 1,
+                        step: t * 10_000 + i,
+                    };
+                    b.enqueue(&run, sapsan::tracking::LogItem::Metric(m))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    b.end_run(&run, RunStatus::Finished).unwrap();
+    let b = Arc::into_inner(b).unwrap();
+    drop(b);
+    let v = common::judge_at(
+        &uri,
+        "h = client.get_metric_history(args[0], 'x')\n\
+         print(json.dumps([len(h), len({m.step for m in h}), min(m.step for m in h), max(m.step for m in h)]))",
+        &[&run],
+    );
+    assert_eq!(v, serde_json::json!([80_000, 80_000, 0, 79_999]));
+}
