@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what sapsan-rs needs on a fresh Debian machine, and nothing twice:
-#   - libhdf5-dev + pkg-config (the HDF5 data module links against libhdf5),
+#   - libhdf5-dev + pkg-config (the HDF5 data module links against libhdf5), openssl (TLS test CA),
 #   - a project-local Python venv `.venv` with mlflow[auth]==3.17.2 (the tracking server, its
 #     basic-auth app for the security tests, and the official Python client that the integration
 #     tests use as the judge). The `auth` extra adds Flask-WTF and costs about 8 s more.
@@ -19,7 +19,7 @@ as_root() {
 
 # 1. System packages.
 missing=()
-for pkg in libhdf5-dev pkg-config; do
+for pkg in libhdf5-dev pkg-config openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
