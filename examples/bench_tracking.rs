@@ -302,6 +302,7 @@ fn on_server(
             workers: Some(workers),
             ready_timeout: Duration::from_secs(240),
             quiet: true,
+            ..ServerOptions::default()
         },
     )?;
     let boot = server.ready_after();
