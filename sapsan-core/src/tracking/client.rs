@@ -567,4 +567,78 @@ mod tests {
         }
         assert_eq!(c.requests(), 3);
     }
+
+    /// A loopback HTTP server answering each connection with the next scripted status.
+    fn scripted_server(statuses: &'static [u16]) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for &status in statuses {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                let text = if status == 200 { "{}" } else { "busy" };
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn fast_retries() -> Settings {
+        Settings {
+            max_retries: 3,
+            backoff_base: Duration::from_millis(1),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn status_503_and_429_are_retried_until_success() {
+        let c = HttpClient::new(&scripted_server(&[503, 429, 200]), &fast_retries()).unwrap();
+        let v = c.get("runs/get", &[("run_id", "r")]).unwrap();
+        assert_eq!(v, serde_json::json!({}));
+        assert_eq!(c.requests(), 3);
+    }
+
+    #[test]
+    fn client_errors_are_never_retried() {
+        let c = HttpClient::new(&scripted_server(&[400, 200]), &fast_retries()).unwrap();
+        let e = c.get("runs/get", &[("run_id", "r")]).unwrap_err();
+        assert_eq!(parts(e).0, 400);
+        assert_eq!(c.requests(), 1);
+    }
+
+    #[test]
+    fn run_creation_that_reached_the_server_is_not_retried() {
+        let c = HttpClient::new(&scripted_server(&[503, 200]), &fast_retries()).unwrap();
+        let body = serde_json::json!({"experiment_id": "0"});
+        let e = c
+            .post("runs/create", &body, Idempotency::CreatesOnce)
+            .unwrap_err();
+        assert_eq!(parts(e).0, 503);
+        assert_eq!(
+            c.requests(),
+            1,
+            "a second runs/create could make a duplicate run"
+        );
+    }
 }
