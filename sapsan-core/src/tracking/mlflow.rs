@@ -789,21 +789,13 @@ impl Backend for MlflowBackend {
                         );
                     }
                 },
-                LogItem::Param { key, value } => match run.params.get(key) {
-                    // Already logged with this value: nothing to send.
-                    Some(old) if old == value => return Ok(()),
-                    Some(old) => {
-                        return Err(Error::ParamChanged {
-                            run_id: run_id.to_owned(),
-                            key: key.clone(),
-                            old: old.clone(),
-                            new: value.clone(),
-                        });
+                LogItem::Param { key, value } => {
+                    let old = run.params.get(key).map(String::as_str);
+                    if !validate::param_change(run_id, old, key, value)? {
+                        return Ok(());
                     }
-                    None => {
-                        run.params.insert(key.clone(), value.clone());
-                    }
-                },
+                    run.params.insert(key.clone(), value.clone());
+                }
                 LogItem::Tag { key, value } => {
                     run.tags.insert(key.clone(), value.clone());
                 }

@@ -41,6 +41,21 @@ fn value_len(key: &str, value: &str, kind: &'static str, max: usize) -> Result<(
     Ok(())
 }
 
+/// Params are write-once: `Ok(true)` when `new` is to be recorded and sent, `Ok(false)` when the run
+/// already holds this very value (nothing to send), [`Error::ParamChanged`] when it holds another.
+pub fn param_change(run_id: &str, old: Option<&str>, key: &str, new: &str) -> Result<bool> {
+    match old {
+        None => Ok(true),
+        Some(old) if old == new => Ok(false),
+        Some(old) => Err(Error::ParamChanged {
+            run_id: run_id.to_owned(),
+            key: key.to_owned(),
+            old: old.to_owned(),
+            new: new.to_owned(),
+        }),
+    }
+}
+
 /// Checks everything about `item` that does not depend on what was logged before.
 pub fn item(item: &LogItem) -> Result<()> {
     match item {
