@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 use sapsan::tracking::{Backend, MlflowBackend, MlflowServer, RunStatus, ServerOptions, Settings};
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_server(port: u16, data_dir: &Path) -> MlflowServer {
     let opts = ServerOptions {
         data_dir: Some(data_dir.to_owned()),
@@ -117,7 +109,7 @@ fn assert_job_landed(runs: &[Value], eval_steps: i64) {
 fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("store");
-    let port = free_port();
+    let port = common::free_port();
     let server = start_server(port, &data);
     let uri = server.url().to_owned();
     let exp = common::unique("kill9");
@@ -161,7 +153,7 @@ fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
 #[test]
 fn frozen_server_never_blocks_logging_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start_server(free_port(), &tmp.path().join("store"));
+    let server = start_server(common::free_port(), &tmp.path().join("store"));
     let uri = server.url().to_owned();
     let exp = common::unique("sigstop");
     let timeout = Duration::from_millis(1500);
@@ -229,7 +221,7 @@ fn sapsan_sync(dir: &Path, uri: &str) -> String {
 #[test]
 fn server_gone_for_good_then_sapsan_sync_delivers_everything() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start_server(free_port(), &tmp.path().join("store-1"));
+    let server = start_server(common::free_port(), &tmp.path().join("store-1"));
     let exp = common::unique("gone");
     let root = tmp.path().join("journal");
     let b = backend(server.url(), &exp, &root, Duration::from_secs(2));
@@ -257,7 +249,7 @@ fn server_gone_for_good_then_sapsan_sync_delivers_everything() {
     assert!(journal.join("journal.jsonl").is_file());
 
     // A new server on a new store; everything arrives, twice changes nothing.
-    let server = start_server(free_port(), &tmp.path().join("store-2"));
+    let server = start_server(common::free_port(), &tmp.path().join("store-2"));
     let first = sapsan_sync(&root, server.url());
     assert!(first.contains("2 runs"), "{first}");
     let runs = runs_at(server.url(), &exp);

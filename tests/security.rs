@@ -17,14 +17,6 @@ const ADMIN_PASSWORD: &str = "Adm1n-s3cret-Pw-4-sapsan";
 const WRONG_PASSWORD: &str = "Wr0ng-s3cret-Pw-4-sapsan";
 const TOKEN: &str = "tok-s3cret-7f3a9c-sapsan";
 
-fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn basic(password: &str) -> Settings {
     Settings {
         auth: Auth::Basic {
@@ -91,7 +83,7 @@ fn basic_auth_wrong_password_is_one_clear_error_right_one_works() {
         ..ServerOptions::default()
     };
     assert_no_secret("ServerOptions Debug", &format!("{opts:?}"));
-    let server = MlflowServer::start("127.0.0.1", free_port(), &opts).unwrap();
+    let server = MlflowServer::start("127.0.0.1", common::free_port(), &opts).unwrap();
     let url = server.url().to_owned();
     let mut seen = format!("{server:?}\n");
 
@@ -248,7 +240,7 @@ fn bearer_token_is_sent_and_a_403_is_not_retried() {
 #[test]
 fn connection_errors_never_show_credentials() {
     // Nothing listens on this port: the error names the URL, without the credentials in it.
-    let port = free_port();
+    let port = common::free_port();
     let uri = format!("http://admin:{ADMIN_PASSWORD}@127.0.0.1:{port}");
     let settings = Settings {
         max_retries: 0,

@@ -18,12 +18,6 @@ use sapsan::tracking::server::{
 
 const LOOPBACK: &str = "127.0.0.1";
 
-/// A loopback port nothing listens on.
-fn free_port() -> u16 {
-    let l = TcpListener::bind((LOOPBACK, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn opts(data_dir: &Path) -> ServerOptions {
     ServerOptions {
         data_dir: Some(data_dir.to_owned()),
@@ -94,7 +88,7 @@ fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
 #[test]
 fn start_probe_and_stop_a_real_server() {
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let t0 = Instant::now();
     let server = MlflowServer::start(LOOPBACK, port, &opts(data.path())).unwrap();
     eprintln!(
@@ -162,7 +156,7 @@ fn start_probe_and_stop_a_real_server() {
 #[test]
 fn ensure_server_starts_on_a_free_port_and_detach_leaves_it_running() {
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let server = ensure_server(LOOPBACK, port, &opts(data.path()))
         .unwrap()
         .expect("a free port must get a new server");
@@ -279,7 +273,7 @@ fn missing_mlflow_says_how_to_install_it() {
         mlflow_bin: Some(dir.path().join("no-such-mlflow")),
         ..opts(dir.path())
     };
-    let err = ensure_server(LOOPBACK, free_port(), &o).unwrap_err();
+    let err = ensure_server(LOOPBACK, common::free_port(), &o).unwrap_err();
     assert!(matches!(err, Error::MlflowNotInstalled { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("no-such-mlflow"), "{msg}");
@@ -317,7 +311,7 @@ fn a_server_that_dies_during_start_up_is_reported_at_once() {
         mlflow_bin: Some(bin),
         ..opts(dir.path())
     };
-    let port = free_port();
+    let port = common::free_port();
     let t = Instant::now();
     let err = MlflowServer::start(LOOPBACK, port, &o).unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
@@ -345,7 +339,7 @@ fn a_server_that_never_answers_times_out_with_its_log_and_is_stopped() {
         ready_timeout: Duration::from_millis(300),
         ..opts(dir.path())
     };
-    let port = free_port();
+    let port = common::free_port();
     let err = MlflowServer::start(LOOPBACK, port, &o).unwrap_err();
     match &err {
         Error::ServerTimeout { url, log, tail, .. } => {
@@ -399,7 +393,7 @@ fn start_passes_the_agreed_command_line_and_drop_stops_the_group() {
         mlflow_bin: Some(bin),
         ..opts(&data)
     };
-    let port = free_port();
+    let port = common::free_port();
     let server = MlflowServer::start(LOOPBACK, port, &o).unwrap();
     let pgid = server.pid();
     assert_eq!(

@@ -70,3 +70,19 @@ pub fn judge_at(uri: &str, script: &str, args: &[&str]) -> serde_json::Value {
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("judge printed no JSON ({e}): {stdout}"))
 }
+
+/// A loopback port nothing listens on, for a server a test starts itself. Taken below Linux's
+/// ephemeral range (32768+), so no other test's `bind(0)` listener or outgoing connection (nor a
+/// probe connecting to itself) can hold it between this call and the server's start.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 600) as u16 * 20;
+    for _ in 0..12_000 {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
+}
