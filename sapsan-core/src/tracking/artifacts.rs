@@ -34,10 +34,10 @@ impl ArtifactLocation {
         if let Some(rest) = uri.strip_prefix("file://") {
             // file:///abs or file://localhost/abs
             let p = rest.strip_prefix("localhost").unwrap_or(rest);
-            return ArtifactLocation::Local(PathBuf::from(percent_decode_path(p)));
+            return ArtifactLocation::Local(PathBuf::from(percent_decode(p)));
         }
         if let Some(rest) = uri.strip_prefix("file:") {
-            return ArtifactLocation::Local(PathBuf::from(percent_decode_path(rest)));
+            return ArtifactLocation::Local(PathBuf::from(percent_decode(rest)));
         }
         if uri.starts_with('/') {
             return ArtifactLocation::Local(PathBuf::from(uri));
@@ -46,7 +46,8 @@ impl ArtifactLocation {
     }
 }
 
-fn percent_decode_path(p: &str) -> String {
+/// Decodes `%XX` escapes (URI paths, and credentials written into a tracking URI).
+pub(crate) fn percent_decode(p: &str) -> String {
     if !p.contains('%') {
         return p.to_owned();
     }

@@ -231,8 +231,11 @@ impl Settings {
             return Err(setting(name, &redact_uri(uri), "the URL has no host"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            let username = percent_decode(url.username());
-            let password = url.password().map(percent_decode).unwrap_or_default();
+            let username = super::artifacts::percent_decode(url.username());
+            let password = url
+                .password()
+                .map(super::artifacts::percent_decode)
+                .unwrap_or_default();
             if self.auth == Auth::None {
                 self.auth = Auth::Basic { username, password };
             }
@@ -259,27 +262,6 @@ impl Settings {
         }
         Ok(())
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        if b[i] == b'%'
-            && let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `uri` with any `user:password@` part replaced, for messages.

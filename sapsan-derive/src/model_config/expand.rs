@@ -20,6 +20,7 @@ pub fn expand(input: TokenStream) -> TokenStream {
     let krate = runtime_path(container.krate.as_ref());
     let ident = &input.ident;
     let (impl_g, ty_g, where_clause) = input.generics.split_for_impl();
+    // Emitted only beside compile errors (the build fails), so its body can never run.
     let dummy = quote! {
         impl #impl_g #krate::config::ModelConfig for #ident #ty_g #where_clause {
             fn parameters(&self) -> #krate::Result<#krate::config::Params> {
