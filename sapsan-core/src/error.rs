@@ -84,6 +84,19 @@ pub enum Error {
         /// Tracking URI.
         url: String,
     },
+    /// A run started while the server was away (`local-...` id) that is not on the server yet.
+    #[error(
+        "run {run_id:?} was started while the MLflow server at {url} was away and is not on it yet; its data is safe in the journal {}; it is created there as soon as the server answers again (or upload it with `sapsan sync {} --tracking-uri {url}`)",
+        journal.display(), journal.display()
+    )]
+    RunNotUploaded {
+        /// The local run id.
+        run_id: String,
+        /// Tracking URI.
+        url: String,
+        /// The journal directory holding the run.
+        journal: std::path::PathBuf,
+    },
     /// The run exists but is deleted (in the trash).
     #[error(
         "run {run_id:?} on {url} is deleted; restore it with `mlflow runs restore --run-id {run_id}` (or in the MLflow UI) or start a new run"

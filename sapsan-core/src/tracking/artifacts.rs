@@ -2,6 +2,7 @@
 //! (server started with `--no-serve-artifacts` or a `file:` store), or something unsupported.
 use std::path::{Path, PathBuf};
 
+use super::client::HttpClient;
 use crate::error::{Error, Result};
 
 /// A run's artifact store, from its `artifact_uri`.
@@ -121,6 +122,63 @@ pub fn is_local_host(host: &str) -> bool {
         || h.parse::<std::net::IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
+}
+
+/// Where one artifact of a run is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// PUT to this URL on the tracking server's artifact proxy.
+    Url(String),
+    /// Write to `dir/name` on this machine.
+    Path(PathBuf, String),
+}
+
+/// Where artifact `name` of `run_id` (whose artifact root is `artifact_uri`) goes, for the tracking
+/// server at `base`: a proxy URL, or a local directory when the store is on this machine.
+pub fn target(base: &str, run_id: &str, artifact_uri: &str, name: &str) -> Result<Target> {
+    check_name(name)?;
+    match ArtifactLocation::parse(artifact_uri) {
+        ArtifactLocation::Proxy { path } => Ok(Target::Url(format!(
+            "{base}/api/2.0/mlflow-artifacts/artifacts/{}/{}",
+            encode_path(&path),
+            encode_path(name)
+        ))),
+        ArtifactLocation::Local(dir) => {
+            let host = reqwest::Url::parse(base)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            if is_local_host(&host) || dir.exists() {
+                Ok(Target::Path(dir, name.to_owned()))
+            } else {
+                Err(Error::Artifact {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "run {run_id} stores artifacts in {} on the server's machine ({host}), \
+                         which is not reachable from here; start the server with artifact \
+                         proxying (the default; not --no-serve-artifacts)",
+                        dir.display()
+                    ),
+                })
+            }
+        }
+        ArtifactLocation::Unsupported(u) => Err(Error::Artifact {
+            name: name.to_owned(),
+            reason: format!(
+                "run {run_id} stores artifacts at {u}, which sapsan cannot write to; start the \
+                 MLflow server with artifact proxying (the default, --serve-artifacts) so \
+                 artifacts go through it"
+            ),
+        }),
+    }
+}
+
+/// Writes `bytes` to `target` (a PUT through `http`, or a local file).
+pub fn put(http: &HttpClient, target: &Target, bytes: &[u8]) -> Result<()> {
+    match target {
+        Target::Url(url) => http.put_bytes(url, bytes),
+        Target::Path(dir, name) => write_local(dir, name, bytes),
+    }
 }
 
 /// Writes `bytes` to `dir/name`, creating directories (a local artifact store).

@@ -25,10 +25,17 @@ use crate::error::{Error, Result};
 
 /// File name of the journal inside its directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// Subdirectory of a journal directory holding the bytes of journaled artifacts.
+pub const BLOB_DIR: &str = "artifacts";
+/// Name of the default journal root (relative to the working directory).
+pub const DEFAULT_ROOT: &str = ".sapsan-journal";
 /// Tag holding a run's client-generated key (exactly-once run creation).
 pub const RUN_KEY_TAG: &str = "sapsan.runKey";
 /// Environment variable naming the journal root directory.
 pub const JOURNAL_DIR_ENV: &str = "SAPSAN_JOURNAL_DIR";
+/// Environment variable that turns the journal of [`super::MlflowBackend`] off when `0`, `false`,
+/// `off` or `no` (it is on by default).
+pub const JOURNAL_ENV: &str = "SAPSAN_JOURNAL";
 
 /// A run as the journal names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,6 +141,15 @@ pub enum Record {
         /// End time for a terminal status.
         end_ms: Option<i64>,
     },
+    /// An artifact of a run; its bytes are in `file` (relative to the journal directory).
+    Artifact {
+        /// The run.
+        run: RunRef,
+        /// Artifact path inside the run (already checked by [`super::artifacts::check_name`]).
+        name: String,
+        /// The file holding the bytes, relative to the journal directory.
+        file: String,
+    },
 }
 
 impl Record {
@@ -155,7 +171,37 @@ impl Record {
 pub fn journal_root() -> PathBuf {
     match std::env::var_os(JOURNAL_DIR_ENV) {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(".sapsan-journal"),
+        _ => PathBuf::from(DEFAULT_ROOT),
+    }
+}
+
+/// Whether the environment leaves the journal on (see [`JOURNAL_ENV`]).
+pub fn enabled_by_env() -> bool {
+    !matches!(
+        std::env::var(JOURNAL_ENV)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref(),
+        Ok("0" | "false" | "off" | "no")
+    )
+}
+
+/// Removes a journal instance directory (delivered, or never used), and the default root
+/// `.sapsan-journal` when that leaves it empty. Problems are reported on stderr, never fatal.
+pub fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!(
+            "sapsan: could not remove the journal {}: {e}",
+            dir.display()
+        );
+        return;
+    }
+    if let Some(root) = dir.parent()
+        && root.file_name() == Some(std::ffi::OsStr::new(DEFAULT_ROOT))
+    {
+        // Fails (and is meant to) while other journals are in it.
+        let _ = std::fs::remove_dir(root);
     }
 }
 
@@ -310,24 +356,47 @@ pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Rec
 
 /// A journal shared by a backend and its log queue: appends, tells the uploader, and knows which
 /// run ids stand for which journal run keys.
+///
+/// When the disk refuses a write (full, over a size limit), nothing half-written stays in the file:
+/// the records are held in memory, in order, and written before anything newer as soon as the disk
+/// takes them again; what is still held at the end of the program is sent straight to the server
+/// (see [`SharedJournal::take_held`]). The first such failure is reported once on stderr.
 #[derive(Debug)]
 pub struct SharedJournal {
-    journal: Mutex<Journal>,
+    journal: Mutex<Writer>,
     keys: Mutex<HashMap<String, String>>,
     notify: Option<Notifier>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    journal: Journal,
+    /// Records the disk refused, oldest first; written before any newer record.
+    held: Vec<Record>,
+    /// Why the disk refused the last write (while records are held).
+    problem: Option<String>,
+    /// Whether the refusal was reported on stderr.
+    reported: bool,
+    blobs: u64,
 }
 
 impl SharedJournal {
     /// Wraps `journal`; `notify` (if any) is told about every append.
     pub fn new(journal: Journal, notify: Option<Notifier>) -> Self {
         SharedJournal {
-            journal: Mutex::new(journal),
+            journal: Mutex::new(Writer {
+                journal,
+                held: Vec::new(),
+                problem: None,
+                reported: false,
+                blobs: 0,
+            }),
             keys: Mutex::new(HashMap::new()),
             notify,
         }
     }
 
-    fn lock_journal(&self) -> MutexGuard<'_, Journal> {
+    fn lock_journal(&self) -> MutexGuard<'_, Writer> {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -335,28 +404,111 @@ impl SharedJournal {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends and syncs `records`, then tells the uploader.
+    /// Appends and syncs `records` (after any held ones), then tells the uploader. A write the disk
+    /// refuses leaves the file as it was and holds the records in memory (never an error: the data
+    /// is kept and delivered; see the type's docs).
     pub fn append(&self, records: &[Record]) -> Result<()> {
-        let len = self.lock_journal().append(records)?;
-        if let Some(n) = &self.notify {
-            n.written(len);
+        let mut w = self.lock_journal();
+        let res = if w.held.is_empty() {
+            let r = w.journal.append(records);
+            if r.is_err() {
+                w.held = records.to_vec();
+            }
+            r
+        } else {
+            // Older records first, in one write, so the order on disk stays the order of logging.
+            let mut all = std::mem::take(&mut w.held);
+            all.extend_from_slice(records);
+            let r = w.journal.append(&all);
+            if r.is_err() {
+                w.held = all;
+            }
+            r
+        };
+        match res {
+            Ok(len) => {
+                w.problem = None;
+                drop(w);
+                if let Some(n) = &self.notify {
+                    n.written(len);
+                }
+            }
+            Err(e) => {
+                w.problem = Some(e.to_string());
+                if !w.reported {
+                    w.reported = true;
+                    eprintln!(
+                        "sapsan: {e}. Logging goes on: the records are held in memory and written \
+                         to the journal when the disk takes them again, or sent straight to the \
+                         server at the end of the program. Free space under {} or set \
+                         SAPSAN_JOURNAL_DIR to a disk with room.",
+                        w.journal.dir().display()
+                    );
+                }
+            }
         }
         Ok(())
     }
 
+    /// Takes the records the disk refused (oldest first), with the reason; empty when none.
+    pub fn take_held(&self) -> (Vec<Record>, Option<String>) {
+        let mut w = self.lock_journal();
+        let held = std::mem::take(&mut w.held);
+        (held, w.problem.take())
+    }
+
+    /// Why the disk refused the last journal write, while records are held in memory.
+    pub fn problem(&self) -> Option<String> {
+        self.lock_journal().problem.clone()
+    }
+
+    /// Journals artifact `name` of run `run_id`: its bytes go to a file in the journal directory
+    /// (synced), then an [`Record::Artifact`] names it. Fails (nothing journaled) when the bytes
+    /// cannot be written.
+    pub fn append_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        super::artifacts::check_name(name)?;
+        let (dir, n) = {
+            let mut w = self.lock_journal();
+            w.blobs += 1;
+            (w.journal.dir().to_owned(), w.blobs)
+        };
+        let file = format!("{BLOB_DIR}/{n}");
+        let path = dir.join(&file);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(dir.join(BLOB_DIR))?;
+            let mut f = File::create(&path)?;
+            f.write_all(bytes)?;
+            f.sync_data()
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::io("writing an artifact into the journal", path, e));
+        }
+        self.append(&[Record::Artifact {
+            run: self.run_ref(run_id),
+            name: name.to_owned(),
+            file,
+        }])
+    }
+
     /// The instance directory.
     pub fn dir(&self) -> PathBuf {
-        self.lock_journal().dir().to_owned()
+        self.lock_journal().journal.dir().to_owned()
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.lock_journal().len()
+        self.lock_journal().journal.len()
     }
 
     /// Whether nothing was written yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Items held in memory because the disk refused them.
+    pub fn held_items(&self) -> usize {
+        self.lock_journal().held.iter().map(Record::items).sum()
     }
 
     /// Remembers that run id `id` (as handed to the user) is journal run key `key`.

@@ -18,14 +18,14 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::artifacts::{self, ArtifactLocation};
+use super::artifacts;
 use super::client::{HttpClient, Idempotency};
 use super::journal::{self, Journal, JournalSink, Record, SharedJournal};
 use super::queue::{Deliver, LogQueue, RunBatch};
 use super::server::{MlflowServer, ServerOptions, ensure_server};
 use super::settings::Settings;
-use super::signals::{self, SignalTarget};
-use super::sync::{Replayer, Uploader, is_transient};
+use super::signals::{self, KILL_GRACE, SignalTarget};
+use super::sync::{Replayer, RunIds, UploadOptions, Uploader, Watch, is_transient};
 use super::validate;
 use super::{Backend, LogItem, Metric, RunData, RunStack, RunStatus, now_ms};
 use crate::error::{Error, Result};
@@ -143,14 +143,87 @@ pub struct MlflowBackend {
     durable: Option<Durable>,
 }
 
-/// The journal, its background uploader, and a no-retry client for run creation.
+/// The journal and its background uploader.
 #[derive(Debug)]
 struct Durable {
-    journal: Arc<SharedJournal>,
+    delivery: Arc<Delivery>,
     uploader: Option<Uploader>,
+}
+
+/// What the backend, its drop and the signal path share about the journal's delivery.
+#[derive(Debug)]
+struct Delivery {
+    journal: Arc<SharedJournal>,
+    watch: Watch,
+    /// A client that does not retry (run creation; the uploader retries by itself).
     http_once: Arc<HttpClient>,
-    /// How long the drop waits for an away server to come back before leaving the journal.
+    /// Journal run key -> server run id, filled by the uploader.
+    ids: RunIds,
+    experiment_name: String,
+    experiment_id: String,
+    /// How long the end of the program waits for an away server before leaving the journal.
     exit_grace: Duration,
+}
+
+impl Delivery {
+    /// The server id of a run created while the server was away, once the uploader created it.
+    fn created_id(&self, local_id: &str) -> Option<String> {
+        let key = local_id.strip_prefix(LOCAL_RUN_PREFIX)?;
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Journals `status` for the runs in `open`, waits (up to the grace) for the server to take
+    /// everything, sends what the disk refused straight to it, then removes the fully delivered
+    /// journal or says on stderr where it is kept and how to upload it.
+    fn finish(&self, open: &[String], status: RunStatus, grace: Duration) {
+        let end_ms = Some(now_ms());
+        let recs: Vec<Record> = open
+            .iter()
+            .map(|run| Record::Status {
+                run: self.journal.run_ref(run),
+                status: status.as_str().to_owned(),
+                end_ms,
+            })
+            .collect();
+        if let Err(e) = self.journal.append(&recs) {
+            eprintln!("sapsan: could not journal the end of the open runs: {e}");
+        }
+        if let Err(e) = self.watch.wait_with_grace(grace) {
+            eprintln!("sapsan: some logged data was refused by MLflow: {e}");
+        }
+        let drained = self.watch.drained();
+        // Records the disk refused follow everything on disk: sent only once that has landed.
+        let (held, why) = self.journal.take_held();
+        let mut undelivered = &held[..];
+        if drained && !held.is_empty() {
+            let dir = self.journal.dir();
+            let mut rep =
+                Replayer::new(self.http_once.clone(), &dir, true).with_ids(self.ids.clone());
+            rep.know_experiment(&self.experiment_name, &self.experiment_id);
+            while let Some((r, rest)) = undelivered.split_first() {
+                match rep.apply(r) {
+                    Ok(()) => {}
+                    Err(e) if is_transient(&e) => break,
+                    Err(e) => eprintln!("sapsan: some logged data was refused by MLflow: {e}"),
+                }
+                undelivered = rest;
+            }
+        }
+        let lost: usize = undelivered.iter().map(Record::items).sum();
+        let (acked, last_error) = self.watch.progress();
+        finish_journal(
+            &self.journal.dir(),
+            drained && undelivered.is_empty(),
+            acked,
+            last_error,
+            self.http_once.base(),
+            (lost > 0).then(|| (lost, why.unwrap_or_default())),
+        );
+    }
 }
 
 impl std::fmt::Debug for MlflowBackend {
@@ -175,7 +248,7 @@ pub struct MlflowBackendBuilder {
     server_options: ServerOptions,
     own_server: bool,
     no_signal_handlers: bool,
-    use_journal: bool,
+    use_journal: Option<bool>,
     journal_root: Option<PathBuf>,
 }
 
@@ -222,11 +295,12 @@ impl MlflowBackendBuilder {
         self
     }
 
-    /// `true`: everything goes to a journal on disk first and a background uploader delivers it,
-    /// surviving server outages (see [`super::journal`]; `sapsan sync` uploads what is left).
-    /// Default `false` for now: logged data lives in memory until sent.
+    /// `true` (default): everything goes to a journal on disk first and a background uploader
+    /// delivers it, surviving server outages (see [`super::journal`]; `sapsan sync` uploads what
+    /// is left). `false`: logged data lives in memory until sent. Without this call the
+    /// environment decides: `SAPSAN_JOURNAL=0` turns the journal off.
     pub fn journal(mut self, on: bool) -> Self {
-        self.use_journal = on;
+        self.use_journal = Some(on);
         self
     }
     /// The root directory for journals (default: `SAPSAN_JOURNAL_DIR`, else `./.sapsan-journal`).
@@ -279,33 +353,72 @@ impl MlflowBackendBuilder {
             .or_else(|| settings.experiment_name.clone())
             .unwrap_or_else(|| DEFAULT_EXPERIMENT.to_owned());
         let http = Arc::new(HttpClient::new(&base, &settings)?);
-        let experiment_id = get_or_create_experiment(&http, &experiment_name)?;
-        let (queue, durable) = if !use_journal {
-            let sender = HttpSender {
-                http: http.clone(),
-                concurrency: settings.send_concurrency,
-            };
-            (LogQueue::start(sender, settings.linger)?, None)
-        } else {
+        let use_journal = use_journal.unwrap_or_else(journal::enabled_by_env);
+        // The journal first: an unwritable journal directory fails before anything is created on
+        // the server (the directory is removed again if a later step fails).
+        let journal = if use_journal {
             let root = journal_root.unwrap_or_else(journal::journal_root);
-            let j = Journal::create_in(&root)?;
-            let dir = j.dir().to_owned();
-            // The uploader retries by itself, forever, without blocking anyone.
-            let mut once = settings.clone();
-            once.max_retries = 0;
-            let http_once = Arc::new(HttpClient::new(&base, &once)?);
-            let mut rep = Replayer::new(http_once.clone(), true);
-            rep.know_experiment(&experiment_name, &experiment_id);
-            let uploader = Uploader::start(&dir, rep, settings.backoff_base, settings.backoff_max)?;
-            let shared = Arc::new(SharedJournal::new(j, Some(uploader.notifier())));
-            let queue = LogQueue::start(JournalSink(shared.clone()), settings.linger)?;
-            let durable = Durable {
-                journal: shared,
-                uploader: Some(uploader),
-                http_once,
-                exit_grace: (settings.backoff_max * 3).min(Duration::from_secs(10)),
-            };
-            (queue, Some(durable))
+            Some(Journal::create_in(&root)?)
+        } else {
+            None
+        };
+        let cleanup = |j: &Option<Journal>| {
+            if let Some(j) = j {
+                journal::remove_dir(j.dir());
+            }
+        };
+        let experiment_id = match get_or_create_experiment(&http, &experiment_name) {
+            Ok(id) => id,
+            Err(e) => {
+                cleanup(&journal);
+                return Err(e);
+            }
+        };
+        let (queue, durable) = match journal {
+            None => {
+                let sender = HttpSender {
+                    http: http.clone(),
+                    concurrency: settings.send_concurrency,
+                };
+                (LogQueue::start(sender, settings.linger)?, None)
+            }
+            Some(j) => {
+                let dir = j.dir().to_owned();
+                let started = (|| {
+                    // The uploader retries by itself, forever, without blocking anyone.
+                    let mut once = settings.clone();
+                    once.max_retries = 0;
+                    let http_once = Arc::new(HttpClient::new(&base, &once)?);
+                    let mut rep = Replayer::new(http_once.clone(), &dir, true);
+                    rep.know_experiment(&experiment_name, &experiment_id);
+                    let ids = rep.ids();
+                    let uploader =
+                        Uploader::start(&dir, rep, UploadOptions::from_settings(&settings))?;
+                    let shared = Arc::new(SharedJournal::new(j, Some(uploader.notifier())));
+                    let queue = LogQueue::start(JournalSink(shared.clone()), settings.linger)?;
+                    let delivery = Delivery {
+                        journal: shared,
+                        watch: uploader.watch(),
+                        http_once,
+                        ids,
+                        experiment_name: experiment_name.clone(),
+                        experiment_id: experiment_id.clone(),
+                        exit_grace: (settings.backoff_max * 3).min(Duration::from_secs(10)),
+                    };
+                    let durable = Durable {
+                        delivery: Arc::new(delivery),
+                        uploader: Some(uploader),
+                    };
+                    Ok::<_, Error>((queue, Some(durable)))
+                })();
+                match started {
+                    Ok(qd) => qd,
+                    Err(e) => {
+                        journal::remove_dir(&dir);
+                        return Err(e);
+                    }
+                }
+            }
         };
         let queue = Arc::new(queue);
         let state = Arc::new(Mutex::new(HashMap::new()));
@@ -316,6 +429,7 @@ impl MlflowBackendBuilder {
                 http: http.clone(),
                 state: state.clone(),
                 queue: queue.clone(),
+                delivery: durable.as_ref().map(|d| d.delivery.clone()),
             });
             signals::register(&hook)?;
             Some(hook)
@@ -404,8 +518,32 @@ impl MlflowBackend {
         map_unknown_run(e, run_id, self.http.base())
     }
 
-    /// Reads a run from the server (`runs/get`).
+    /// The id the server knows run `run_id` by: `run_id` itself, or for a run started while the
+    /// server was away (`local-...`) the id it was created with later (waiting for the uploader
+    /// while the server answers). [`Error::RunNotUploaded`] while it is not on the server yet.
+    pub fn server_run_id(&self, run_id: &str) -> Result<String> {
+        let Some(d) = self.durable.as_ref().map(|d| &d.delivery) else {
+            return Ok(run_id.to_owned());
+        };
+        if !run_id.starts_with(LOCAL_RUN_PREFIX) {
+            return Ok(run_id.to_owned());
+        }
+        if let Some(id) = d.created_id(run_id) {
+            return Ok(id);
+        }
+        let _ = self.queue.flush();
+        d.watch.settle();
+        d.created_id(run_id).ok_or_else(|| Error::RunNotUploaded {
+            run_id: run_id.to_owned(),
+            url: self.http.base().to_owned(),
+            journal: d.journal.dir(),
+        })
+    }
+
+    /// Reads a run from the server (`runs/get`); `local-...` ids are resolved first.
     pub fn get_run(&self, run_id: &str) -> Result<RunInfo> {
+        let run_id = self.server_run_id(run_id)?;
+        let run_id = run_id.as_str();
         let v = self
             .http
             .get("runs/get", &[("run_id", run_id)])
@@ -444,6 +582,8 @@ impl MlflowBackend {
     /// Every logged point of metric `key` of `run_id` (all pages), as the server stores them.
     pub fn metric_history(&self, run_id: &str, key: &str) -> Result<Vec<Metric>> {
         validate::key(key)?;
+        let run_id = self.server_run_id(run_id)?;
+        let run_id = run_id.as_str();
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
@@ -473,10 +613,11 @@ impl MlflowBackend {
     pub fn set_run_tag(&self, run_id: &str, key: &str, value: &str) -> Result<()> {
         validate::key(key)?;
         validate::tag_value(key, value)?;
+        let server_id = self.server_run_id(run_id)?;
         self.http
             .post(
                 "runs/set-tag",
-                &json!({"run_id": run_id, "key": key, "value": value}),
+                &json!({"run_id": server_id, "key": key, "value": value}),
                 Idempotency::Idempotent,
             )
             .map_err(|e| self.unknown_run(run_id, e))?;
@@ -506,48 +647,16 @@ impl MlflowBackend {
     }
 
     /// Where to put artifact `name` of `run_id`: a proxy URL or a local path.
-    fn artifact_target(&self, run_id: &str, name: &str) -> Result<ArtifactTarget> {
+    fn artifact_target(&self, run_id: &str, name: &str) -> Result<artifacts::Target> {
         artifacts::check_name(name)?;
         let uri = self.artifact_uri(run_id)?;
-        match ArtifactLocation::parse(&uri) {
-            ArtifactLocation::Proxy { path } => Ok(ArtifactTarget::Url(format!(
-                "{}/api/2.0/mlflow-artifacts/artifacts/{}/{}",
-                self.http.base(),
-                artifacts::encode_path(&path),
-                artifacts::encode_path(name)
-            ))),
-            ArtifactLocation::Local(dir) => {
-                let host = reqwest::Url::parse(self.http.base())
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_owned))
-                    .unwrap_or_default();
-                if artifacts::is_local_host(&host) || dir.exists() {
-                    Ok(ArtifactTarget::Path(dir, name.to_owned()))
-                } else {
-                    Err(Error::Artifact {
-                        name: name.to_owned(),
-                        reason: format!(
-                            "run {run_id} stores artifacts in {} on the server's machine ({host}), \
-                             which is not reachable from here; start the server with artifact \
-                             proxying (the default; not --no-serve-artifacts)",
-                            dir.display()
-                        ),
-                    })
-                }
-            }
-            ArtifactLocation::Unsupported(u) => Err(Error::Artifact {
-                name: name.to_owned(),
-                reason: format!(
-                    "run {run_id} stores artifacts at {u}, which sapsan cannot write to; start the \
-                     MLflow server with artifact proxying (the default, --serve-artifacts) so \
-                     artifacts go through it"
-                ),
-            }),
-        }
+        artifacts::target(self.http.base(), run_id, &uri, name)
     }
 
     /// Lists the artifacts of `run_id` under `path` (`None`: the root).
     pub fn list_artifacts(&self, run_id: &str, path: Option<&str>) -> Result<Vec<ArtifactFile>> {
+        let run_id = self.server_run_id(run_id)?;
+        let run_id = run_id.as_str();
         let mut q = vec![("run_id", run_id)];
         if let Some(p) = path {
             artifacts::check_name(p)?;
@@ -578,8 +687,8 @@ impl MlflowBackend {
     /// The bytes of artifact `name` of `run_id`.
     pub fn download_artifact(&self, run_id: &str, name: &str) -> Result<Vec<u8>> {
         match self.artifact_target(run_id, name)? {
-            ArtifactTarget::Url(url) => self.http.get_bytes(&url, &[]),
-            ArtifactTarget::Path(dir, name) => {
+            artifacts::Target::Url(url) => self.http.get_bytes(&url, &[]),
+            artifacts::Target::Path(dir, name) => {
                 let p = dir.join(name);
                 std::fs::read(&p).map_err(|e| Error::io("reading artifact", p, e))
             }
@@ -641,7 +750,7 @@ impl MlflowBackend {
     /// The journal directory of this backend (`None` without a journal). It is removed when the
     /// backend is dropped with everything delivered.
     pub fn journal_dir(&self) -> Option<PathBuf> {
-        self.durable.as_ref().map(|d| d.journal.dir())
+        self.durable.as_ref().map(|d| d.delivery.journal.dir())
     }
 
     /// Sends `runs/update` for `run_id` (no flush) and records whether it is open.
@@ -677,6 +786,7 @@ struct SignalHook {
     http: Arc<HttpClient>,
     state: Arc<Mutex<HashMap<String, RunState>>>,
     queue: Arc<LogQueue>,
+    delivery: Option<Arc<Delivery>>,
 }
 
 impl SignalTarget for SignalHook {
@@ -695,6 +805,16 @@ impl SignalTarget for SignalHook {
             .filter(|(_, s)| s.open)
             .map(|(id, _)| id.clone())
             .collect();
+        if let Some(d) = &self.delivery {
+            // KILLED goes into the journal behind everything logged; the journal is kept (and
+            // the program says so) when the server does not take it within the grace.
+            d.finish(&open, RunStatus::Killed, d.exit_grace.min(KILL_GRACE / 2));
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            for run in &open {
+                st.entry(run.clone()).or_default().open = false;
+            }
+            return problems;
+        }
         for run in open {
             if let Err(e) = send_status(&self.http, &self.state, &run, RunStatus::Killed) {
                 problems.push(format!("could not mark MLflow run {run} KILLED: {e}"));
@@ -702,11 +822,6 @@ impl SignalTarget for SignalHook {
         }
         problems
     }
-}
-
-enum ArtifactTarget {
-    Url(String),
-    Path(PathBuf, String),
 }
 
 impl Backend for MlflowBackend {
@@ -719,7 +834,17 @@ impl Backend for MlflowBackend {
         if let Some(k) = &key {
             tags.push((journal::RUN_KEY_TAG.into(), k.clone()));
         }
-        let parent_tag = parent.map(|p| ("mlflow.parentRunId".to_owned(), p.to_owned()));
+        // A parent created while the server was away has a server id once the uploader made it.
+        let parent_on_server: Option<String> = parent.and_then(|p| {
+            if !p.starts_with(LOCAL_RUN_PREFIX) {
+                return Some(p.to_owned());
+            }
+            self.durable.as_ref()?.delivery.created_id(p)
+        });
+        let parent_tag = parent.map(|p| {
+            let id = parent_on_server.clone().unwrap_or_else(|| p.to_owned());
+            ("mlflow.parentRunId".to_owned(), id)
+        });
         for (k, v) in tags.iter().chain(parent_tag.iter()) {
             validate::tag_value(k, v)?;
         }
@@ -730,11 +855,17 @@ impl Backend for MlflowBackend {
             return Ok(run_id);
         };
         // A parent not yet on the server: the child is created lazily after it, by the uploader.
-        let parent_is_local = parent.is_some_and(|p| p.starts_with(LOCAL_RUN_PREFIX));
+        let parent_is_local = parent.is_some() && parent_on_server.is_none();
         let created = if parent_is_local {
             None
         } else {
-            match self.create_on_server(&d.http_once, run_name, start, parent_tag.as_ref(), &tags) {
+            match self.create_on_server(
+                &d.delivery.http_once,
+                run_name,
+                start,
+                parent_tag.as_ref(),
+                &tags,
+            ) {
                 Ok(c) => Some(c),
                 // Server away: journal the run now, create it when the server is back.
                 Err(e) if is_transient(&e) => None,
@@ -745,16 +876,17 @@ impl Backend for MlflowBackend {
             Some((id, uri)) => (id.clone(), uri, Some(id)),
             None => (format!("{LOCAL_RUN_PREFIX}{key}"), None, None),
         };
-        d.journal.append(&[Record::Create {
+        let j = &d.delivery.journal;
+        j.append(&[Record::Create {
             key: key.clone(),
             experiment: self.experiment_name.clone(),
             name: run_name.to_owned(),
-            parent: parent.map(|p| d.journal.run_ref(p)),
+            parent: parent.map(|p| j.run_ref(p)),
             start_ms: start,
             tags: tags.clone(),
             id: server_id,
         }])?;
-        d.journal.set_key(&run_id, &key);
+        j.set_key(&run_id, &key);
         self.remember_created(&run_id, artifact_uri, tags.into_iter().chain(parent_tag));
         Ok(run_id)
     }
@@ -806,10 +938,25 @@ impl Backend for MlflowBackend {
     }
 
     fn upload_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
-        match self.artifact_target(run_id, name)? {
-            ArtifactTarget::Url(url) => self.http.put_bytes(&url, bytes),
-            ArtifactTarget::Path(dir, name) => artifacts::write_local(&dir, &name, bytes),
+        if let Some(d) = &self.durable {
+            artifacts::check_name(name)?;
+            match d.delivery.journal.append_artifact(run_id, name, bytes) {
+                // Sent by the uploader; wait as for a flush (not while the server is away).
+                Ok(()) => return d.delivery.watch.wait(),
+                // The bytes did not fit on the journal's disk: send them at once if the run is
+                // on the server, else say why nothing was kept.
+                Err(e) => {
+                    if run_id.starts_with(LOCAL_RUN_PREFIX)
+                        && d.delivery.created_id(run_id).is_none()
+                    {
+                        return Err(e);
+                    }
+                    eprintln!("sapsan: {e}; sending artifact {name:?} to MLflow directly");
+                }
+            }
         }
+        let target = self.artifact_target(run_id, name)?;
+        artifacts::put(&self.http, &target, bytes)
     }
 
     fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
@@ -817,8 +964,9 @@ impl Backend for MlflowBackend {
             // Into the journal in order (queued items first); sent by the uploader.
             let flushed = self.queue.flush();
             let end_ms = (status != RunStatus::Running).then(now_ms);
-            let journaled = d.journal.append(&[Record::Status {
-                run: d.journal.run_ref(run_id),
+            let j = &d.delivery.journal;
+            let journaled = j.append(&[Record::Status {
+                run: j.run_ref(run_id),
                 status: status.as_str().to_owned(),
                 end_ms,
             }]);
@@ -884,31 +1032,10 @@ impl Drop for MlflowBackend {
             .map(|(id, _)| id.clone())
             .collect();
         if let Some(d) = &mut self.durable {
-            let end_ms = Some(now_ms());
-            let recs: Vec<Record> = open
-                .iter()
-                .map(|run| Record::Status {
-                    run: d.journal.run_ref(run),
-                    status: RunStatus::Finished.as_str().to_owned(),
-                    end_ms,
-                })
-                .collect();
-            if let Err(e) = d.journal.append(&recs) {
-                eprintln!("sapsan: could not journal the end of the open runs: {e}");
-            }
+            d.delivery
+                .finish(&open, RunStatus::Finished, d.delivery.exit_grace);
             if let Some(up) = d.uploader.take() {
-                if let Err(e) = up.wait_with_grace(d.exit_grace) {
-                    eprintln!("sapsan: some logged data was refused by MLflow: {e}");
-                }
-                let drained = up.drained();
-                let (acked, last_error) = up.stop();
-                finish_journal(
-                    &d.journal.dir(),
-                    drained,
-                    acked,
-                    last_error,
-                    self.http.base(),
-                );
+                up.stop();
             }
         } else {
             for run in open {
@@ -930,14 +1057,17 @@ impl Drop for MlflowBackend {
 pub const LOCAL_RUN_PREFIX: &str = "local-";
 
 /// At the end of a backend: removes a fully delivered journal, or says where the rest is kept.
-fn finish_journal(dir: &Path, drained: bool, acked: u64, last_error: Option<String>, url: &str) {
+/// `lost`: items the disk refused that could not be sent either, and why the disk refused them.
+fn finish_journal(
+    dir: &Path,
+    drained: bool,
+    acked: u64,
+    last_error: Option<String>,
+    url: &str,
+    lost: Option<(usize, String)>,
+) {
     if drained {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            eprintln!(
-                "sapsan: could not remove the delivered journal {}: {e}",
-                dir.display()
-            );
-        }
+        journal::remove_dir(dir);
         return;
     }
     let (records, items) = match journal::read_records(dir, acked, None) {
@@ -952,6 +1082,12 @@ fn finish_journal(dir: &Path, drained: bool, acked: u64, last_error: Option<Stri
         dir.display(),
         dir.display(),
     );
+    if let Some((n, why)) = lost {
+        eprintln!(
+            "sapsan: {n} more logged items are lost: the journal's disk refused them ({why}) \
+             and the server could not take them either"
+        );
+    }
 }
 
 /// Maps the server's RESOURCE_DOES_NOT_EXIST for a run to [`Error::UnknownRun`].

@@ -126,14 +126,10 @@ impl Backend for OfflineBackend {
         Ok(())
     }
 
-    fn upload_artifact(&self, run_id: &str, name: &str, _bytes: &[u8]) -> Result<()> {
-        Err(Error::Artifact {
-            name: name.to_owned(),
-            reason: format!(
-                "run {run_id} is tracked offline: artifacts are not journaled; keep the file and \
-                 log it after `sapsan sync`, or track online"
-            ),
-        })
+    fn upload_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        // Queued items first, so the journal keeps the order of logging.
+        self.queue.flush()?;
+        self.journal.append_artifact(run_id, name, bytes)
     }
 
     fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {

@@ -6,14 +6,16 @@
 //! Every step is idempotent, so a journal may be replayed any number of times: runs are looked up
 //! by key before being created, the server drops exact duplicate metric points, a param logged
 //! again with the same value is accepted, tags and statuses are set to the same values again.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::artifacts;
 use super::client::{HttpClient, Idempotency};
 use super::journal::{self, RUN_KEY_TAG, Record, RunRef};
 use super::mlflow::{get_or_create_experiment, map_unknown_run};
@@ -29,28 +31,50 @@ pub fn is_transient(e: &Error) -> bool {
     }
 }
 
+/// Journal run key -> server run id, shared between the uploader and the backend (which resolves
+/// `local-...` ids with it).
+pub type RunIds = Arc<Mutex<HashMap<String, String>>>;
+
 /// Applies journal records to one server.
 #[derive(Debug)]
 pub struct Replayer {
     http: Arc<HttpClient>,
+    /// The journal directory (artifact bytes are read from it).
+    dir: PathBuf,
     /// Run key -> server run id.
-    runs: HashMap<String, String>,
+    runs: RunIds,
     /// Experiment name -> id.
     experiments: HashMap<String, String>,
+    /// Server run id -> artifact root.
+    artifact_uris: Mutex<HashMap<String, String>>,
     /// Trust the ids recorded in `Create` records (same server as when they were written).
     trust_ids: bool,
 }
 
 impl Replayer {
-    /// A replayer sending with `http`. `trust_ids`: the journal was written against this very
-    /// server, so run ids recorded at creation are valid (skips the look-up by key).
-    pub fn new(http: Arc<HttpClient>, trust_ids: bool) -> Self {
+    /// A replayer sending the journal in `dir` with `http`. `trust_ids`: the journal was written
+    /// against this very server, so run ids recorded at creation are valid (skips the look-up by
+    /// key).
+    pub fn new(http: Arc<HttpClient>, dir: &Path, trust_ids: bool) -> Self {
         Replayer {
             http,
-            runs: HashMap::new(),
+            dir: dir.to_owned(),
+            runs: RunIds::default(),
             experiments: HashMap::new(),
+            artifact_uris: Mutex::new(HashMap::new()),
             trust_ids,
         }
+    }
+
+    /// Shares `ids` (run key -> server id) with others; keys already in it count as created.
+    pub fn with_ids(mut self, ids: RunIds) -> Self {
+        self.runs = ids;
+        self
+    }
+
+    /// The run key -> server id map this replayer fills.
+    pub fn ids(&self) -> RunIds {
+        self.runs.clone()
     }
 
     /// Records that experiment `name` has id `id` on this server.
@@ -59,8 +83,8 @@ impl Replayer {
     }
 
     /// The server id of run key `key`, once its `Create` record has been applied.
-    pub fn run_id(&self, key: &str) -> Option<&str> {
-        self.runs.get(key).map(String::as_str)
+    pub fn run_id(&self, key: &str) -> Option<String> {
+        lock_ids(&self.runs).get(key).cloned()
     }
 
     fn experiment(&mut self, name: &str) -> Result<String> {
@@ -75,7 +99,7 @@ impl Replayer {
     fn resolve(&self, run: &RunRef) -> Result<String> {
         match run {
             RunRef::Id(id) => Ok(id.clone()),
-            RunRef::Key(k) => self.runs.get(k).cloned().ok_or_else(|| Error::UnknownRun {
+            RunRef::Key(k) => self.run_id(k).ok_or_else(|| Error::UnknownRun {
                 run_id: format!("(journal run key {k}: its creation record is missing)"),
                 url: self.http.base().to_owned(),
             }),
@@ -100,60 +124,75 @@ impl Replayer {
 
     /// Applies one record.
     pub fn apply(&mut self, rec: &Record) -> Result<()> {
+        let Record::Create {
+            key,
+            experiment,
+            name,
+            parent,
+            start_ms,
+            tags,
+            id,
+        } = rec
+        else {
+            return self.apply_shared(rec);
+        };
+        if self.run_id(key).is_some() {
+            return Ok(());
+        }
+        if self.trust_ids
+            && let Some(id) = id
+        {
+            lock_ids(&self.runs).insert(key.clone(), id.clone());
+            return Ok(());
+        }
+        let exp_id = self.experiment(experiment)?;
+        if let Some(found) = self.find_by_key(&exp_id, key)? {
+            lock_ids(&self.runs).insert(key.clone(), found);
+            return Ok(());
+        }
+        let mut all: Vec<Value> = tags
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
+        if let Some(p) = parent {
+            all.push(json!({"key": "mlflow.parentRunId", "value": self.resolve(p)?}));
+        }
+        let body = json!({
+            "experiment_id": exp_id,
+            "run_name": name,
+            "start_time": start_ms,
+            "tags": all,
+        });
+        // A lost answer is harmless: the next attempt finds the run by its key.
+        let v = self
+            .http
+            .post("runs/create", &body, Idempotency::CreatesOnce)?;
+        let info = v.pointer("/run/info").unwrap_or(&Value::Null);
+        let rid = info
+            .get("run_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::Mlflow {
+                method: "POST".into(),
+                url: self.http.api_url("runs/create"),
+                status: 200,
+                error_code: "BAD_RESPONSE".into(),
+                message: "the answer has no run.info.run_id".into(),
+            })?;
+        if let Some(uri) = info.get("artifact_uri").and_then(Value::as_str) {
+            lock_ids(&self.artifact_uris).insert(rid.to_owned(), uri.to_owned());
+        }
+        lock_ids(&self.runs).insert(key.clone(), rid.to_owned());
+        Ok(())
+    }
+
+    /// Applies a record that creates nothing (a batch, a status, an artifact); safe to call from
+    /// several threads at once. A `Create` record is refused here (use [`Replayer::apply`]).
+    pub fn apply_shared(&self, rec: &Record) -> Result<()> {
         match rec {
-            Record::Create {
-                key,
-                experiment,
-                name,
-                parent,
-                start_ms,
-                tags,
-                id,
-            } => {
-                if self.runs.contains_key(key) {
-                    return Ok(());
-                }
-                if self.trust_ids
-                    && let Some(id) = id
-                {
-                    self.runs.insert(key.clone(), id.clone());
-                    return Ok(());
-                }
-                let exp_id = self.experiment(experiment)?;
-                if let Some(found) = self.find_by_key(&exp_id, key)? {
-                    self.runs.insert(key.clone(), found);
-                    return Ok(());
-                }
-                let mut all: Vec<Value> = tags
-                    .iter()
-                    .map(|(k, v)| json!({"key": k, "value": v}))
-                    .collect();
-                if let Some(p) = parent {
-                    all.push(json!({"key": "mlflow.parentRunId", "value": self.resolve(p)?}));
-                }
-                let body = json!({
-                    "experiment_id": exp_id,
-                    "run_name": name,
-                    "start_time": start_ms,
-                    "tags": all,
-                });
-                // A lost answer is harmless: the next attempt finds the run by its key.
-                let v = self
-                    .http
-                    .post("runs/create", &body, Idempotency::CreatesOnce)?;
-                let rid = v
-                    .pointer("/run/info/run_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| Error::Mlflow {
-                        method: "POST".into(),
-                        url: self.http.api_url("runs/create"),
-                        status: 200,
-                        error_code: "BAD_RESPONSE".into(),
-                        message: "the answer has no run.info.run_id".into(),
-                    })?;
-                self.runs.insert(key.clone(), rid.to_owned());
-                Ok(())
-            }
+            Record::Create { key, .. } => Err(Error::UnknownRun {
+                run_id: format!("(journal run key {key}: creation must go through apply)"),
+                url: self.http.base().to_owned(),
+            }),
             Record::Batch {
                 run,
                 metrics,
@@ -194,8 +233,39 @@ impl Replayer {
                     .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
                 Ok(())
             }
+            Record::Artifact { run, name, file } => {
+                let run_id = self.resolve(run)?;
+                let uri = self.artifact_uri(&run_id)?;
+                let target = artifacts::target(self.http.base(), &run_id, &uri, name)?;
+                let path = self.dir.join(file);
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Error::io("reading a journaled artifact", &path, e))?;
+                artifacts::put(&self.http, &target, &bytes)
+            }
         }
     }
+
+    /// The artifact root of `run_id`: remembered from its creation, else read with `runs/get`.
+    fn artifact_uri(&self, run_id: &str) -> Result<String> {
+        if let Some(u) = lock_ids(&self.artifact_uris).get(run_id) {
+            return Ok(u.clone());
+        }
+        let v = self
+            .http
+            .get("runs/get", &[("run_id", run_id)])
+            .map_err(|e| map_unknown_run(e, run_id, self.http.base()))?;
+        let uri = v
+            .pointer("/run/info/artifact_uri")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        lock_ids(&self.artifact_uris).insert(run_id.to_owned(), uri.clone());
+        Ok(uri)
+    }
+}
+
+fn lock_ids<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What [`sync_dir`] did.
@@ -249,7 +319,7 @@ pub fn sync_dir(dir: &Path, tracking_uri: &str, settings: &Settings) -> Result<S
     }
     let mut report = SyncReport::default();
     for d in dirs {
-        let mut rep = Replayer::new(http.clone(), false);
+        let mut rep = Replayer::new(http.clone(), &d, false);
         for (rec, _) in journal::read_records(&d, 0, None)? {
             match rep.apply(&rec) {
                 Ok(()) => {
@@ -260,11 +330,37 @@ pub fn sync_dir(dir: &Path, tracking_uri: &str, settings: &Settings) -> Result<S
                 Err(e) => report.refused.push(format!("{}: {e}", d.display())),
             }
         }
-        report.runs += rep.runs.len();
+        report.runs += lock_ids(&rep.runs).len();
         report.journals += 1;
     }
     Ok(report)
 }
+
+/// How the [`Uploader`] retries, and how many requests it keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// First delay after a failed attempt; doubles per attempt up to `backoff_max`.
+    pub backoff_base: Duration,
+    /// Longest delay between attempts.
+    pub backoff_max: Duration,
+    /// Log-batch requests sent at once for consecutive batch records (at least 1). Run creations,
+    /// status changes and artifacts are sent one at a time, in order.
+    pub concurrency: usize,
+}
+
+impl UploadOptions {
+    /// The uploader's options from client settings.
+    pub fn from_settings(s: &Settings) -> Self {
+        UploadOptions {
+            backoff_base: s.backoff_base,
+            backoff_max: s.backoff_max,
+            concurrency: s.send_concurrency.max(1),
+        }
+    }
+}
+
+/// Most batch records sent in one concurrent window.
+const WINDOW: usize = 64;
 
 #[derive(Debug, Default)]
 struct UpState {
@@ -276,12 +372,12 @@ struct UpState {
     healthy: bool,
     /// The last transient error, while unhealthy.
     last_error: Option<String>,
-    /// First permanent (non-retryable) error since the last [`Uploader::wait`].
+    /// First permanent (non-retryable) error since the last [`Watch::wait`].
     first_error: Option<Error>,
     stop: bool,
     gone: bool,
-    /// A request is in flight.
-    attempting: bool,
+    /// Requests in flight.
+    in_flight: usize,
 }
 
 #[derive(Debug)]
@@ -295,8 +391,8 @@ fn lock(m: &Mutex<UpState>) -> MutexGuard<'_, UpState> {
 }
 
 /// The background sender of a journal: reads what the backend wrote, applies it to the server in
-/// order, and retries transient failures forever with capped exponential backoff (never blocking
-/// the writer).
+/// order (consecutive log batches several at once), and retries transient failures forever with
+/// capped exponential backoff (never blocking the writer).
 #[derive(Debug)]
 pub struct Uploader {
     shared: Arc<UpShared>,
@@ -305,14 +401,8 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// Starts the uploader thread for the journal in `dir`, sending with `replayer`; backoff
-    /// between failed attempts from `backoff_base` doubling up to `backoff_max`.
-    pub fn start(
-        dir: &Path,
-        replayer: Replayer,
-        backoff_base: Duration,
-        backoff_max: Duration,
-    ) -> Result<Self> {
+    /// Starts the uploader thread for the journal in `dir`, sending with `replayer`.
+    pub fn start(dir: &Path, replayer: Replayer, opts: UploadOptions) -> Result<Self> {
         let shared = Arc::new(UpShared {
             st: Mutex::new(UpState {
                 healthy: true,
@@ -324,7 +414,7 @@ impl Uploader {
         let d = dir.to_owned();
         let worker = std::thread::Builder::new()
             .name("sapsan-journal-uploader".into())
-            .spawn(move || upload_loop(s, d, replayer, backoff_base, backoff_max))
+            .spawn(move || upload_loop(s, d, replayer, opts))
             .map_err(|e| Error::Connection {
                 url: String::new(),
                 reason: format!("cannot start the journal uploader thread: {e}"),
@@ -336,23 +426,61 @@ impl Uploader {
         })
     }
 
-    /// Tells the uploader the journal now has `len` bytes.
-    pub fn written(&self, len: u64) {
-        self.notifier().written(len);
-    }
-
     /// A handle that tells the uploader about new journal bytes (for the journal's writers).
     pub fn notifier(&self) -> Notifier {
         Notifier(self.shared.clone())
     }
 
+    /// A handle that waits for delivery (for whoever must wait while the backend owns the uploader).
+    pub fn watch(&self) -> Watch {
+        Watch(self.shared.clone())
+    }
+
+    /// See [`Watch::wait`].
+    pub fn wait(&self) -> Result<()> {
+        self.watch().wait()
+    }
+
+    /// Stops the thread (after its current requests); returns the offset up to which everything
+    /// landed and the last transient error, if the server was away.
+    pub fn stop(mut self) -> (u64, Option<String>) {
+        self.halt();
+        let g = lock(&self.shared.st);
+        (g.acked, g.last_error.clone())
+    }
+
+    fn halt(&mut self) {
+        lock(&self.shared.st).stop = true;
+        self.shared.cv.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Waits for an [`Uploader`]'s delivery. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Watch(Arc<UpShared>);
+
+impl Watch {
     /// Waits until everything written so far landed, or the server is found unreachable (then the
     /// data stays in the journal and is sent when the server is back). Returns the first permanent
     /// delivery error since the last call.
     pub fn wait(&self) -> Result<()> {
-        let mut g = lock(&self.shared.st);
+        let mut g = lock(&self.0.st);
         while g.acked < g.written && g.healthy && !g.gone {
-            g = self.shared.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            g = self.0.cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         match g.first_error.take() {
             Some(e) => Err(e),
@@ -360,19 +488,27 @@ impl Uploader {
         }
     }
 
-    /// Like [`Uploader::wait`], but while the server is away keeps waiting up to `grace` (plus the
-    /// request in flight at that time) for it to come back (used at the end of a program, so a server that just restarted still gets
-    /// everything).
+    /// Like [`Watch::wait`], but leaves any delivery error for the next [`Watch::wait`].
+    pub fn settle(&self) {
+        let mut g = lock(&self.0.st);
+        while g.acked < g.written && g.healthy && !g.gone {
+            g = self.0.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Like [`Watch::wait`], but while the server is away keeps waiting up to `grace` (plus the
+    /// requests in flight at that time) for it to come back (used at the end of a program, so a
+    /// server that just restarted still gets everything).
     pub fn wait_with_grace(&self, grace: Duration) -> Result<()> {
         let deadline = std::time::Instant::now() + grace;
-        let mut g = lock(&self.shared.st);
+        let mut g = lock(&self.0.st);
         while g.acked < g.written && !g.gone {
             let now = std::time::Instant::now();
-            if g.healthy || g.attempting {
-                g = self.shared.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            if g.healthy || g.in_flight > 0 {
+                g = self.0.cv.wait(g).unwrap_or_else(|e| e.into_inner());
             } else if now < deadline {
                 g = self
-                    .shared
+                    .0
                     .cv
                     .wait_timeout(g, deadline - now)
                     .unwrap_or_else(|e| e.into_inner())
@@ -389,40 +525,19 @@ impl Uploader {
 
     /// Whether everything written so far landed on the server.
     pub fn drained(&self) -> bool {
-        let g = lock(&self.shared.st);
+        let g = lock(&self.0.st);
         g.acked >= g.written
     }
 
     /// Whether the last attempt reached the server.
     pub fn healthy(&self) -> bool {
-        lock(&self.shared.st).healthy
+        lock(&self.0.st).healthy
     }
 
-    /// Stops the thread (after its current request); returns the offset up to which everything
-    /// landed and the last transient error, if the server was away.
-    pub fn stop(mut self) -> (u64, Option<String>) {
-        lock(&self.shared.st).stop = true;
-        self.shared.cv.notify_all();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
-        let g = lock(&self.shared.st);
+    /// The offset up to which everything landed, and the last transient error (server away).
+    pub fn progress(&self) -> (u64, Option<String>) {
+        let g = lock(&self.0.st);
         (g.acked, g.last_error.clone())
-    }
-
-    /// The journal directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for Uploader {
-    fn drop(&mut self) {
-        lock(&self.shared.st).stop = true;
-        self.shared.cv.notify_all();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
     }
 }
 
@@ -442,13 +557,119 @@ impl Notifier {
     }
 }
 
-fn upload_loop(
-    shared: Arc<UpShared>,
-    dir: PathBuf,
-    mut rep: Replayer,
-    base: Duration,
-    max: Duration,
-) {
+/// Records that everything up to `end` landed.
+fn ack(shared: &UpShared, end: u64) {
+    let mut g = lock(&shared.st);
+    if end > g.acked {
+        g.acked = end;
+    }
+    drop(g);
+    shared.cv.notify_all();
+}
+
+/// Sends one record with `f`, retrying transient failures with backoff until it lands or is
+/// refused for good (reported, skipped). `false`: the uploader was stopped first.
+fn send(shared: &UpShared, opts: &UploadOptions, mut f: impl FnMut() -> Result<()>) -> bool {
+    let mut attempt = 0u32;
+    loop {
+        lock(&shared.st).in_flight += 1;
+        let res = f();
+        let mut g = lock(&shared.st);
+        g.in_flight -= 1;
+        match res {
+            Ok(()) => {
+                g.healthy = true;
+                g.last_error = None;
+                return true;
+            }
+            Err(e) if is_transient(&e) => {
+                let wait = opts
+                    .backoff_base
+                    .checked_mul(1u32 << attempt.min(16))
+                    .unwrap_or(opts.backoff_max)
+                    .min(opts.backoff_max);
+                attempt += 1;
+                g.healthy = false;
+                g.last_error = Some(e.to_string());
+                shared.cv.notify_all();
+                if g.stop {
+                    return false;
+                }
+                g = shared
+                    .cv
+                    .wait_timeout(g, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                if g.stop {
+                    return false;
+                }
+            }
+            Err(e) => {
+                // Permanent (bad request, unknown run): report it, skip the record.
+                g.first_error.get_or_insert(e);
+                return true;
+            }
+        }
+    }
+}
+
+/// The end of the window of batch records starting at `i` that may be sent at once: consecutive
+/// batches, at most [`WINDOW`], no tag of a run set twice (a later value must not be overtaken).
+fn window_end(recs: &[(Record, u64)], i: usize) -> usize {
+    let mut seen = HashSet::new();
+    let mut j = i;
+    while j < recs.len() && j - i < WINDOW {
+        let Record::Batch { run, tags, .. } = &recs[j].0 else {
+            break;
+        };
+        if !tags.iter().all(|(k, _)| seen.insert((run, k.as_str()))) {
+            break;
+        }
+        j += 1;
+    }
+    j.max(i + 1)
+}
+
+/// Sends the batch records `recs` over `opts.concurrency` connections; the acknowledged offset
+/// advances over the longest delivered prefix. `false`: the uploader was stopped first.
+fn send_window(
+    shared: &UpShared,
+    rep: &Replayer,
+    opts: &UploadOptions,
+    recs: &[(Record, u64)],
+) -> bool {
+    let n = recs.len();
+    let next = AtomicUsize::new(0);
+    let stopped = AtomicBool::new(false);
+    let done = Mutex::new((vec![false; n], 0usize));
+    std::thread::scope(|s| {
+        for _ in 0..opts.concurrency.clamp(1, n) {
+            s.spawn(|| {
+                while !stopped.load(Ordering::Relaxed) {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((rec, _)) = recs.get(k) else { break };
+                    if !send(shared, opts, || rep.apply_shared(rec)) {
+                        stopped.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    let mut d = lock_ids(&done);
+                    d.0[k] = true;
+                    let mut p = d.1;
+                    while p < n && d.0[p] {
+                        p += 1;
+                    }
+                    if p > d.1 {
+                        d.1 = p;
+                        ack(shared, recs[p - 1].1);
+                    }
+                }
+            });
+        }
+    });
+    !stopped.load(Ordering::Relaxed)
+}
+
+fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: UploadOptions) {
     'outer: loop {
         let (from, upto) = {
             let mut g = lock(&shared.st);
@@ -470,61 +691,24 @@ fn upload_loop(
         };
         if recs.is_empty() {
             // Nothing complete to read (cannot happen: the writer syncs whole lines first).
-            let mut g = lock(&shared.st);
-            g.acked = upto;
-            drop(g);
-            shared.cv.notify_all();
+            ack(&shared, upto);
             continue;
         }
-        for (rec, end) in recs {
-            let mut attempt = 0u32;
-            loop {
-                lock(&shared.st).attempting = true;
-                let res = rep.apply(&rec);
-                lock(&shared.st).attempting = false;
-                match res {
-                    Ok(()) => {
-                        let mut g = lock(&shared.st);
-                        g.acked = end;
-                        g.healthy = true;
-                        g.last_error = None;
-                        drop(g);
-                        shared.cv.notify_all();
-                        break;
-                    }
-                    Err(e) if is_transient(&e) => {
-                        let wait = base
-                            .checked_mul(1u32 << attempt.min(16))
-                            .unwrap_or(max)
-                            .min(max);
-                        attempt += 1;
-                        let mut g = lock(&shared.st);
-                        g.healthy = false;
-                        g.last_error = Some(e.to_string());
-                        shared.cv.notify_all();
-                        if g.stop {
-                            break 'outer;
-                        }
-                        g = shared
-                            .cv
-                            .wait_timeout(g, wait)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                        if g.stop {
-                            break 'outer;
-                        }
-                    }
-                    Err(e) => {
-                        // Permanent (bad request, unknown run): report it, skip the record.
-                        let mut g = lock(&shared.st);
-                        g.first_error.get_or_insert(e);
-                        g.acked = end;
-                        drop(g);
-                        shared.cv.notify_all();
-                        break;
-                    }
+        let mut i = 0;
+        while i < recs.len() {
+            let j = window_end(&recs, i);
+            if j > i + 1 {
+                if !send_window(&shared, &rep, &opts, &recs[i..j]) {
+                    break 'outer;
                 }
+            } else {
+                let (rec, end) = &recs[i];
+                if !send(&shared, &opts, || rep.apply(rec)) {
+                    break 'outer;
+                }
+                ack(&shared, *end);
             }
+            i = j;
         }
     }
     lock(&shared.st).gone = true;
