@@ -7,24 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sapsan::tracking::{Backend, MlflowBackend, MlflowServer, RunStatus, ServerOptions, Settings};
+use sapsan::tracking::{Backend, MlflowBackend, RunStatus, Settings};
 use serde_json::Value;
-
-fn start_server(port: u16, data_dir: &Path) -> MlflowServer {
-    let opts = ServerOptions {
-        data_dir: Some(data_dir.to_owned()),
-        workers: Some(1),
-        ready_timeout: Duration::from_secs(180),
-        quiet: true,
-        ..ServerOptions::default()
-    };
-    MlflowServer::start("127.0.0.1", port, &opts).unwrap()
-}
-
-fn signal_group(server: &MlflowServer, sig: i32) {
-    let rc = unsafe { libc::killpg(server.pid() as i32, sig) };
-    assert_eq!(rc, 0, "killpg({}, {sig}) failed", server.pid());
-}
 
 /// Fast failure detection: a short request timeout and backoff capped at 300 ms.
 fn settings(timeout: Duration) -> Settings {
@@ -110,7 +94,7 @@ fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("store");
     let port = common::free_port();
-    let server = start_server(port, &data);
+    let server = common::private_server(port, &data);
     let uri = server.url().to_owned();
     let exp = common::unique("kill9");
     let b = backend(
@@ -125,7 +109,7 @@ fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
         epoch(&b, e);
     }
     b.flush().unwrap();
-    signal_group(&server, libc::SIGKILL);
+    common::signal_group(&server, libc::SIGKILL);
     let _ = server.stop(); // reaps the killed process
     for e in 20..35 {
         epoch(&b, e);
@@ -136,24 +120,45 @@ fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
     for s in 0..5 {
         b.log_metric_step("mse", s as f64, s).unwrap();
     }
+    // Artifacts are journaled too (bytes in the journal directory), sent when the server is back.
+    const NOTE: &[u8] = b"written while the server was dead";
+    b.upload_artifact(&eval, "notes/eval.txt", NOTE).unwrap();
+    // Reading a run the server does not have yet: a clear error naming the journal.
+    let err = b.get_run(&eval).unwrap_err().to_string();
+    assert!(
+        err.contains("not on it yet") && err.contains("sapsan sync"),
+        "{err}"
+    );
     b.end().unwrap(); // journaled; does not wait for the dead server
-    let server = start_server(port, &data);
+    let server = common::private_server(port, &data);
     for e in 35..50 {
         epoch(&b, e);
     }
     b.end_run(&train, RunStatus::Finished).unwrap();
     b.flush().unwrap();
+    // The local id now reads back through the id the uploader created the run with.
+    let on_server = b.server_run_id(&eval).unwrap();
+    assert!(!on_server.starts_with("local-"), "{on_server}");
+    assert_eq!(b.get_run(&eval).unwrap().run_id, on_server);
+    assert_eq!(b.metric_history(&eval, "mse").unwrap().len(), 5);
+    assert_eq!(b.download_artifact(&eval, "notes/eval.txt").unwrap(), NOTE);
     let journal = b.journal_dir().unwrap();
     drop(b);
     assert!(!journal.exists(), "a delivered journal is removed");
     assert_job_landed(&runs_at(&uri, &exp), 5);
+    let note = common::judge_at(
+        &uri,
+        "p = client.download_artifacts(args[0], 'notes/eval.txt')\nprint(json.dumps(open(p).read()))",
+        &[&on_server],
+    );
+    assert_eq!(note, serde_json::json!(String::from_utf8_lossy(NOTE)));
     server.stop().unwrap();
 }
 
 #[test]
 fn frozen_server_never_blocks_logging_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start_server(common::free_port(), &tmp.path().join("store"));
+    let server = common::private_server(common::free_port(), &tmp.path().join("store"));
     let uri = server.url().to_owned();
     let exp = common::unique("sigstop");
     let timeout = Duration::from_millis(1500);
@@ -162,7 +167,7 @@ fn frozen_server_never_blocks_logging_and_loses_nothing() {
     b.log_metric_step("loss", 0.0, 0).unwrap();
     b.flush().unwrap();
 
-    signal_group(&server, libc::SIGSTOP);
+    common::signal_group(&server, libc::SIGSTOP);
     // "Training" while frozen for twice the request timeout: compute, log, repeat.
     let frozen = Instant::now();
     let (mut in_logging, mut worst, mut step) = (Duration::ZERO, Duration::ZERO, 1i64);
@@ -181,7 +186,7 @@ fn frozen_server_never_blocks_logging_and_loses_nothing() {
         step += 1;
     }
     let training = frozen.elapsed();
-    signal_group(&server, libc::SIGCONT);
+    common::signal_group(&server, libc::SIGCONT);
     eprintln!(
         "[reliability] frozen {training:?}: {step} steps, time in logging calls {in_logging:?} \
          ({:.3}% of training), slowest call {worst:?}",
@@ -202,26 +207,10 @@ fn frozen_server_never_blocks_logging_and_loses_nothing() {
     server.stop().unwrap();
 }
 
-fn sapsan_sync(dir: &Path, uri: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sapsan"))
-        .args(["sync"])
-        .arg(dir)
-        .args(["--tracking-uri", uri])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sapsan sync failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn server_gone_for_good_then_sapsan_sync_delivers_everything() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start_server(common::free_port(), &tmp.path().join("store-1"));
+    let server = common::private_server(common::free_port(), &tmp.path().join("store-1"));
     let exp = common::unique("gone");
     let root = tmp.path().join("journal");
     let b = backend(server.url(), &exp, &root, Duration::from_secs(2));
@@ -231,7 +220,7 @@ fn server_gone_for_good_then_sapsan_sync_delivers_everything() {
         epoch(&b, e);
     }
     b.flush().unwrap();
-    signal_group(&server, libc::SIGKILL);
+    common::signal_group(&server, libc::SIGKILL);
     let _ = server.stop();
     for e in 10..50 {
         epoch(&b, e);
@@ -249,12 +238,12 @@ fn server_gone_for_good_then_sapsan_sync_delivers_everything() {
     assert!(journal.join("journal.jsonl").is_file());
 
     // A new server on a new store; everything arrives, twice changes nothing.
-    let server = start_server(common::free_port(), &tmp.path().join("store-2"));
-    let first = sapsan_sync(&root, server.url());
+    let server = common::private_server(common::free_port(), &tmp.path().join("store-2"));
+    let first = common::sapsan_sync(&root, server.url());
     assert!(first.contains("2 runs"), "{first}");
     let runs = runs_at(server.url(), &exp);
     assert_job_landed(&runs, 7);
-    sapsan_sync(&root, server.url());
+    common::sapsan_sync(&root, server.url());
     assert_eq!(
         runs_at(server.url(), &exp),
         runs,

@@ -22,7 +22,7 @@ fn main() {
         victim(&mode);
         return;
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
         ("sigterm_marks_every_open_run_killed", || {
             signalled_runs_end_killed(libc::SIGTERM)
         }),
@@ -34,6 +34,10 @@ fn main() {
             opt_out_leaves_the_signal_alone,
         ),
         ("ignored_sigint_stays_ignored", ignored_sigint_stays_ignored),
+        (
+            "sigterm_with_the_server_away_keeps_killed_in_the_journal",
+            sigterm_with_the_server_away_keeps_killed_in_the_journal,
+        ),
     ];
     for (name, t) in tests {
         eprint!("test {name} ... ");
@@ -79,19 +83,35 @@ fn victim(mode: &str) {
     }
 }
 
-/// Starts a victim in `mode`, waits for READY, sends `sig`; returns the exit status and run ids.
+/// What became of a victim.
+struct Victim {
+    status: std::process::ExitStatus,
+    /// Run ids: train and evaluate of the first backend, train of the second.
+    ids: Vec<String>,
+    /// Its stderr.
+    stderr: String,
+    /// Its journal root (`SAPSAN_JOURNAL_DIR`).
+    journals: tempfile::TempDir,
+}
+
+/// Starts a victim in `mode` against the server at `uri`, waits for READY, calls `before_signal`,
+/// sends `sig`, and waits for the victim's end.
 fn run_victim(
     mode: &str,
+    uri: &str,
     sig: libc::c_int,
     ignore_sigint: bool,
-) -> (std::process::ExitStatus, Vec<String>) {
+    before_signal: impl FnOnce(),
+) -> Victim {
     let exp = common::unique("signals");
+    let journals = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env(CHILD_ENV, mode)
         .env("SAPSAN_SIGNAL_EXPERIMENT", &exp)
-        .env("SAPSAN_TEST_TRACKING_URI", common::tracking_uri())
+        .env("SAPSAN_TEST_TRACKING_URI", uri)
+        .env("SAPSAN_JOURNAL_DIR", journals.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     if ignore_sigint {
         use std::os::unix::process::CommandExt;
         // SAFETY: only `signal` between fork and exec.
@@ -103,6 +123,13 @@ fn run_victim(
         }
     }
     let mut child = cmd.spawn().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err_pipe, &mut s).unwrap();
+        eprint!("{s}");
+        s
+    });
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -133,9 +160,16 @@ fn run_victim(
         ignore_sigint,
         "SigIgn {ignored:x}"
     );
+    before_signal();
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
-    (child.wait().unwrap(), ids)
+    let status = child.wait().unwrap();
+    Victim {
+        status,
+        ids,
+        stderr: err_reader.join().unwrap(),
+        journals,
+    }
 }
 
 /// `SigIgn` and `SigCgt` of process `pid` from /proc.
@@ -159,8 +193,15 @@ print(json.dumps(out))
 "#;
 
 fn read_runs(ids: &[String]) -> Vec<Value> {
+    read_runs_at(&common::tracking_uri(), ids)
+}
+
+fn read_runs_at(uri: &str, ids: &[String]) -> Vec<Value> {
     let args: Vec<&str> = ids.iter().map(String::as_str).collect();
-    common::judge(READ_RUNS, &args).as_array().unwrap().clone()
+    common::judge_at(uri, READ_RUNS, &args)
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// Steps 0..=max, each once, with at least the READY steps.
@@ -177,9 +218,16 @@ fn assert_complete_history(run: &Value) {
 }
 
 fn signalled_runs_end_killed(sig: libc::c_int) {
-    let (status, ids) = run_victim("handle", sig, false);
+    let v = run_victim("handle", &common::tracking_uri(), sig, false, || {});
+    let (status, ids) = (v.status, &v.ids);
     assert_eq!(status.signal(), Some(sig), "exit status: {status:?}");
-    let runs = read_runs(&ids);
+    // KILLED went through the journal and was delivered: both journals are removed.
+    assert!(
+        common::journal_dirs(v.journals.path()).is_empty(),
+        "journals left: {}",
+        v.stderr
+    );
+    let runs = read_runs(ids);
     for (id, run) in ids.iter().zip(&runs) {
         assert_eq!(run["status"], "KILLED", "run {id}: {run}");
         let (start, end) = (run["start"].as_i64().unwrap(), run["end"].as_i64());
@@ -195,10 +243,16 @@ fn signalled_runs_end_killed(sig: libc::c_int) {
 }
 
 fn opt_out_leaves_the_signal_alone() {
-    let (status, ids) = run_victim("opt-out", libc::SIGTERM, false);
-    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    let v = run_victim(
+        "opt-out",
+        &common::tracking_uri(),
+        libc::SIGTERM,
+        false,
+        || {},
+    );
+    assert_eq!(v.status.signal(), Some(libc::SIGTERM), "{:?}", v.status);
     // Nobody ended the runs: they stay RUNNING (what the handlers exist to prevent).
-    for run in read_runs(&ids) {
+    for run in read_runs(&v.ids) {
         assert_eq!(run["status"], "RUNNING", "{run}");
     }
 }
@@ -206,9 +260,51 @@ fn opt_out_leaves_the_signal_alone() {
 fn ignored_sigint_stays_ignored() {
     // A job started with SIGINT ignored (nohup, `&` in a script) keeps ignoring it; SIGTERM still
     // ends its runs KILLED.
-    let (status, ids) = run_victim("handle", libc::SIGTERM, true);
-    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
-    for run in read_runs(&ids) {
+    let v = run_victim(
+        "handle",
+        &common::tracking_uri(),
+        libc::SIGTERM,
+        true,
+        || {},
+    );
+    assert_eq!(v.status.signal(), Some(libc::SIGTERM), "{:?}", v.status);
+    for run in read_runs(&v.ids) {
         assert_eq!(run["status"], "KILLED", "{run}");
     }
+}
+
+fn sigterm_with_the_server_away_keeps_killed_in_the_journal() {
+    // The server dies (kill -9) while the victim trains; then the victim gets SIGTERM. Its runs
+    // cannot be marked on the server, so KILLED goes into the journal with everything logged,
+    // the journal stays and stderr says how to upload it; `sapsan sync` later delivers it all.
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, store) = (common::free_port(), tmp.path().join("store"));
+    let server = common::private_server(port, &store);
+    let uri = server.url().to_owned();
+    let v = run_victim("handle", &uri, libc::SIGTERM, false, || {
+        common::signal_group(&server, libc::SIGKILL);
+    });
+    let _ = server.stop();
+    assert_eq!(v.status.signal(), Some(libc::SIGTERM), "{:?}", v.status);
+    let kept = common::journal_dirs(v.journals.path());
+    assert_eq!(kept.len(), 2, "one journal per backend: {}", v.stderr);
+    for dir in &kept {
+        assert!(
+            v.stderr.contains(&format!("sapsan sync {}", dir.display())),
+            "stderr does not say how to upload {}: {}",
+            dir.display(),
+            v.stderr
+        );
+    }
+    let server = common::private_server(port, &store);
+    let out = common::sapsan_sync(v.journals.path(), server.url());
+    assert!(out.contains("2 journal(s)"), "{out}");
+    let runs = read_runs_at(server.url(), &v.ids);
+    for (id, run) in v.ids.iter().zip(&runs) {
+        assert_eq!(run["status"], "KILLED", "run {id}: {run}");
+        assert!(run["end"].as_i64().is_some(), "run {id}: {run}");
+    }
+    assert_complete_history(&runs[1]);
+    assert_complete_history(&runs[2]);
+    server.stop().unwrap();
 }

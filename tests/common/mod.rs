@@ -86,3 +86,52 @@ pub fn free_port() -> u16 {
     }
     panic!("no free loopback port in 20000..32000");
 }
+
+/// Starts a one-worker MLflow server of its own on `127.0.0.1:port` with its store in `data_dir`
+/// (for tests that kill, freeze or restart it).
+pub fn private_server(port: u16, data_dir: &std::path::Path) -> sapsan::tracking::MlflowServer {
+    let opts = sapsan::tracking::ServerOptions {
+        data_dir: Some(data_dir.to_owned()),
+        workers: Some(1),
+        ready_timeout: std::time::Duration::from_secs(180),
+        quiet: true,
+        ..Default::default()
+    };
+    sapsan::tracking::MlflowServer::start("127.0.0.1", port, &opts)
+        .unwrap_or_else(|e| panic!("cannot start a private MLflow server on port {port}: {e}"))
+}
+
+/// Sends `sig` to the process group of `server` (the server and its workers).
+pub fn signal_group(server: &sapsan::tracking::MlflowServer, sig: i32) {
+    // SAFETY: signalling a process group this test started.
+    let rc = unsafe { libc::killpg(server.pid() as i32, sig) };
+    assert_eq!(rc, 0, "killpg({}, {sig}) failed", server.pid());
+}
+
+/// Runs `sapsan sync <dir> --tracking-uri <uri>` (the workspace binary); its stdout.
+pub fn sapsan_sync(dir: &std::path::Path, uri: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sapsan"))
+        .args(["sync"])
+        .arg(dir)
+        .args(["--tracking-uri", uri])
+        .output()
+        .expect("cannot run the sapsan binary");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sapsan sync failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The journal instance directories under `root` (none when `root` does not exist).
+pub fn journal_dirs(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(root) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("journal.jsonl").is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}

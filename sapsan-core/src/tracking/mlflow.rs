@@ -519,8 +519,8 @@ impl MlflowBackend {
     }
 
     /// The id the server knows run `run_id` by: `run_id` itself, or for a run started while the
-    /// server was away (`local-...`) the id it was created with later (waiting for the uploader
-    /// while the server answers). [`Error::RunNotUploaded`] while it is not on the server yet.
+    /// server was away (`local-...`) the id it was created with later (asking the uploader to
+    /// try the server at once, and waiting for it). [`Error::RunNotUploaded`] while it is not on the server yet.
     pub fn server_run_id(&self, run_id: &str) -> Result<String> {
         let Some(d) = self.durable.as_ref().map(|d| &d.delivery) else {
             return Ok(run_id.to_owned());
@@ -532,7 +532,7 @@ impl MlflowBackend {
             return Ok(id);
         }
         let _ = self.queue.flush();
-        d.watch.settle();
+        d.watch.wait_now();
         d.created_id(run_id).ok_or_else(|| Error::RunNotUploaded {
             run_id: run_id.to_owned(),
             url: self.http.base().to_owned(),
@@ -808,7 +808,7 @@ impl SignalTarget for SignalHook {
         if let Some(d) = &self.delivery {
             // KILLED goes into the journal behind everything logged; the journal is kept (and
             // the program says so) when the server does not take it within the grace.
-            d.finish(&open, RunStatus::Killed, d.exit_grace.min(KILL_GRACE / 2));
+            d.finish(&open, RunStatus::Killed, d.exit_grace.min(KILL_GRACE / 5));
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             for run in &open {
                 st.entry(run.clone()).or_default().open = false;

@@ -378,6 +378,10 @@ struct UpState {
     gone: bool,
     /// Requests in flight.
     in_flight: usize,
+    /// Failed attempts so far (transient errors).
+    failures: u64,
+    /// Bumped to cut the backoff waits short (see [`Watch::wait_now`]).
+    nudges: u64,
 }
 
 #[derive(Debug)]
@@ -488,10 +492,15 @@ impl Watch {
         }
     }
 
-    /// Like [`Watch::wait`], but leaves any delivery error for the next [`Watch::wait`].
-    pub fn settle(&self) {
+    /// Asks the uploader to retry at once (cutting its backoff short) and waits for the outcome:
+    /// until everything written so far landed, or the next attempt failed too. For reads that
+    /// need the server anyway; delivery errors are left for the next [`Watch::wait`].
+    pub fn wait_now(&self) {
         let mut g = lock(&self.0.st);
-        while g.acked < g.written && g.healthy && !g.gone {
+        g.nudges += 1;
+        let failures = g.failures;
+        self.0.cv.notify_all();
+        while g.acked < g.written && !g.gone && (g.healthy || g.failures == failures) {
             g = self.0.cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -591,17 +600,23 @@ fn send(shared: &UpShared, opts: &UploadOptions, mut f: impl FnMut() -> Result<(
                 attempt += 1;
                 g.healthy = false;
                 g.last_error = Some(e.to_string());
+                g.failures += 1;
                 shared.cv.notify_all();
-                if g.stop {
-                    return false;
-                }
-                g = shared
-                    .cv
-                    .wait_timeout(g, wait)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                if g.stop {
-                    return false;
+                let deadline = std::time::Instant::now() + wait;
+                let nudges = g.nudges;
+                loop {
+                    if g.stop {
+                        return false;
+                    }
+                    let now = std::time::Instant::now();
+                    if g.nudges != nudges || now >= deadline {
+                        break;
+                    }
+                    g = shared
+                        .cv
+                        .wait_timeout(g, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
             Err(e) => {
