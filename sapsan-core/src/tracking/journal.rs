@@ -252,7 +252,8 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::io(
-                "creating the journal directory (set SAPSAN_JOURNAL_DIR to a writable place)",
+                "creating the journal directory (set SAPSAN_JOURNAL_DIR to a writable place, \
+                 or SAPSAN_JOURNAL=0 to log without a journal)",
                 dir,
                 e,
             )
@@ -612,6 +613,24 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let e = Journal::create_in(&file).unwrap_err();
         assert!(e.to_string().contains("SAPSAN_JOURNAL_DIR"), "{e}");
+    }
+
+    #[test]
+    fn the_default_root_goes_with_its_last_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join(DEFAULT_ROOT);
+        let a = Journal::create_in(&root).unwrap();
+        let b = Journal::create_in(&root).unwrap();
+        remove_dir(a.dir());
+        assert!(!a.dir().exists());
+        assert!(root.is_dir(), "another journal is still in it");
+        remove_dir(b.dir());
+        assert!(!root.exists(), "an empty default root is removed");
+        // A root the user named stays.
+        let named = tmp.path().join("mine");
+        let c = Journal::create_in(&named).unwrap();
+        remove_dir(c.dir());
+        assert!(named.is_dir());
     }
 
     #[test]
