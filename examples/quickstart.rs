@@ -9,12 +9,16 @@
 //!
 //! Tracking: `MLFLOW_TRACKING_URI` / `MLFLOW_EXPERIMENT_NAME` when set (a team server), else a
 //! local MLflow server on localhost:5000, started when none runs there (it keeps running after
-//! the job, as in Sapsan, so the UI stays up).
+//! the job, as in Sapsan, so the UI stays up). On a machine with no server, `SAPSAN_OFFLINE=1`
+//! (or `MLFLOW_TRACKING_URI=offline:/some/dir`) journals the runs, artifacts included, for
+//! `sapsan sync <dir> --tracking-uri http://host:port` later.
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sapsan::experiment::quickstart::Quickstart;
-use sapsan::tracking::{Backend, MlflowBackend};
+use sapsan::experiment::quickstart::{Quickstart, QuickstartRun};
+use sapsan::tracking::mlflow::DEFAULT_EXPERIMENT;
+use sapsan::tracking::offline::offline_root;
+use sapsan::tracking::{Backend, MlflowBackend, OfflineBackend};
 
 fn main() {
     if let Err(e) = run() {
@@ -37,6 +41,27 @@ fn run() -> sapsan::Result<()> {
         })?;
     }
 
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(root) = offline_root(env) {
+        // A compute node without a server: journal everything, upload later with `sapsan sync`.
+        let experiment = env("MLFLOW_EXPERIMENT_NAME").unwrap_or_else(|| DEFAULT_EXPERIMENT.into());
+        let backend = OfflineBackend::new(&experiment, &root)?;
+        println!(
+            "[quickstart] offline mode: experiment {experiment:?} journaled in {}",
+            backend.journal_dir().display()
+        );
+        let result = job.run(&backend, &mut |line| println!("[quickstart] {line}"))?;
+        backend.close_active_runs()?;
+        backend.flush()?;
+        summary(started, &format!("{experiment} (offline)"), &result);
+        let dir = backend.journal_dir();
+        println!(
+            "  upload with:   sapsan sync {} --tracking-uri http://<mlflow-host>:<port>",
+            dir.display()
+        );
+        return Ok(());
+    }
+
     println!("[quickstart] connecting to MLflow (MLFLOW_TRACKING_URI, else localhost:5000) ...");
     let backend = MlflowBackend::from_env()?;
     println!(
@@ -50,19 +75,26 @@ fn run() -> sapsan::Result<()> {
     backend.close_active_runs()?;
     backend.flush()?;
 
-    let ui = format!(
-        "{}/#/experiments/{}/runs/{}",
+    let experiment = format!(
+        "{} (id {})",
+        backend.experiment_name(),
+        backend.experiment_id()
+    );
+    summary(started, &experiment, &result);
+    println!(
+        "  MLflow UI:     {}/#/experiments/{}/runs/{}",
         backend.tracking_uri().trim_end_matches('/'),
         backend.experiment_id(),
         result.train_run_id
     );
+    Ok(())
+}
+
+/// What the job did and where its runs are.
+fn summary(started: Instant, experiment: &str, result: &QuickstartRun) {
     println!();
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
-    println!(
-        "  experiment:    {} (id {})",
-        backend.experiment_name(),
-        backend.experiment_id()
-    );
+    println!("  experiment:    {experiment}");
     println!("  train run:     {}", result.train_run_id);
     for e in &result.evaluations {
         println!(
@@ -70,6 +102,4 @@ fn run() -> sapsan::Result<()> {
             e.run_id, e.checkpoints, e.mse, e.ks
         );
     }
-    println!("  MLflow UI:     {ui}");
-    Ok(())
 }

@@ -309,3 +309,75 @@ fn quickstart_example_runs_against_the_configured_server() {
     assert_eq!(runs[ids[1]]["params"]["chkpnt - time"], "[4]");
     assert_eq!(runs[ids[2]]["params"]["chkpnt - time"], "[5]");
 }
+
+/// The same job on a machine without a server: `SAPSAN_OFFLINE=1` journals it (plots and model
+/// included), `sapsan sync` uploads it later, and the server then holds what an online run gives.
+#[test]
+fn quickstart_offline_then_sapsan_sync_gives_the_same_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let journals = tempfile::tempdir().unwrap();
+    let experiment = common::unique("quickstart-offline");
+    let out = quickstart_command()
+        .env_remove("MLFLOW_TRACKING_URI")
+        .env("SAPSAN_OFFLINE", "1")
+        .env("SAPSAN_JOURNAL_DIR", journals.path())
+        .env("MLFLOW_EXPERIMENT_NAME", &experiment)
+        .env("SAPSAN_DATA_DIR", data.path())
+        .env("SAPSAN_EPOCHS", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "quickstart failed: {stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("offline mode"), "{stdout}");
+    assert!(stdout.contains("sapsan sync"), "{stdout}");
+    assert!(stderr.contains("offline mode"), "{stderr}");
+
+    let report = common::sapsan_sync(journals.path(), &common::tracking_uri());
+    assert!(report.contains("3 runs"), "{report}");
+    let v = common::judge(
+        r#"
+exp = client.get_experiment_by_name(args[0])
+out = {}
+for r in client.search_runs([exp.experiment_id]):
+    arts = sorted(f.path for f in client.list_artifacts(r.info.run_id))
+    out.setdefault(r.info.run_name, []).append({
+        "id": r.info.run_id, "status": r.info.status, "parent": r.data.tags.get("mlflow.parentRunId"),
+        "time": r.data.params.get("chkpnt - time"), "epochs": r.data.params.get("model - n_epochs"),
+        "arts": arts, "metrics": sorted(r.data.metrics)})
+print(json.dumps(out))
+"#,
+        &[&experiment],
+    );
+    let train = &v["train"][0];
+    assert_eq!(v["train"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(train["status"], "FINISHED");
+    assert_eq!(train["epochs"], "2");
+    assert_eq!(train["time"], "[0, 1, 2, 3]");
+    let evals = v["evaluate"].as_array().unwrap();
+    assert_eq!(evals.len(), 2, "{v}");
+    let mut times: Vec<&str> = evals.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    times.sort();
+    assert_eq!(times, ["[4]", "[5]"]);
+    for e in evals {
+        assert_eq!(e["parent"], train["id"], "nested under train: {e}");
+        assert_eq!(e["status"], "FINISHED");
+        let arts: Vec<&str> = e["arts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            arts.contains(&"pdf_cdf.png") && arts.contains(&"slices_plot.png"),
+            "plots uploaded: {e}"
+        );
+    }
+    assert!(
+        !train["arts"].as_array().unwrap().is_empty(),
+        "train artifacts uploaded: {train}"
+    );
+}
