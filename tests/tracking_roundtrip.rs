@@ -28,8 +28,24 @@ print(json.dumps({
 
 #[test]
 fn train_with_two_nested_evaluations_reads_back_in_python() {
+    roundtrip(true);
+}
+
+/// The same through the in-memory path (`SAPSAN_JOURNAL=0`, `.journal(false)`).
+#[test]
+fn without_the_journal_the_same_reads_back_in_python() {
+    roundtrip(false);
+}
+
+fn roundtrip(journal: bool) {
     let exp = common::unique("roundtrip");
-    let b = backend(&exp);
+    let b = MlflowBackend::builder()
+        .tracking_uri(common::tracking_uri())
+        .experiment(&exp)
+        .journal(journal)
+        .build()
+        .unwrap();
+    assert_eq!(b.journal_dir().is_some(), journal);
     let train = b.start("train", false, None).unwrap();
     for (k, v) in [
         ("model - lr", "0.001"),

@@ -177,11 +177,16 @@ pub fn journal_root() -> PathBuf {
 
 /// Whether the environment leaves the journal on (see [`JOURNAL_ENV`]).
 pub fn enabled_by_env() -> bool {
+    enabled(|k| std::env::var(k).ok())
+}
+
+/// Whether [`JOURNAL_ENV`], as `lookup` reads it, leaves the journal on.
+pub fn enabled(lookup: impl Fn(&str) -> Option<String>) -> bool {
     !matches!(
-        std::env::var(JOURNAL_ENV)
+        lookup(JOURNAL_ENV)
             .map(|v| v.trim().to_ascii_lowercase())
             .as_deref(),
-        Ok("0" | "false" | "off" | "no")
+        Some("0" | "false" | "off" | "no")
     )
 }
 
@@ -631,6 +636,61 @@ mod tests {
         let c = Journal::create_in(&named).unwrap();
         remove_dir(c.dir());
         assert!(named.is_dir());
+    }
+
+    #[test]
+    fn journal_is_on_unless_the_environment_says_off() {
+        let with = |v: &'static str| move |k: &str| (k == JOURNAL_ENV).then(|| v.to_owned());
+        assert!(enabled(|_| None));
+        for off in ["0", "false", "OFF", " no "] {
+            assert!(!enabled(with(off)), "{off}");
+        }
+        for on in ["1", "true", "yes", ""] {
+            assert!(enabled(with(on)), "{on}");
+        }
+    }
+
+    #[test]
+    fn refused_writes_are_held_in_order_and_written_first_later() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut j = Journal::create_in(tmp.path()).unwrap();
+        let dir = j.dir().to_owned();
+        // A read-only handle: every write fails, as on a full disk.
+        j.file = File::open("/dev/null").unwrap();
+        let shared = SharedJournal::new(j, None);
+        let status = |s: &str| Record::Status {
+            run: RunRef::Id("r".into()),
+            status: s.into(),
+            end_ms: None,
+        };
+        shared.append(&[status("A")]).unwrap();
+        shared.append(&[status("B")]).unwrap();
+        assert_eq!(shared.held_items(), 2);
+        assert!(shared.problem().unwrap().contains("writing the journal"));
+        assert_eq!(shared.len(), 0, "nothing half-written");
+        // The disk takes writes again: held records go first, in order.
+        shared.lock_journal().journal.file = OpenOptions::new()
+            .append(true)
+            .open(dir.join(JOURNAL_FILE))
+            .unwrap();
+        shared.append(&[status("C")]).unwrap();
+        assert_eq!(shared.held_items(), 0);
+        assert!(shared.problem().is_none());
+        let back: Vec<String> = read_records(&dir, 0, None)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| match r {
+                Record::Status { status, .. } => status,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(back, ["A", "B", "C"]);
+        // What is still held at the end is handed over for direct delivery.
+        shared.lock_journal().journal.file = File::open("/dev/null").unwrap();
+        shared.append(&[status("D")]).unwrap();
+        let (held, why) = shared.take_held();
+        assert_eq!(held, vec![status("D")]);
+        assert!(why.is_some());
     }
 
     #[test]

@@ -485,9 +485,14 @@ impl MlflowBackend {
         .build()
     }
 
-    /// HTTP requests this backend has sent so far (every attempt, retries included).
+    /// HTTP requests this backend has sent so far (every attempt, retries included; the journal
+    /// uploader's too).
     pub fn http_requests(&self) -> u64 {
-        self.http.requests()
+        let uploader = self
+            .durable
+            .as_ref()
+            .map_or(0, |d| d.delivery.http_once.requests());
+        self.http.requests() + uploader
     }
 
     /// The tracking URI (never with credentials).

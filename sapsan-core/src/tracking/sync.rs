@@ -729,3 +729,47 @@ fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: Upl
     lock(&shared.st).gone = true;
     shared.cv.notify_all();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracking::journal::JMetric;
+
+    fn batch(run: &str, tags: &[&str]) -> (Record, u64) {
+        let rec = Record::Batch {
+            run: RunRef::Key(run.into()),
+            metrics: vec![JMetric("m".into(), journal::JsonF64(1.0), 0, 0)],
+            params: vec![],
+            tags: tags.iter().map(|t| (t.to_string(), "v".into())).collect(),
+        };
+        (rec, 0)
+    }
+
+    fn status() -> (Record, u64) {
+        let rec = Record::Status {
+            run: RunRef::Key("a".into()),
+            status: "FINISHED".into(),
+            end_ms: Some(1),
+        };
+        (rec, 0)
+    }
+
+    #[test]
+    fn windows_hold_consecutive_batches_without_a_tag_set_twice() {
+        let recs = vec![
+            batch("a", &["t"]),
+            batch("b", &["t"]), // another run's tag: fine
+            batch("a", &[]),
+            batch("a", &["t"]), // a's tag again: a new window
+            batch("a", &[]),
+            status(), // alone, in order
+            batch("a", &[]),
+        ];
+        assert_eq!(window_end(&recs, 0), 3);
+        assert_eq!(window_end(&recs, 3), 5);
+        assert_eq!(window_end(&recs, 5), 6);
+        assert_eq!(window_end(&recs, 6), 7);
+        let many: Vec<_> = (0..WINDOW + 5).map(|_| batch("a", &[])).collect();
+        assert_eq!(window_end(&many, 0), WINDOW);
+    }
+}
