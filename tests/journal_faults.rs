@@ -29,11 +29,15 @@ fn main() {
         match mode.as_str() {
             "full-disk" => full_disk_child(),
             "server-gone" => server_gone_child(),
+            "killed" => killed_child(),
+            "notice" => {
+                child_backend();
+            }
             other => panic!("unknown child mode {other}"),
         }
         return;
     }
-    let tests: [(&str, fn()); 3] = [
+    let tests: [(&str, fn()); 4] = [
         (
             "unwritable_journal_directory_fails_before_anything_is_created",
             unwritable_journal_directory_fails_before_anything_is_created,
@@ -45,6 +49,10 @@ fn main() {
         (
             "server_away_at_exit_keeps_the_journal_and_says_how_to_upload",
             server_away_at_exit_keeps_the_journal_and_says_how_to_upload,
+        ),
+        (
+            "kill_9_of_the_job_is_noticed_and_sync_ends_its_runs_killed",
+            kill_9_of_the_job_is_noticed_and_sync_ends_its_runs_killed,
         ),
     ];
     for (name, t) in tests {
@@ -324,4 +332,99 @@ fn server_away_at_exit_keeps_the_journal_and_says_how_to_upload() {
         stderr.contains(&format!("sapsan sync {dir} --tracking-uri {uri}")),
         "{stderr}"
     );
+}
+
+/// A train run with a nested evaluate; 10 points delivered, READY; after a line on stdin (the
+/// server is dead by then) 10 more points journaled, LOGGED; then it waits to be killed.
+fn killed_child() {
+    let b = child_backend();
+    b.start("train", false, None).unwrap();
+    b.log_parameter("lr", "0.01").unwrap();
+    b.start("evaluate", true, None).unwrap();
+    for s in 0..10 {
+        b.log_metric_step("mse", s as f64, s).unwrap();
+    }
+    b.flush().unwrap();
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    for s in 10..20 {
+        b.log_metric_step("mse", s as f64, s).unwrap();
+    }
+    b.flush().unwrap(); // on disk; the server is away
+    println!("LOGGED");
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+fn kill_9_of_the_job_is_noticed_and_sync_ends_its_runs_killed() {
+    // The job is killed with SIGKILL (as by the out-of-memory killer) while its server is away:
+    // no handler runs, the journal holds the last points and no end for either run.
+    let tmp = tempfile::tempdir().unwrap();
+    let (port, store) = (common::free_port(), tmp.path().join("store"));
+    let server = common::private_server(port, &store);
+    let uri = server.url().to_owned();
+    let journals = tmp.path().join("journals");
+    let exp = common::unique("killed");
+    let (mut child, stderr) = spawn_child("killed", &uri, &exp, &journals);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY");
+    common::signal_group(&server, libc::SIGKILL);
+    let _ = server.stop();
+    writeln!(child.stdin.take().unwrap(), "go").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "LOGGED");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    stderr.join().unwrap();
+    assert_eq!(common::journal_dirs(&journals).len(), 1);
+
+    // The next program using the same journal root says what was left and how to upload it.
+    let server = common::private_server(port, &store);
+    let (next, next_err) = spawn_child("notice", &uri, &exp, &journals);
+    assert!(next.wait_with_output().unwrap().status.success());
+    let notice = next_err.join().unwrap();
+    assert!(
+        notice.contains("1 journal(s) in")
+            && notice.contains(&format!(
+                "sapsan sync {} --tracking-uri {uri}",
+                journals.display()
+            )),
+        "{notice}"
+    );
+
+    // sync delivers the last points and ends both runs KILLED: their program is gone.
+    let report = common::sapsan_sync(&journals, &uri);
+    assert!(
+        report.contains("2 run(s) left open by a program that died were ended KILLED"),
+        "{report}"
+    );
+    let v = common::judge_at(
+        &uri,
+        r#"
+exp = client.get_experiment_by_name(args[0])
+out = {}
+for r in client.search_runs([exp.experiment_id]):
+    h = client.get_metric_history(r.info.run_id, "mse") if "mse" in r.data.metrics else []
+    out[r.info.run_name] = {"status": r.info.status, "end": r.info.end_time,
+        "steps": sorted(m.step for m in h), "last": max([m.timestamp for m in h], default=None),
+        "params": r.data.params}
+print(json.dumps(out))
+"#,
+        &[&exp],
+    );
+    assert_eq!(v["train"]["status"], "KILLED", "{v}");
+    assert_eq!(v["train"]["params"]["lr"], "0.01");
+    assert_eq!(v["evaluate"]["status"], "KILLED", "{v}");
+    let steps: Vec<Value> = (0..20).map(|s| json!(s)).collect();
+    assert_eq!(v["evaluate"]["steps"], json!(steps), "{v}");
+    // Ended when it last logged, not when it was synced.
+    assert_eq!(v["evaluate"]["end"], v["evaluate"]["last"], "{v}");
+    server.stop().unwrap();
 }

@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use sapsan::tracking::Settings;
-use sapsan::tracking::sync::sync_dir;
+use sapsan::tracking::sync::{OpenRuns, sync_dir};
 
-const USAGE: &str = "usage: sapsan sync <journal-dir> [--tracking-uri http://host:port]\n\
+const USAGE: &str = "usage: sapsan sync <journal-dir> [--tracking-uri http://host:port] [--end-open]\n\
     Uploads a sapsan journal (a directory with journal.jsonl, or a root holding several) to MLflow.\n\
-    The tracking URI defaults to MLFLOW_TRACKING_URI.";
+    The tracking URI defaults to MLFLOW_TRACKING_URI. Runs a journal leaves open (its program was\n\
+    killed) are ended KILLED when the program ran here and is gone; --end-open ends them KILLED\n\
+    in any case (a journal copied from another machine).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,9 +37,11 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     let mut dir: Option<PathBuf> = None;
     let mut uri: Option<String> = None;
+    let mut open = OpenRuns::EndIfWriterGone;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--tracking-uri" => uri = Some(it.next().ok_or(USAGE)?.clone()),
+            "--end-open" => open = OpenRuns::End,
             s if s.starts_with("--tracking-uri=") => {
                 uri = Some(s["--tracking-uri=".len()..].to_owned())
             }
@@ -57,11 +61,20 @@ fn run(args: &[String]) -> Result<(), String> {
             .flatten()
     })
     .map_err(|e| e.to_string())?;
-    let report = sync_dir(&dir, &uri, &settings).map_err(|e| e.to_string())?;
+    let report = sync_dir(&dir, &uri, &settings, open).map_err(|e| e.to_string())?;
     println!(
         "sapsan sync: {} journal(s), {} runs, {} records ({} items) delivered to {uri}",
         report.journals, report.runs, report.records, report.items
     );
+    if report.killed > 0 {
+        println!(
+            "sapsan sync: {} run(s) left open by a program that died were ended KILLED",
+            report.killed
+        );
+    }
+    for note in &report.left_open {
+        eprintln!("sapsan sync: {note}");
+    }
     for r in &report.refused {
         eprintln!("sapsan sync: refused by the server (skipped): {r}");
     }

@@ -358,7 +358,9 @@ impl MlflowBackendBuilder {
         // the server (the directory is removed again if a later step fails).
         let journal = if use_journal {
             let root = journal_root.unwrap_or_else(journal::journal_root);
-            Some(Journal::create_in(&root)?)
+            let j = Journal::create_in(&root)?;
+            tell_leftovers(&root, j.dir(), &base);
+            Some(j)
         } else {
             None
         };
@@ -447,6 +449,24 @@ impl MlflowBackendBuilder {
             durable,
         })
     }
+}
+
+/// Says once per program when journals of programs that died before delivering them are in
+/// `root` (killed with `kill -9`, out of memory, or ended while the server was away).
+fn tell_leftovers(root: &Path, mine: &Path, url: &str) {
+    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let left = journal::leftovers(root, mine);
+    if left.is_empty() || TOLD.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    eprintln!(
+        "sapsan: {} journal(s) in {} were left by programs that ended before delivering them \
+         (killed, or the server was away). Upload them, ending their open runs KILLED, with:\n    \
+         sapsan sync {} --tracking-uri {url}",
+        left.len(),
+        root.display(),
+        root.display()
+    );
 }
 
 /// `host` as it goes into a URL (IPv6 literals in brackets).

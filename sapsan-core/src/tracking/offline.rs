@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::journal::{self, Journal, JournalSink, Record, SharedJournal};
 use super::mlflow::{DEFAULT_EXPERIMENT, LOCAL_RUN_PREFIX, MlflowBackend, system_tags};
 use super::queue::LogQueue;
+use super::signals::{self, SignalTarget};
 use super::{Backend, LogItem, RunData, RunStack, RunStatus, now_ms, validate};
 use crate::error::{Error, Result};
 
@@ -29,28 +30,64 @@ struct OfflineRun {
 
 /// A backend that journals everything to local disk and never talks to a server.
 /// See the [module docs](self).
-#[derive(Debug)]
+///
+/// SIGINT and SIGTERM (a batch scheduler ending the job) journal KILLED for its open runs before
+/// the process dies of the signal, as for [`MlflowBackend`] (see [`super::signals`]).
 pub struct OfflineBackend {
     experiment: String,
     system_tags: Vec<(String, String)>,
     journal: Arc<SharedJournal>,
-    queue: LogQueue,
+    queue: Arc<LogQueue>,
     runs: RunStack,
-    state: Mutex<HashMap<String, OfflineRun>>,
+    state: Arc<Mutex<HashMap<String, OfflineRun>>>,
+    /// What the SIGINT/SIGTERM path reaches through a weak reference.
+    _signal_hook: Option<Arc<dyn SignalTarget>>,
+}
+
+impl std::fmt::Debug for OfflineBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfflineBackend")
+            .field("experiment", &self.experiment)
+            .field("journal", &self.journal.dir())
+            .field("runs", &self.runs)
+            .finish()
+    }
 }
 
 impl OfflineBackend {
-    /// Journals runs of experiment `experiment` into a new directory under `root`.
+    /// Journals runs of experiment `experiment` into a new directory under `root`, with the
+    /// SIGINT/SIGTERM handling on.
     pub fn new(experiment: &str, root: &Path) -> Result<Self> {
+        Self::with_signals(experiment, root, true)
+    }
+
+    /// Like [`OfflineBackend::new`]; `handle_signals: false` leaves SIGINT and SIGTERM alone.
+    pub fn with_signals(experiment: &str, root: &Path, handle_signals: bool) -> Result<Self> {
         let journal = Arc::new(SharedJournal::new(Journal::create_in(root)?, None));
-        let queue = LogQueue::start(JournalSink(journal.clone()), Duration::from_millis(50))?;
+        let queue = Arc::new(LogQueue::start(
+            JournalSink(journal.clone()),
+            Duration::from_millis(50),
+        )?);
+        let state = Arc::new(Mutex::new(HashMap::new()));
+        let signal_hook = if handle_signals {
+            let hook: Arc<dyn SignalTarget> = Arc::new(OfflineSignalHook {
+                journal: journal.clone(),
+                queue: queue.clone(),
+                state: state.clone(),
+            });
+            signals::register(&hook)?;
+            Some(hook)
+        } else {
+            None
+        };
         Ok(OfflineBackend {
             experiment: experiment.to_owned(),
             system_tags: system_tags(),
             journal,
             queue,
             runs: RunStack::default(),
-            state: Mutex::new(HashMap::new()),
+            state,
+            _signal_hook: signal_hook,
         })
     }
 
@@ -67,6 +104,69 @@ impl OfflineBackend {
     fn state(&self) -> MutexGuard<'_, HashMap<String, OfflineRun>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The parts of an offline backend the signal path needs.
+struct OfflineSignalHook {
+    journal: Arc<SharedJournal>,
+    queue: Arc<LogQueue>,
+    state: Arc<Mutex<HashMap<String, OfflineRun>>>,
+}
+
+impl SignalTarget for OfflineSignalHook {
+    fn kill_open_runs(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.queue.flush() {
+            problems.push(format!("could not journal everything: {e}"));
+        }
+        let open = close_open_runs(&self.state);
+        if let Err(e) =
+            self.journal
+                .append(&status_records(&self.journal, &open, RunStatus::Killed))
+        {
+            problems.push(format!("could not journal the KILLED status: {e}"));
+        }
+        print_upload_hint(&self.journal);
+        problems
+    }
+}
+
+/// Marks the open runs in `state` closed; their ids.
+fn close_open_runs(state: &Mutex<HashMap<String, OfflineRun>>) -> Vec<String> {
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    st.iter_mut()
+        .filter(|(_, r)| r.open)
+        .map(|(id, r)| {
+            r.open = false;
+            id.clone()
+        })
+        .collect()
+}
+
+/// `status` records, ending now, for `runs`.
+fn status_records(journal: &SharedJournal, runs: &[String], status: RunStatus) -> Vec<Record> {
+    let end_ms = Some(now_ms());
+    runs.iter()
+        .map(|r| Record::Status {
+            run: journal.run_ref(r),
+            status: status.as_str().to_owned(),
+            end_ms,
+        })
+        .collect()
+}
+
+/// Says on stderr where the journal is and how to upload it.
+fn print_upload_hint(journal: &SharedJournal) {
+    let dir = journal.dir();
+    let items = journal::read_records(&dir, 0, None)
+        .map(|r| r.iter().map(|(r, _)| r.items()).sum::<usize>())
+        .unwrap_or(0);
+    eprintln!(
+        "sapsan: offline mode: {items} logged items are kept in {}. Upload them with:\n    \
+         sapsan sync {} --tracking-uri <http://mlflow-server:port>",
+        dir.display(),
+        dir.display()
+    );
 }
 
 impl Backend for OfflineBackend {
@@ -168,35 +268,13 @@ impl Drop for OfflineBackend {
         if let Err(e) = self.queue.flush() {
             eprintln!("sapsan: could not journal everything: {e}");
         }
-        let open: Vec<String> = self
-            .state()
-            .iter()
-            .filter(|(_, r)| r.open)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let end_ms = Some(now_ms());
-        let recs: Vec<Record> = open
-            .iter()
-            .map(|r| Record::Status {
-                run: self.journal.run_ref(r),
-                status: RunStatus::Finished.as_str().to_owned(),
-                end_ms,
-            })
-            .collect();
+        let open = close_open_runs(&self.state);
+        let recs = status_records(&self.journal, &open, RunStatus::Finished);
         if let Err(e) = self.journal.append(&recs) {
             eprintln!("sapsan: could not journal the end of the open runs: {e}");
         }
         self.runs.drain();
-        let dir = self.journal.dir();
-        let items = journal::read_records(&dir, 0, None)
-            .map(|r| r.iter().map(|(r, _)| r.items()).sum::<usize>())
-            .unwrap_or(0);
-        eprintln!(
-            "sapsan: offline mode: {items} logged items are kept in {}. Upload them with:\n    \
-             sapsan sync {} --tracking-uri <http://mlflow-server:port>",
-            dir.display(),
-            dir.display()
-        );
+        print_upload_hint(&self.journal);
     }
 }
 

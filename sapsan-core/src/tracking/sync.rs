@@ -282,6 +282,10 @@ pub struct SyncReport {
     /// Records the server refused for good (an unknown run, a changed param), with the reason;
     /// they are skipped, everything else is delivered.
     pub refused: Vec<String>,
+    /// Runs the journal left open that were ended KILLED (their program died).
+    pub killed: usize,
+    /// Journals whose open runs were left open, with the reason and what to do.
+    pub left_open: Vec<String>,
 }
 
 /// The journal directories under `dir`: `dir` itself when it holds a journal, else its
@@ -300,12 +304,69 @@ pub fn journal_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// How [`sync_dir`] treats runs a journal leaves open (no FINISHED, FAILED or KILLED recorded: the
+/// program died without a chance to say, e.g. `kill -9` or out of memory).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OpenRuns {
+    /// End them KILLED when the journal's program is known to be gone (it ran on this machine
+    /// and its process has ended); leave them open otherwise, with a note in the report.
+    #[default]
+    EndIfWriterGone,
+    /// End them KILLED in any case (the program ran elsewhere and is known to be over).
+    End,
+}
+
+/// Which runs a journal leaves open, with the last time anything was logged to each.
+fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
+    let mut runs: Vec<(RunRef, bool, i64)> = Vec::new();
+    let mut touch = |run: &RunRef, open: Option<bool>, t: i64| {
+        let i = match runs.iter().position(|(r, ..)| r == run) {
+            Some(i) => i,
+            None => {
+                runs.push((run.clone(), false, t));
+                runs.len() - 1
+            }
+        };
+        if let Some(o) = open {
+            runs[i].1 = o;
+        }
+        runs[i].2 = runs[i].2.max(t);
+    };
+    for (rec, _) in records {
+        match rec {
+            Record::Create { key, start_ms, .. } => {
+                touch(&RunRef::Key(key.clone()), Some(true), *start_ms)
+            }
+            Record::Batch { run, metrics, .. } => {
+                let t = metrics.iter().map(|m| m.2).max().unwrap_or(0);
+                touch(run, None, t)
+            }
+            Record::Status {
+                run,
+                status,
+                end_ms,
+            } => touch(run, Some(status == "RUNNING"), end_ms.unwrap_or(0)),
+            Record::Artifact { .. } => {}
+        }
+    }
+    runs.into_iter()
+        .filter(|(_, open, _)| *open)
+        .map(|(r, _, t)| (r, t))
+        .collect()
+}
+
 /// Uploads the journal(s) in `dir` (one instance directory, or a root holding several) to the
 /// server at `tracking_uri`, recreating runs (nesting, names, start and end times, statuses) that
-/// the server does not have. Idempotent: a second call changes nothing on the server. Stops at the
-/// first transient error (server away: run it again later); records refused for good are listed
-/// in [`SyncReport::refused`] and skipped.
-pub fn sync_dir(dir: &Path, tracking_uri: &str, settings: &Settings) -> Result<SyncReport> {
+/// the server does not have. Runs the journal leaves open are ended KILLED (at the last time
+/// anything was logged to them) as `open` says. Idempotent: a second call changes nothing on the
+/// server. Stops at the first transient error (server away: run it again later); records refused
+/// for good are listed in [`SyncReport::refused`] and skipped.
+pub fn sync_dir(
+    dir: &Path,
+    tracking_uri: &str,
+    settings: &Settings,
+    open: OpenRuns,
+) -> Result<SyncReport> {
     let mut settings = settings.clone();
     settings.set_tracking_uri(tracking_uri)?;
     let http = Arc::new(HttpClient::new(tracking_uri, &settings)?);
@@ -320,8 +381,9 @@ pub fn sync_dir(dir: &Path, tracking_uri: &str, settings: &Settings) -> Result<S
     let mut report = SyncReport::default();
     for d in dirs {
         let mut rep = Replayer::new(http.clone(), &d, false);
-        for (rec, _) in journal::read_records(&d, 0, None)? {
-            match rep.apply(&rec) {
+        let records = journal::read_records(&d, 0, None)?;
+        for (rec, _) in &records {
+            match rep.apply(rec) {
                 Ok(()) => {
                     report.records += 1;
                     report.items += rec.items();
@@ -332,6 +394,46 @@ pub fn sync_dir(dir: &Path, tracking_uri: &str, settings: &Settings) -> Result<S
         }
         report.runs += lock_ids(&rep.runs).len();
         report.journals += 1;
+        let left_open = open_runs(&records);
+        if left_open.is_empty() {
+            continue;
+        }
+        let origin = journal::Origin::read(&d);
+        let alive = origin.as_ref().and_then(journal::Origin::alive);
+        if open == OpenRuns::End || alive == Some(false) {
+            for (run, last_ms) in left_open {
+                let rec = Record::Status {
+                    run,
+                    status: "KILLED".into(),
+                    end_ms: Some(last_ms),
+                };
+                match rep.apply(&rec) {
+                    Ok(()) => report.killed += 1,
+                    Err(e) if is_transient(&e) => return Err(e),
+                    Err(e) => report.refused.push(format!("{}: {e}", d.display())),
+                }
+            }
+        } else {
+            let why = match (&origin, alive) {
+                (Some(o), Some(true)) => format!(
+                    "its program (pid {}) is still running; sync again when it has ended",
+                    o.pid
+                ),
+                (Some(o), _) => format!(
+                    "it was written on {}; if its program is over, run `sapsan sync` with \
+                     --end-open to end them KILLED",
+                    o.host
+                ),
+                (None, _) => "its program is unknown; if it is over, run `sapsan sync` with \
+                              --end-open to end them KILLED"
+                    .to_owned(),
+            };
+            report.left_open.push(format!(
+                "{}: {} run(s) have no end yet: {why}",
+                d.display(),
+                left_open.len()
+            ));
+        }
     }
     Ok(report)
 }
