@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
-use sapsan::tracking::{Backend, MlflowBackend};
+use sapsan::tracking::{Backend, MlflowBackend, OfflineBackend};
 use serde_json::Value;
 
 const CHILD_ENV: &str = "SAPSAN_SIGNAL_CHILD";
@@ -22,7 +22,7 @@ fn main() {
         victim(&mode);
         return;
     }
-    let tests: [(&str, fn()); 5] = [
+    let tests: [(&str, fn()); 6] = [
         ("sigterm_marks_every_open_run_killed", || {
             signalled_runs_end_killed(libc::SIGTERM)
         }),
@@ -38,6 +38,10 @@ fn main() {
             "sigterm_with_the_server_away_keeps_killed_in_the_journal",
             sigterm_with_the_server_away_keeps_killed_in_the_journal,
         ),
+        (
+            "sigterm_to_an_offline_job_journals_killed",
+            sigterm_to_an_offline_job_journals_killed,
+        ),
     ];
     for (name, t) in tests {
         eprint!("test {name} ... ");
@@ -52,6 +56,10 @@ fn main() {
 /// Prints `READY <run ids>` once the first steps are delivered, then logs until it is killed.
 fn victim(mode: &str) {
     let experiment = std::env::var("SAPSAN_SIGNAL_EXPERIMENT").unwrap();
+    if mode == "offline" {
+        offline_victim(&experiment);
+        return;
+    }
     let build = |on: bool| {
         MlflowBackend::builder()
             .tracking_uri(common::tracking_uri())
@@ -92,6 +100,8 @@ struct Victim {
     stderr: String,
     /// Its journal root (`SAPSAN_JOURNAL_DIR`).
     journals: tempfile::TempDir,
+    /// Its experiment.
+    experiment: String,
 }
 
 /// Starts a victim in `mode` against the server at `uri`, waits for READY, calls `before_signal`,
@@ -169,6 +179,7 @@ fn run_victim(
         ids,
         stderr: err_reader.join().unwrap(),
         journals,
+        experiment: exp,
     }
 }
 
@@ -307,4 +318,69 @@ fn sigterm_with_the_server_away_keeps_killed_in_the_journal() {
     assert_complete_history(&runs[1]);
     assert_complete_history(&runs[2]);
     server.stop().unwrap();
+}
+
+/// An offline job (no server): a train run with a nested evaluate, logging `loss` into the
+/// evaluate run until killed. Prints `READY <ids>` like the online victim (ids are local).
+fn offline_victim(experiment: &str) {
+    let root = std::env::var("SAPSAN_JOURNAL_DIR").unwrap();
+    let b = OfflineBackend::new(experiment, std::path::Path::new(&root)).unwrap();
+    let train = b.start("train", false, None).unwrap();
+    let eval = b.start("evaluate", true, None).unwrap();
+    let mut step = 0i64;
+    loop {
+        b.log_metric_step("loss", step as f64, step).unwrap();
+        step += 1;
+        if step == READY_STEPS {
+            b.flush().unwrap();
+            println!("READY {train} {eval} {eval}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn sigterm_to_an_offline_job_journals_killed() {
+    // A batch scheduler ends an offline job: KILLED is journaled for both runs, the process dies
+    // of the signal, and stderr says how to upload the journal.
+    let v = run_victim("offline", "offline:", libc::SIGTERM, false, || {});
+    assert_eq!(v.status.signal(), Some(libc::SIGTERM), "{:?}", v.status);
+    assert!(
+        v.ids.iter().all(|id| id.starts_with("local-")),
+        "{:?}",
+        v.ids
+    );
+    let kept = common::journal_dirs(v.journals.path());
+    assert_eq!(kept.len(), 1, "{}", v.stderr);
+    assert!(
+        v.stderr
+            .contains(&format!("sapsan sync {}", kept[0].display())),
+        "{}",
+        v.stderr
+    );
+    let out = common::sapsan_sync(v.journals.path(), &common::tracking_uri());
+    assert!(
+        !out.contains("ended KILLED"),
+        "KILLED came from the journal: {out}"
+    );
+    let exp = v.experiment.clone();
+    let runs = common::judge(
+        r#"
+exp = client.get_experiment_by_name(args[0])
+out = {}
+for r in client.search_runs([exp.experiment_id]):
+    h = client.get_metric_history(r.info.run_id, "loss") if "loss" in r.data.metrics else []
+    out[r.info.run_name] = {"status": r.info.status, "end": r.info.end_time,
+                            "steps": sorted(m.step for m in h)}
+print(json.dumps(out))
+"#,
+        &[&exp],
+    );
+    for name in ["train", "evaluate"] {
+        assert_eq!(runs[name]["status"], "KILLED", "{runs}");
+        assert!(runs[name]["end"].as_i64().is_some(), "{runs}");
+    }
+    let steps = runs["evaluate"]["steps"].as_array().unwrap();
+    assert!(steps.len() as i64 >= READY_STEPS, "{runs}");
+    let expected: Vec<Value> = (0..steps.len() as i64).map(Value::from).collect();
+    assert_eq!(steps, &expected, "gaps or duplicates: {runs}");
 }

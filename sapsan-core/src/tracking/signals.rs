@@ -1,5 +1,6 @@
-//! SIGINT and SIGTERM during a run: the open runs of every live [`MlflowBackend`] are marked KILLED
-//! with an end time, their queues are delivered, then the process dies of the signal it got (the
+//! SIGINT and SIGTERM during a run: the open runs of every live [`MlflowBackend`] (and
+//! [`OfflineBackend`]) are marked KILLED with an end time, in the journal first, their queues are
+//! delivered, then the process dies of the signal it got (the
 //! default disposition is restored and the signal raised again, so the exit status says "killed by
 //! signal", as a shell or a batch scheduler expects).
 //!
@@ -18,6 +19,7 @@
 //! that ignores SIGINT (`nohup`, background jobs) or has its own handler keeps it.
 //!
 //! [`MlflowBackend`]: super::MlflowBackend
+//! [`OfflineBackend`]: super::OfflineBackend
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
