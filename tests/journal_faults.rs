@@ -55,12 +55,7 @@ fn main() {
             kill_9_of_the_job_is_noticed_and_sync_ends_its_runs_killed,
         ),
     ];
-    for (name, t) in tests {
-        eprint!("test {name} ... ");
-        t();
-        eprintln!("ok");
-    }
-    eprintln!("test result: ok. {} passed; 0 failed", tests.len());
+    common::run_tests(&tests);
 }
 
 /// Short backoff, so a dead server is noticed and given up on within a second at exit.

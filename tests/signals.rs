@@ -43,12 +43,7 @@ fn main() {
             sigterm_to_an_offline_job_journals_killed,
         ),
     ];
-    for (name, t) in tests {
-        eprint!("test {name} ... ");
-        t();
-        eprintln!("ok");
-    }
-    eprintln!("test result: ok. {} passed; 0 failed", tests.len());
+    common::run_tests(&tests);
 }
 
 /// The victim: two backends (as two parts of a program might have), a train run with a nested

@@ -135,3 +135,13 @@ pub fn journal_dirs(root: &std::path::Path) -> Vec<std::path::PathBuf> {
         Err(_) => Vec::new(),
     }
 }
+
+/// The test runner of the `harness = false` test files: runs each test, prints libtest-like lines.
+pub fn run_tests(tests: &[(&str, fn())]) {
+    for (name, t) in tests {
+        eprint!("test {name} ... ");
+        t();
+        eprintln!("ok");
+    }
+    eprintln!("test result: ok. {} passed; 0 failed", tests.len());
+}

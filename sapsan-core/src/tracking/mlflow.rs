@@ -729,30 +729,13 @@ impl MlflowBackend {
         parent_tag: Option<&(String, String)>,
         tags: &[(String, String)],
     ) -> Result<(String, Option<String>)> {
-        let body = json!({
-            "experiment_id": self.experiment_id,
-            "run_name": run_name,
-            "start_time": start,
-            "tags": tags.iter().chain(parent_tag).map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
-        });
-        let v = http.post("runs/create", &body, Idempotency::CreatesOnce)?;
-        let info = v.pointer("/run/info").unwrap_or(&Value::Null);
-        let run_id = info
-            .get("run_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::Mlflow {
-                method: "POST".into(),
-                url: http.api_url("runs/create"),
-                status: 200,
-                error_code: "BAD_RESPONSE".into(),
-                message: "the answer has no run.info.run_id".into(),
-            })?
-            .to_owned();
-        let uri = info
-            .get("artifact_uri")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Ok((run_id, uri))
+        create_run_request(
+            http,
+            &self.experiment_id,
+            run_name,
+            start,
+            tags.iter().chain(parent_tag),
+        )
     }
 
     /// Records a run this backend created.
@@ -1113,6 +1096,40 @@ fn finish_journal(
              and the server could not take them either"
         );
     }
+}
+
+/// Sends `runs/create` (never re-sent on a lost answer); the new run's id and artifact URI.
+pub(crate) fn create_run_request<'t>(
+    http: &HttpClient,
+    experiment_id: &str,
+    run_name: &str,
+    start_ms: i64,
+    tags: impl Iterator<Item = &'t (String, String)>,
+) -> Result<(String, Option<String>)> {
+    let body = json!({
+        "experiment_id": experiment_id,
+        "run_name": run_name,
+        "start_time": start_ms,
+        "tags": tags.map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+    });
+    let v = http.post("runs/create", &body, Idempotency::CreatesOnce)?;
+    let info = v.pointer("/run/info").unwrap_or(&Value::Null);
+    let run_id = info
+        .get("run_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Mlflow {
+            method: "POST".into(),
+            url: http.api_url("runs/create"),
+            status: 200,
+            error_code: "BAD_RESPONSE".into(),
+            message: "the answer has no run.info.run_id".into(),
+        })?
+        .to_owned();
+    let uri = info
+        .get("artifact_uri")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((run_id, uri))
 }
 
 /// Maps the server's RESOURCE_DOES_NOT_EXIST for a run to [`Error::UnknownRun`].

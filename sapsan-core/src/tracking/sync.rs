@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::artifacts;
 use super::client::{HttpClient, Idempotency};
 use super::journal::{self, RUN_KEY_TAG, Record, RunRef};
-use super::mlflow::{get_or_create_experiment, map_unknown_run};
+use super::mlflow::{create_run_request, get_or_create_experiment, map_unknown_run};
 use super::settings::Settings;
 use crate::error::{Error, Result};
 
@@ -150,38 +150,22 @@ impl Replayer {
             lock_ids(&self.runs).insert(key.clone(), found);
             return Ok(());
         }
-        let mut all: Vec<Value> = tags
-            .iter()
-            .map(|(k, v)| json!({"key": k, "value": v}))
-            .collect();
-        if let Some(p) = parent {
-            all.push(json!({"key": "mlflow.parentRunId", "value": self.resolve(p)?}));
-        }
-        let body = json!({
-            "experiment_id": exp_id,
-            "run_name": name,
-            "start_time": start_ms,
-            "tags": all,
-        });
+        let parent_tag = match parent {
+            Some(p) => Some(("mlflow.parentRunId".to_owned(), self.resolve(p)?)),
+            None => None,
+        };
         // A lost answer is harmless: the next attempt finds the run by its key.
-        let v = self
-            .http
-            .post("runs/create", &body, Idempotency::CreatesOnce)?;
-        let info = v.pointer("/run/info").unwrap_or(&Value::Null);
-        let rid = info
-            .get("run_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::Mlflow {
-                method: "POST".into(),
-                url: self.http.api_url("runs/create"),
-                status: 200,
-                error_code: "BAD_RESPONSE".into(),
-                message: "the answer has no run.info.run_id".into(),
-            })?;
-        if let Some(uri) = info.get("artifact_uri").and_then(Value::as_str) {
-            lock_ids(&self.artifact_uris).insert(rid.to_owned(), uri.to_owned());
+        let (rid, uri) = create_run_request(
+            &self.http,
+            &exp_id,
+            name,
+            *start_ms,
+            tags.iter().chain(parent_tag.as_ref()),
+        )?;
+        if let Some(uri) = uri {
+            lock_ids(&self.artifact_uris).insert(rid.clone(), uri);
         }
-        lock_ids(&self.runs).insert(key.clone(), rid.to_owned());
+        lock_ids(&self.runs).insert(key.clone(), rid);
         Ok(())
     }
 
