@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::artifacts;
 use super::client::{HttpClient, Idempotency};
-use super::journal::{self, Journal, JournalSink, Record, SharedJournal};
+use super::journal::{self, Journal, JournalSink, JsonF64, Record, SharedJournal};
 use super::queue::{Deliver, LogQueue, RunBatch};
 use super::server::{MlflowServer, ServerOptions, ensure_server};
 use super::settings::Settings;
@@ -1353,30 +1353,14 @@ struct HttpSender {
     concurrency: usize,
 }
 
-/// A metric value on the wire: a number, or MLflow's string for NaN and +-inf.
-struct WireValue(f64);
-
-impl Serialize for WireValue {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let v = self.0;
-        if v.is_finite() {
-            s.serialize_f64(v)
-        } else if v.is_nan() {
-            s.serialize_str("NaN")
-        } else if v > 0.0 {
-            s.serialize_str("Infinity")
-        } else {
-            s.serialize_str("-Infinity")
-        }
-    }
-}
-
+/// One metric point of a log-batch request.
 #[derive(Serialize)]
-struct WireMetric<'a> {
-    key: &'a str,
-    value: WireValue,
-    timestamp: i64,
-    step: i64,
+pub(crate) struct WireMetric<'a> {
+    pub(crate) key: &'a str,
+    /// A number, or MLflow's string for NaN and +-inf.
+    pub(crate) value: JsonF64,
+    pub(crate) timestamp: i64,
+    pub(crate) step: i64,
 }
 
 #[derive(Serialize)]
@@ -1385,39 +1369,45 @@ struct WireKv<'a> {
     value: &'a str,
 }
 
+/// A log-batch request body, serialized straight from borrowed data (no `serde_json::Value` per
+/// metric).
 #[derive(Serialize)]
-struct WireBatch<'a> {
+pub(crate) struct BatchBody<'a> {
     run_id: &'a str,
     metrics: Vec<WireMetric<'a>>,
     params: Vec<WireKv<'a>>,
     tags: Vec<WireKv<'a>>,
 }
 
-/// The log-batch request body for `b`.
-fn batch_body(b: &RunBatch) -> WireBatch<'_> {
-    WireBatch {
-        run_id: &b.run_id,
-        metrics: b
-            .metrics
-            .iter()
-            .map(|m| WireMetric {
-                key: &m.key,
-                value: WireValue(m.value),
-                timestamp: m.timestamp_ms,
-                step: m.step,
-            })
-            .collect(),
-        params: b
-            .params
-            .iter()
-            .map(|(k, v)| WireKv { key: k, value: v })
-            .collect(),
-        tags: b
-            .tags
-            .iter()
-            .map(|(k, v)| WireKv { key: k, value: v })
-            .collect(),
+impl<'a> BatchBody<'a> {
+    /// The body for `metrics`, `params` and `tags` of `run_id`.
+    pub(crate) fn new(
+        run_id: &'a str,
+        metrics: impl Iterator<Item = WireMetric<'a>>,
+        params: &'a [(String, String)],
+        tags: &'a [(String, String)],
+    ) -> Self {
+        let kv = |v: &'a [(String, String)]| -> Vec<WireKv<'a>> {
+            v.iter().map(|(k, v)| WireKv { key: k, value: v }).collect()
+        };
+        BatchBody {
+            run_id,
+            metrics: metrics.collect(),
+            params: kv(params),
+            tags: kv(tags),
+        }
     }
+}
+
+/// The log-batch request body for `b`.
+fn batch_body(b: &RunBatch) -> BatchBody<'_> {
+    let metrics = b.metrics.iter().map(|m| WireMetric {
+        key: &m.key,
+        value: JsonF64(m.value),
+        timestamp: m.timestamp_ms,
+        step: m.step,
+    });
+    BatchBody::new(&b.run_id, metrics, &b.params, &b.tags)
 }
 
 impl HttpSender {

@@ -17,8 +17,11 @@ use serde_json::{Value, json};
 
 use super::artifacts;
 use super::client::{HttpClient, Idempotency};
-use super::journal::{self, RUN_KEY_TAG, Record, RunRef};
-use super::mlflow::{create_run_request, get_or_create_experiment, map_unknown_run};
+use super::journal::{self, JMetric, RUN_KEY_TAG, Record, RunRef};
+use super::mlflow::{
+    BatchBody, WireMetric, create_run_request, get_or_create_experiment, map_unknown_run,
+};
+use super::queue::MAX_METRICS;
 use super::settings::Settings;
 use crate::error::{Error, Result};
 
@@ -184,19 +187,7 @@ impl Replayer {
                 tags,
             } => {
                 let run_id = self.resolve(run)?;
-                let kv = |v: &Vec<(String, String)>| -> Vec<Value> {
-                    v.iter()
-                        .map(|(k, v)| json!({"key": k, "value": v}))
-                        .collect()
-                };
-                let body = json!({
-                    "run_id": run_id,
-                    "metrics": metrics.iter().map(|m| json!({
-                        "key": m.0, "value": m.1, "timestamp": m.2, "step": m.3,
-                    })).collect::<Vec<_>>(),
-                    "params": kv(params),
-                    "tags": kv(tags),
-                });
+                let body = batch_body(&run_id, metrics, params, tags);
                 self.http
                     .post("runs/log-batch", &body, Idempotency::Idempotent)
                     .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
@@ -246,6 +237,22 @@ impl Replayer {
         lock_ids(&self.artifact_uris).insert(run_id.to_owned(), uri.clone());
         Ok(uri)
     }
+}
+
+/// The log-batch request body of a journal batch record.
+fn batch_body<'a>(
+    run_id: &'a str,
+    metrics: &'a [JMetric],
+    params: &'a [(String, String)],
+    tags: &'a [(String, String)],
+) -> BatchBody<'a> {
+    let metrics = metrics.iter().map(|m| WireMetric {
+        key: &m.0,
+        value: m.1,
+        timestamp: m.2,
+        step: m.3,
+    });
+    BatchBody::new(run_id, metrics, params, tags)
 }
 
 fn lock_ids<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -445,8 +452,11 @@ impl UploadOptions {
     }
 }
 
-/// Most batch records sent in one concurrent window.
-const WINDOW: usize = 64;
+/// Most batch requests sent in one concurrent window. Every connection waits for the slowest
+/// request at a window's end, so a window holds a whole backlog (ten 1000-metric requests per
+/// connection and more) and its end is rare; the acknowledged offset still advances request by
+/// request.
+const WINDOW: usize = 1024;
 
 #[derive(Debug, Default)]
 struct UpState {
@@ -770,6 +780,75 @@ fn send_window(
     !stopped.load(Ordering::Relaxed)
 }
 
+/// Whether `rec` is a batch of metrics only (no params, no tags), which [`coalesce`] may merge.
+fn metrics_only(rec: &Record) -> bool {
+    matches!(rec, Record::Batch { metrics, params, tags, .. }
+        if !metrics.is_empty() && params.is_empty() && tags.is_empty())
+}
+
+/// Re-packs runs of consecutive metrics-only batch records of one run into requests of
+/// [`MAX_METRICS`] metrics (the last one of a run of records may be smaller); other records pass
+/// through unchanged. The log queue cuts a batch short at the end of every linger round, so a
+/// backlog read from the journal holds many part-filled batches; sending each alone costs the
+/// server a request apiece.
+///
+/// `from` is the journal offset the records start at. Each output record carries the offset up to
+/// which the journal is delivered once it and everything before it landed: the end of the last
+/// input record whose metrics are all in it or earlier (metrics of a record split over two
+/// requests count only when both landed; replaying them is harmless, the server drops exact
+/// duplicate points).
+fn coalesce(recs: Vec<(Record, u64)>, from: u64) -> Vec<(Record, u64)> {
+    let mut out = Vec::with_capacity(recs.len());
+    let mut covered = from;
+    let mut it = recs.into_iter().peekable();
+    while let Some((rec, end)) = it.next() {
+        if !metrics_only(&rec) {
+            covered = end;
+            out.push((rec, end));
+            continue;
+        }
+        let Record::Batch { run, metrics, .. } = rec else {
+            continue;
+        };
+        // The group: this record and the metrics-only batches of the same run right after it.
+        let mut group = metrics;
+        let mut ends = vec![(group.len(), end)];
+        while let Some((next, _)) = it.peek() {
+            let same_run = matches!(next, Record::Batch { run: r, .. } if *r == run);
+            if !(same_run && metrics_only(next)) {
+                break;
+            }
+            if let Some((Record::Batch { metrics, .. }, e)) = it.next() {
+                group.extend(metrics);
+                ends.push((group.len(), e));
+            }
+        }
+        let mut sent = 0;
+        let mut ends = ends.into_iter().peekable();
+        let mut points = group.into_iter();
+        loop {
+            let chunk: Vec<JMetric> = points.by_ref().take(MAX_METRICS).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            sent += chunk.len();
+            while let Some((_, e)) = ends.next_if(|(n, _)| *n <= sent) {
+                covered = e;
+            }
+            out.push((
+                Record::Batch {
+                    run: run.clone(),
+                    metrics: chunk,
+                    params: Vec::new(),
+                    tags: Vec::new(),
+                },
+                covered,
+            ));
+        }
+    }
+    out
+}
+
 fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: UploadOptions) {
     'outer: loop {
         let (from, upto) = {
@@ -795,6 +874,7 @@ fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: Upl
             ack(&shared, upto);
             continue;
         }
+        let recs = coalesce(recs, from);
         let mut i = 0;
         while i < recs.len() {
             let j = window_end(&recs, i);
@@ -819,43 +899,130 @@ fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: Upl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracking::journal::JMetric;
+    use crate::tracking::journal::JsonF64;
 
-    fn batch(run: &str, tags: &[&str]) -> (Record, u64) {
+    fn batch(run: &str, n: usize, first: usize) -> Record {
+        Record::Batch {
+            run: RunRef::Key(run.into()),
+            metrics: (first..first + n)
+                .map(|i| JMetric("m".into(), JsonF64(i as f64), 1, i as i64))
+                .collect(),
+            params: vec![],
+            tags: vec![],
+        }
+    }
+
+    fn values(rec: &Record) -> Vec<f64> {
+        match rec {
+            Record::Batch { metrics, .. } => metrics.iter().map(|m| m.1.0).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn coalesce_repacks_part_filled_batches_and_acks_whole_records_only() {
+        let status = Record::Status {
+            run: RunRef::Key("a".into()),
+            status: "FINISHED".into(),
+            end_ms: Some(1),
+        };
+        let with_param = Record::Batch {
+            run: RunRef::Key("a".into()),
+            metrics: vec![],
+            params: vec![("p".into(), "1".into())],
+            tags: vec![],
+        };
+        // Rounds of the log queue: 1000 + 400, 1000 + 300 metrics of run a; then a param batch,
+        // 200 metrics of run b, 500 of run a, a status.
+        let recs = vec![
+            (batch("a", 1000, 0), 110),
+            (batch("a", 400, 1000), 120),
+            (batch("a", 1000, 1400), 130),
+            (batch("a", 300, 2400), 140),
+            (with_param.clone(), 150),
+            (batch("b", 200, 0), 160),
+            (batch("a", 500, 2700), 170),
+            (status.clone(), 180),
+        ];
+        let out = coalesce(recs, 100);
+        let sizes: Vec<usize> = out.iter().map(|(r, _)| r.items()).collect();
+        assert_eq!(sizes, [1000, 1000, 700, 1, 200, 500, 1]);
+        let offsets: Vec<u64> = out.iter().map(|(_, o)| *o).collect();
+        // The second request holds the 400 of the second record and 600 of the third: only the
+        // second record is complete after it.
+        assert_eq!(offsets, [110, 120, 140, 150, 160, 170, 180]);
+        // Every metric of run a once, in order.
+        let a: Vec<f64> = out[..3].iter().flat_map(|(r, _)| values(r)).collect();
+        assert_eq!(a, (0..2700).map(|i| i as f64).collect::<Vec<_>>());
+        assert_eq!(out[3].0, with_param);
+        assert_eq!(out[5].0, batch("a", 500, 2700));
+        assert_eq!(out[6].0, status);
+        assert!(matches!(&out[4].0, Record::Batch { run: RunRef::Key(k), .. } if k == "b"));
+    }
+
+    #[test]
+    fn coalesce_keeps_a_lone_record_and_its_offset() {
+        let out = coalesce(vec![(batch("a", 3, 0), 40)], 10);
+        assert_eq!(out, vec![(batch("a", 3, 0), 40)]);
+        assert!(coalesce(Vec::new(), 10).is_empty());
+    }
+
+    #[test]
+    fn batch_body_is_the_log_batch_wire_format() {
+        let metrics = vec![
+            JMetric("loss".into(), JsonF64(0.5), 7, 2),
+            JMetric("loss".into(), JsonF64(f64::NAN), 7, 3),
+            JMetric("loss".into(), JsonF64(f64::NEG_INFINITY), 7, 4),
+        ];
+        let params = vec![("lr".to_owned(), "0.1".to_owned())];
+        let tags = vec![("t".to_owned(), "v".to_owned())];
+        let v = serde_json::to_value(batch_body("r1", &metrics, &params, &tags)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "run_id": "r1",
+                "metrics": [
+                    {"key": "loss", "value": 0.5, "timestamp": 7, "step": 2},
+                    {"key": "loss", "value": "NaN", "timestamp": 7, "step": 3},
+                    {"key": "loss", "value": "-Infinity", "timestamp": 7, "step": 4},
+                ],
+                "params": [{"key": "lr", "value": "0.1"}],
+                "tags": [{"key": "t", "value": "v"}],
+            })
+        );
+    }
+
+    fn tagged(run: &str, tags: &[&str]) -> (Record, u64) {
         let rec = Record::Batch {
             run: RunRef::Key(run.into()),
-            metrics: vec![JMetric("m".into(), journal::JsonF64(1.0), 0, 0)],
+            metrics: vec![JMetric("m".into(), JsonF64(1.0), 0, 0)],
             params: vec![],
             tags: tags.iter().map(|t| (t.to_string(), "v".into())).collect(),
         };
         (rec, 0)
     }
 
-    fn status() -> (Record, u64) {
-        let rec = Record::Status {
+    #[test]
+    fn windows_hold_consecutive_batches_without_a_tag_set_twice() {
+        let status = Record::Status {
             run: RunRef::Key("a".into()),
             status: "FINISHED".into(),
             end_ms: Some(1),
         };
-        (rec, 0)
-    }
-
-    #[test]
-    fn windows_hold_consecutive_batches_without_a_tag_set_twice() {
         let recs = vec![
-            batch("a", &["t"]),
-            batch("b", &["t"]), // another run's tag: fine
-            batch("a", &[]),
-            batch("a", &["t"]), // a's tag again: a new window
-            batch("a", &[]),
-            status(), // alone, in order
-            batch("a", &[]),
+            tagged("a", &["t"]),
+            tagged("b", &["t"]), // another run's tag: fine
+            tagged("a", &[]),
+            tagged("a", &["t"]), // a's tag again: a new window
+            tagged("a", &[]),
+            (status, 0), // alone, in order
+            tagged("a", &[]),
         ];
         assert_eq!(window_end(&recs, 0), 3);
         assert_eq!(window_end(&recs, 3), 5);
         assert_eq!(window_end(&recs, 5), 6);
         assert_eq!(window_end(&recs, 6), 7);
-        let many: Vec<_> = (0..WINDOW + 5).map(|_| batch("a", &[])).collect();
+        let many: Vec<_> = (0..WINDOW + 5).map(|_| tagged("a", &[])).collect();
         assert_eq!(window_end(&many, 0), WINDOW);
     }
 }
