@@ -142,6 +142,7 @@ fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
     assert_eq!(b.get_run(&eval).unwrap().run_id, on_server);
     assert_eq!(b.metric_history(&eval, "mse").unwrap().len(), 5);
     assert_eq!(b.download_artifact(&eval, "notes/eval.txt").unwrap(), NOTE);
+    assert!(b.wait_delivered(Duration::from_secs(120)).unwrap());
     let journal = b.journal_dir().unwrap();
     drop(b);
     assert!(!journal.exists(), "a delivered journal is removed");
@@ -198,7 +199,15 @@ fn frozen_server_never_blocks_logging_and_loses_nothing() {
     );
     assert!(worst < Duration::from_millis(100), "a call took {worst:?}");
     b.end_run(&run, RunStatus::Finished).unwrap();
+    // The thawed server works through the requests it queued while frozen: wait for it to take
+    // everything (the exit grace alone is short with these settings).
+    assert!(
+        b.wait_delivered(Duration::from_secs(120)).unwrap(),
+        "not delivered within 2 minutes of SIGCONT"
+    );
+    let journal = b.journal_dir().unwrap();
     drop(b);
+    assert!(!journal.exists(), "a delivered journal is removed");
     let runs = runs_at(&uri, &exp);
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["status"], "FINISHED");

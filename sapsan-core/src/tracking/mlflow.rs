@@ -543,6 +543,20 @@ impl MlflowBackend {
         map_unknown_run(e, run_id, self.http.base())
     }
 
+    /// Waits up to `timeout` until everything logged so far is on the server (asking the journal
+    /// uploader to try at once, as when the server just came back); whether it all landed. Unlike
+    /// [`Backend::flush`], which returns as soon as the data is on disk while the server is away,
+    /// this waits for the server (before shutting a machine down, or after an outage). Without a
+    /// journal it is a flush.
+    pub fn wait_delivered(&self, timeout: Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        self.queue.flush()?;
+        Ok(match &self.durable {
+            Some(d) => d.delivery.watch.wait_delivered(deadline),
+            None => true,
+        })
+    }
+
     /// The id the server knows run `run_id` by: `run_id` itself, or for a run started while the
     /// server was away (`local-...`) the id it was created with later (asking the uploader to
     /// try the server at once, and waiting for it). [`Error::RunNotUploaded`] while it is not on the server yet.

@@ -601,6 +601,27 @@ impl Watch {
         }
     }
 
+    /// Asks the uploader to retry at once and waits until everything written so far landed, or
+    /// `deadline` passed; whether it all landed. Delivery errors are left for [`Watch::wait`].
+    pub fn wait_delivered(&self, deadline: std::time::Instant) -> bool {
+        let mut g = lock(&self.0.st);
+        g.nudges += 1;
+        self.0.cv.notify_all();
+        while g.acked < g.written && !g.gone {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = self
+                .0
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        g.acked >= g.written
+    }
+
     /// Like [`Watch::wait`], but while the server is away keeps waiting up to `grace` (plus the
     /// requests in flight at that time) for it to come back (used at the end of a program, so a
     /// server that just restarted still gets everything).
