@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Metric;
 use super::queue::{Deliver, RunBatch};
-use super::sync::Notifier;
+use super::sync::{Notifier, RunIds};
 use crate::error::{Error, Result};
 
 /// File name of the journal inside its directory.
@@ -29,6 +29,11 @@ pub const JOURNAL_FILE: &str = "journal.jsonl";
 pub const ORIGIN_FILE: &str = "writer.json";
 /// Subdirectory of a journal directory holding the bytes of journaled artifacts.
 pub const BLOB_DIR: &str = "artifacts";
+/// Temporary file a compacted journal is written to before it replaces [`JOURNAL_FILE`].
+pub const ROTATE_TMP_FILE: &str = "journal.jsonl.tmp";
+/// Size above which a fully delivered journal is compacted by default (64 MiB; see
+/// [`SharedJournal::with_rotation`]).
+pub const DEFAULT_ROTATE_BYTES: u64 = 64 << 20;
 /// Name of the default journal root (relative to the working directory).
 pub const DEFAULT_ROOT: &str = ".sapsan-journal";
 /// Tag holding a run's client-generated key (exactly-once run creation).
@@ -379,9 +384,7 @@ impl Journal {
         self.len == 0
     }
 
-    /// Appends `records` (one line each) and syncs them to disk; returns the new length. On a
-    /// failed write the file is cut back to its previous length, so no half line stays.
-    pub fn append(&mut self, records: &[Record]) -> Result<u64> {
+    fn encode(&self, records: &[Record]) -> Result<Vec<u8>> {
         let mut buf = Vec::with_capacity(256 * records.len());
         for r in records {
             serde_json::to_writer(&mut buf, r).map_err(|e| Error::Io {
@@ -391,6 +394,13 @@ impl Journal {
             })?;
             buf.push(b'\n');
         }
+        Ok(buf)
+    }
+
+    /// Appends `records` (one line each) and syncs them to disk; returns the new length. On a
+    /// failed write the file is cut back to its previous length, so no half line stays.
+    pub fn append(&mut self, records: &[Record]) -> Result<u64> {
+        let buf = self.encode(records)?;
         let path = self.dir.join(JOURNAL_FILE);
         let res = self
             .file
@@ -401,6 +411,41 @@ impl Journal {
             return Err(Error::io("writing the journal", path, e));
         }
         self.len += buf.len() as u64;
+        Ok(self.len)
+    }
+
+    /// Replaces the whole file by one holding just `records`, atomically: they are written to a
+    /// temporary file in the same directory and synced, the temporary file is renamed over the
+    /// journal and the directory synced; appends then go to the new file. Returns the new length.
+    /// On an error before the rename the journal is left as it was. (A failed sync of the
+    /// directory after the rename is not reported: the rename is done and cannot be undone.)
+    pub fn replace(&mut self, records: &[Record]) -> Result<u64> {
+        let buf = self.encode(records)?;
+        let tmp = self.dir.join(ROTATE_TMP_FILE);
+        let path = self.dir.join(JOURNAL_FILE);
+        let write = || -> std::io::Result<File> {
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(f)
+        };
+        let file = write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io("compacting the journal", &path, e)
+        })?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.file = file;
+        self.len = buf.len() as u64;
         Ok(self.len)
     }
 }
@@ -451,6 +496,10 @@ pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Rec
 /// the records are held in memory, in order, and written before anything newer as soon as the disk
 /// takes them again; what is still held at the end of the program is sent straight to the server
 /// (see [`SharedJournal::take_held`]). The first such failure is reported once on stderr.
+///
+/// With [`SharedJournal::with_rotation`], a journal that grew past a size and was delivered in
+/// full is compacted before the next append, so a long program's journal does not grow without
+/// bound; see there.
 #[derive(Debug)]
 pub struct SharedJournal {
     journal: Mutex<Writer>,
@@ -468,6 +517,114 @@ struct Writer {
     /// Whether the refusal was reported on stderr.
     reported: bool,
     blobs: u64,
+    /// Compaction of a delivered journal (`None`: the file only grows).
+    rotation: Option<Rotation>,
+    /// Every `Create` record appended so far, in order (the compacted file keeps them).
+    creates: Vec<Record>,
+    /// The last `Status` record of each run, in order of first change (kept too, so that
+    /// `sapsan sync` does not take a finished run for one its program left open).
+    statuses: Vec<Record>,
+    /// Artifact files named by records in the current file (deleted when it is compacted).
+    files: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Rotation {
+    /// Size above which a delivered journal is compacted.
+    threshold: u64,
+    /// The uploader's run key -> server id map (ids of lazily created runs).
+    ids: RunIds,
+    /// Compact when the file is longer than this.
+    at: u64,
+}
+
+impl Writer {
+    /// Remembers what a compacted file must keep from `records` (called before writing them).
+    fn remember(&mut self, records: &[Record]) {
+        if self.rotation.is_none() {
+            return;
+        }
+        for r in records {
+            match r {
+                Record::Create { .. } => self.creates.push(r.clone()),
+                Record::Status { run, .. } => {
+                    let same = |s: &Record| matches!(s, Record::Status { run: x, .. } if x == run);
+                    match self.statuses.iter_mut().find(|s| same(s)) {
+                        Some(s) => *s = r.clone(),
+                        None => self.statuses.push(r.clone()),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Notes the artifact files named by `records`, now in the file.
+    fn written(&mut self, records: &[Record]) {
+        if self.rotation.is_none() {
+            return;
+        }
+        for r in records {
+            if let Record::Artifact { file, .. } = r {
+                self.files.push(file.clone());
+            }
+        }
+    }
+
+    /// The compacted file: every run's `Create` record (with the server's id once the uploader
+    /// knows it), then the last status of each run.
+    fn compact(&self, ids: &RunIds) -> Vec<Record> {
+        let ids = ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Record> = self
+            .creates
+            .iter()
+            .map(|c| match c {
+                Record::Create { key, .. } if ids.contains_key(key) => {
+                    let mut c = c.clone();
+                    if let Record::Create { id, .. } = &mut c {
+                        *id = ids.get(key).cloned();
+                    }
+                    c
+                }
+                _ => c.clone(),
+            })
+            .collect();
+        out.extend(self.statuses.iter().cloned());
+        out
+    }
+
+    /// Compacts the journal when it is over the threshold, nothing is held in memory and the
+    /// uploader delivered all of it (checked and done under the uploader's lock, see
+    /// [`Notifier::restart_if_delivered`]). Artifact files of the old file are deleted. Any
+    /// failure leaves the journal as it was (tried again once it grew by the threshold).
+    fn rotate_if_due(&mut self, notify: &Notifier) {
+        let len = self.journal.len();
+        let Some(rot) = &self.rotation else { return };
+        if !self.held.is_empty() || len <= rot.at {
+            return;
+        }
+        let compact = self.compact(&rot.ids);
+        let journal = &mut self.journal;
+        let res = notify.restart_if_delivered(len, || journal.replace(&compact));
+        let Some(rot) = self.rotation.as_mut() else {
+            return;
+        };
+        match res {
+            Ok(true) => {
+                let dir = self.journal.dir().to_owned();
+                for f in self.files.drain(..) {
+                    let _ = std::fs::remove_file(dir.join(f));
+                }
+                rot.at = rot.threshold.max(2 * self.journal.len());
+            }
+            // Delivery is behind (server away): everything stays; try at the next append.
+            Ok(false) => {}
+            Err(e) => {
+                rot.at = len.saturating_add(rot.threshold);
+                eprintln!("sapsan: {e}; the journal keeps growing for now");
+            }
+        }
+    }
 }
 
 impl SharedJournal {
@@ -480,10 +637,34 @@ impl SharedJournal {
                 problem: None,
                 reported: false,
                 blobs: 0,
+                rotation: None,
+                creates: Vec::new(),
+                statuses: Vec::new(),
+                files: Vec::new(),
             }),
             keys: Mutex::new(HashMap::new()),
             notify,
         }
+    }
+
+    /// Compacts the journal once it is longer than `threshold` bytes and everything in it was
+    /// delivered (the uploader told through the notifier acknowledged all of it, no request in
+    /// flight, nothing held in memory): before the next append, the file is replaced (atomically)
+    /// by one holding a `Create` record per run created through this journal (with the server's
+    /// id from `ids`, the uploader's map, once known) and the last status of each run, the
+    /// uploader carries on from the end of that, and the artifact files of the old file are
+    /// deleted. So `sapsan sync` still knows every run, and disk use stays bounded. Never
+    /// compacts while the uploader is behind (the server is away) or without a notifier (an
+    /// offline journal is the data itself).
+    pub fn with_rotation(self, threshold: u64, ids: RunIds) -> Self {
+        if self.notify.is_some() {
+            self.lock_journal().rotation = Some(Rotation {
+                threshold,
+                ids,
+                at: threshold,
+            });
+        }
+        self
     }
 
     fn lock_journal(&self) -> MutexGuard<'_, Writer> {
@@ -499,10 +680,15 @@ impl SharedJournal {
     /// is kept and delivered; see the type's docs).
     pub fn append(&self, records: &[Record]) -> Result<()> {
         let mut w = self.lock_journal();
+        if let Some(n) = &self.notify {
+            w.rotate_if_due(n);
+        }
+        w.remember(records);
         let res = if w.held.is_empty() {
             let r = w.journal.append(records);
-            if r.is_err() {
-                w.held = records.to_vec();
+            match r {
+                Ok(_) => w.written(records),
+                Err(_) => w.held = records.to_vec(),
             }
             r
         } else {
@@ -510,15 +696,17 @@ impl SharedJournal {
             let mut all = std::mem::take(&mut w.held);
             all.extend_from_slice(records);
             let r = w.journal.append(&all);
-            if r.is_err() {
-                w.held = all;
+            match r {
+                Ok(_) => w.written(&all),
+                Err(_) => w.held = all,
             }
             r
         };
         match res {
             Ok(len) => {
                 w.problem = None;
-                drop(w);
+                // Told with the journal locked, so the uploader hears of lengths in order and
+                // never of a file that was compacted since (see `Notifier::restart_if_delivered`).
                 if let Some(n) = &self.notify {
                     n.written(len);
                 }
@@ -775,6 +963,157 @@ mod tests {
         let (held, why) = shared.take_held();
         assert_eq!(held, vec![status("D")]);
         assert!(why.is_some());
+    }
+
+    fn create(key: &str, parent: Option<&str>, id: Option<&str>) -> Record {
+        Record::Create {
+            key: key.into(),
+            experiment: "e".into(),
+            name: key.into(),
+            parent: parent.map(|p| RunRef::Key(p.into())),
+            start_ms: 1,
+            tags: vec![(RUN_KEY_TAG.into(), key.into())],
+            id: id.map(str::to_owned),
+        }
+    }
+
+    fn status(run: &str, s: &str) -> Record {
+        Record::Status {
+            run: RunRef::Key(run.into()),
+            status: s.into(),
+            end_ms: None,
+        }
+    }
+
+    fn points(run: &str, n: i64) -> Record {
+        Record::Batch {
+            run: RunRef::Key(run.into()),
+            metrics: (0..n)
+                .map(|i| JMetric("loss".into(), JsonF64(0.5), 7, i))
+                .collect(),
+            params: vec![],
+            tags: vec![],
+        }
+    }
+
+    fn on_disk(dir: &Path) -> Vec<Record> {
+        read_records(dir, 0, None)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    #[test]
+    fn a_delivered_journal_is_compacted_to_its_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::create_in(tmp.path()).unwrap();
+        let dir = j.dir().to_owned();
+        let n = Notifier::detached();
+        let ids = RunIds::default();
+        let shared = SharedJournal::new(j, Some(n.clone())).with_rotation(300, ids.clone());
+        shared
+            .append(&[create("k1", None, None), status("k1", "RUNNING")])
+            .unwrap();
+        shared
+            .append(&[create("k2", Some("k1"), Some("s2")), points("k1", 20)])
+            .unwrap();
+        shared.set_key("local-k1", "k1");
+        shared.append_artifact("local-k1", "a.txt", b"bytes").unwrap();
+        let blob = dir.join(BLOB_DIR).join("1");
+        assert!(blob.is_file());
+        shared.append(&[status("k1", "FINISHED")]).unwrap();
+        // Bytes of an artifact not journaled yet (being written by another thread) must stay.
+        let pending = dir.join(BLOB_DIR).join("99");
+        std::fs::write(&pending, b"pending").unwrap();
+        let full = shared.len();
+        assert!(full > 300);
+        // Not delivered yet: nothing is dropped.
+        shared.append(&[points("k2", 3)]).unwrap();
+        let before = on_disk(&dir);
+        assert_eq!(before.len(), 7);
+        assert_eq!(n.offsets(), (0, shared.len()));
+        // Delivered (the uploader created k1 lazily as s1): the next append compacts first.
+        n.ack_for_test(shared.len());
+        ids.lock().unwrap().insert("k1".into(), "s1".into());
+        shared.append(&[points("k2", 2)]).unwrap();
+        let after = on_disk(&dir);
+        assert_eq!(
+            after,
+            vec![
+                create("k1", None, Some("s1")),
+                create("k2", Some("k1"), Some("s2")),
+                status("k1", "FINISHED"),
+                points("k2", 2),
+            ]
+        );
+        let prefix = read_records(&dir, 0, None).unwrap()[2].1;
+        assert_eq!(n.offsets(), (prefix, shared.len()));
+        assert_eq!(
+            std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len(),
+            shared.len()
+        );
+        assert!(!blob.exists(), "the delivered artifact's bytes are removed");
+        assert!(pending.is_file(), "bytes not journaled yet stay");
+        assert!(!dir.join(ROTATE_TMP_FILE).exists());
+        // Short again: appends go on without compacting.
+        n.ack_for_test(shared.len());
+        shared.append(&[create("k3", None, None)]).unwrap();
+        assert_eq!(on_disk(&dir).len(), 5);
+        assert_eq!(n.offsets().1, shared.len());
+    }
+
+    #[test]
+    fn no_compaction_while_records_are_held_or_without_an_uploader() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::create_in(tmp.path()).unwrap();
+        let dir = j.dir().to_owned();
+        let n = Notifier::detached();
+        let shared = SharedJournal::new(j, Some(n.clone())).with_rotation(100, RunIds::default());
+        shared
+            .append(&[create("k1", None, None), points("k1", 10)])
+            .unwrap();
+        let l1 = shared.len();
+        assert!(l1 > 100);
+        // The disk refuses a write while delivery is behind: held.
+        shared.lock_journal().journal.file = File::open("/dev/null").unwrap();
+        shared.append(&[status("k1", "A")]).unwrap();
+        assert_eq!(shared.held_items(), 1);
+        // Everything on disk is delivered, but records are held: no compaction.
+        n.ack_for_test(l1);
+        shared.append(&[status("k1", "B")]).unwrap();
+        assert_eq!(shared.held_items(), 2);
+        assert_eq!(on_disk(&dir).len(), 2, "the file is as it was");
+        assert_eq!(n.offsets(), (l1, l1));
+        // The disk takes writes again: the held records are written first, not compacted away.
+        shared.lock_journal().journal.file = OpenOptions::new()
+            .append(true)
+            .open(dir.join(JOURNAL_FILE))
+            .unwrap();
+        shared.append(&[status("k1", "C")]).unwrap();
+        assert_eq!(shared.held_items(), 0);
+        assert_eq!(on_disk(&dir).len(), 5);
+        assert_eq!(n.offsets(), (l1, shared.len()));
+        // Once those are delivered too, the next append compacts.
+        n.ack_for_test(shared.len());
+        shared.append(&[status("k1", "D")]).unwrap();
+        assert_eq!(
+            on_disk(&dir),
+            vec![
+                create("k1", None, None),
+                status("k1", "C"),
+                status("k1", "D")
+            ]
+        );
+
+        // Without an uploader (offline backend) the journal is the data: never compacted.
+        let j = Journal::create_in(tmp.path()).unwrap();
+        let dir = j.dir().to_owned();
+        let offline = SharedJournal::new(j, None).with_rotation(100, RunIds::default());
+        for _ in 0..5 {
+            offline.append(&[points("k1", 10)]).unwrap();
+        }
+        assert_eq!(on_disk(&dir).len(), 5);
     }
 
     #[test]

@@ -250,6 +250,7 @@ pub struct MlflowBackendBuilder {
     no_signal_handlers: bool,
     use_journal: Option<bool>,
     journal_root: Option<PathBuf>,
+    journal_rotate_bytes: Option<u64>,
 }
 
 impl MlflowBackendBuilder {
@@ -308,6 +309,15 @@ impl MlflowBackendBuilder {
         self.journal_root = Some(root.into());
         self
     }
+    /// Size in bytes above which the journal is compacted once everything in it was delivered
+    /// (default [`journal::DEFAULT_ROTATE_BYTES`], 64 MiB). Before the next append the file is
+    /// then replaced by one holding only the runs' creation records and last statuses, so a long
+    /// program's journal stays about this size instead of growing with every metric point. A
+    /// journal whose data has not all reached the server (server away) is never compacted.
+    pub fn journal_rotate_bytes(mut self, bytes: u64) -> Self {
+        self.journal_rotate_bytes = Some(bytes);
+        self
+    }
 
     /// Connects (starting a server if asked and needed), resolves the experiment (get-or-create),
     /// and starts the background sender.
@@ -322,6 +332,7 @@ impl MlflowBackendBuilder {
             no_signal_handlers,
             use_journal,
             journal_root,
+            journal_rotate_bytes,
         } = self;
         settings.check()?;
         let mut server = None;
@@ -396,7 +407,11 @@ impl MlflowBackendBuilder {
                     let ids = rep.ids();
                     let uploader =
                         Uploader::start(&dir, rep, UploadOptions::from_settings(&settings))?;
-                    let shared = Arc::new(SharedJournal::new(j, Some(uploader.notifier())));
+                    let rotate = journal_rotate_bytes.unwrap_or(journal::DEFAULT_ROTATE_BYTES);
+                    let shared = Arc::new(
+                        SharedJournal::new(j, Some(uploader.notifier()))
+                            .with_rotation(rotate, ids.clone()),
+                    );
                     let queue = LogQueue::start(JournalSink(shared.clone()), settings.linger)?;
                     let delivery = Delivery {
                         journal: shared,

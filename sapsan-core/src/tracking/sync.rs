@@ -681,6 +681,67 @@ impl Notifier {
         drop(g);
         self.0.cv.notify_all();
     }
+
+    /// Lets the journal's writer replace the file (see [`super::journal::SharedJournal`]'s
+    /// rotation): when everything up to `len` — the file's current length — landed and no
+    /// request is in flight, runs `swap` (which puts a compact file in its place and returns that
+    /// file's length `p`) and then treats the compact file as delivered (acknowledged and written
+    /// offsets both `p`). Returns `Ok(false)` without calling `swap` when delivery is behind, and
+    /// `swap`'s error (offsets unchanged) when it fails.
+    ///
+    /// Why the uploader can never read the old file at the new offsets, or the new file at the old
+    /// ones:
+    /// - The uploader thread reads the file only for a range `[acked, written)` it took under the
+    ///   state lock with `acked < written`, and `acked` reaches the end of that range only after
+    ///   every record in it was read and sent (artifact bytes are read while the request is in
+    ///   flight, before it is acknowledged). So `acked == written` means no read is going on and
+    ///   none starts until `written` grows.
+    /// - Only the journal's writer makes `written` grow, and it calls this under its own lock,
+    ///   which also covers its [`Notifier::written`] calls (so no notice of an older, longer file
+    ///   can arrive after the swap), and `written == len` means the last append was announced.
+    /// - `swap` runs with the state lock held, so the uploader cannot take a range while the files
+    ///   change places; when it gets the lock again the offsets already describe the new file.
+    pub fn restart_if_delivered(
+        &self,
+        len: u64,
+        swap: impl FnOnce() -> Result<u64>,
+    ) -> Result<bool> {
+        let mut g = lock(&self.0.st);
+        if g.acked != g.written || g.written != len || g.in_flight > 0 {
+            return Ok(false);
+        }
+        let p = swap()?;
+        g.acked = p;
+        g.written = p;
+        drop(g);
+        self.0.cv.notify_all();
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+impl Notifier {
+    /// A notifier with no uploader thread behind it (tests play the uploader).
+    pub(crate) fn detached() -> Self {
+        Notifier(Arc::new(UpShared {
+            st: Mutex::new(UpState {
+                healthy: true,
+                ..UpState::default()
+            }),
+            cv: Condvar::new(),
+        }))
+    }
+
+    /// Acknowledges everything up to `end`, as the uploader does.
+    pub(crate) fn ack_for_test(&self, end: u64) {
+        ack(&self.0, end);
+    }
+
+    /// The acknowledged and written offsets.
+    pub(crate) fn offsets(&self) -> (u64, u64) {
+        let g = lock(&self.0.st);
+        (g.acked, g.written)
+    }
 }
 
 /// Records that everything up to `end` landed.
@@ -1011,6 +1072,51 @@ mod tests {
                 "tags": [{"key": "t", "value": "v"}],
             })
         );
+    }
+
+    #[test]
+    fn offsets_restart_only_when_everything_landed_and_nothing_is_in_flight() {
+        let n = Notifier::detached();
+        let called = std::cell::Cell::new(0);
+        let swap = |p: u64| {
+            let called = &called;
+            move || {
+                called.set(called.get() + 1);
+                Ok(p)
+            }
+        };
+        n.written(100);
+        // Behind: not swapped.
+        assert!(!n.restart_if_delivered(100, swap(30)).unwrap());
+        n.ack_for_test(60);
+        assert!(!n.restart_if_delivered(100, swap(30)).unwrap());
+        n.ack_for_test(100);
+        // A request in flight.
+        lock(&n.0.st).in_flight = 1;
+        assert!(!n.restart_if_delivered(100, swap(30)).unwrap());
+        lock(&n.0.st).in_flight = 0;
+        // The file is longer than the uploader was told (an append not yet announced).
+        assert!(!n.restart_if_delivered(120, swap(30)).unwrap());
+        assert_eq!(called.get(), 0);
+        assert_eq!(n.offsets(), (100, 100));
+        // A failed swap leaves the offsets alone.
+        let failed = n.restart_if_delivered(100, || {
+            Err(Error::io(
+                "compacting the journal",
+                "/x",
+                std::io::Error::other("disk full"),
+            ))
+        });
+        assert!(failed.is_err());
+        assert_eq!(n.offsets(), (100, 100));
+        // Delivered: the compact file counts as delivered and the uploader goes on after it.
+        assert!(n.restart_if_delivered(100, swap(30)).unwrap());
+        assert_eq!(called.get(), 1);
+        assert_eq!(n.offsets(), (30, 30));
+        assert!(Watch(n.0.clone()).drained());
+        n.written(45);
+        assert_eq!(n.offsets(), (30, 45));
+        assert!(!Watch(n.0.clone()).drained());
     }
 
     fn tagged(run: &str, tags: &[&str]) -> (Record, u64) {
