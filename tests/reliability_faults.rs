@@ -33,6 +33,40 @@ fn backend(uri: &str, exp: &str, journal_root: &Path, timeout: Duration) -> Mlfl
         .unwrap()
 }
 
+/// [`backend`] whose journal is compacted once delivered and over 4 KiB.
+fn rotating_backend(uri: &str, exp: &str, journal_root: &Path) -> MlflowBackend {
+    MlflowBackend::builder()
+        .tracking_uri(uri)
+        .experiment(exp)
+        .settings(settings(Duration::from_secs(2)))
+        .journal(true)
+        .journal_root(journal_root)
+        .journal_rotate_bytes(4096)
+        .build()
+        .unwrap()
+}
+
+/// The size of a backend's journal file, and how often it was seen to shrink (compactions).
+#[derive(Debug, Default)]
+struct JournalSize {
+    last: u64,
+    max: u64,
+    shrinks: usize,
+}
+
+impl JournalSize {
+    fn sample(&mut self, b: &MlflowBackend) -> u64 {
+        let file = b.journal_dir().unwrap().join("journal.jsonl");
+        let len = std::fs::metadata(&file).unwrap().len();
+        if len < self.last {
+            self.shrinks += 1;
+        }
+        self.last = len;
+        self.max = self.max.max(len);
+        len
+    }
+}
+
 /// Every run of experiment `exp` on `uri`: name, status, parent, end time, params, and for each
 /// metric key the list of steps in its history.
 fn runs_at(uri: &str, exp: &str) -> Vec<Value> {
@@ -74,6 +108,11 @@ fn epoch(b: &MlflowBackend, e: i64) {
 /// The train run (50 epochs, params) with a nested evaluate run, both FINISHED, every history
 /// complete (steps 0..n-1, each once), exactly these two runs.
 fn assert_job_landed(runs: &[Value], eval_steps: i64) {
+    assert_long_job_landed(runs, 50, eval_steps);
+}
+
+/// [`assert_job_landed`] for a train run of `epochs` epochs.
+fn assert_long_job_landed(runs: &[Value], epochs: i64, eval_steps: i64) {
     assert_eq!(runs.len(), 2, "exactly two runs, no duplicates: {runs:#?}");
     let (eval, train) = (&runs[0], &runs[1]);
     assert_eq!(train["name"], "train");
@@ -84,7 +123,7 @@ fn assert_job_landed(runs: &[Value], eval_steps: i64) {
     assert_eq!(eval["parent"], train["id"], "evaluate nested under train");
     assert_eq!(train["params"]["lr"], "0.01");
     for k in ["loss", "acc"] {
-        assert_eq!(steps(train, k), (0..50).collect::<Vec<_>>(), "{k}");
+        assert_eq!(steps(train, k), (0..epochs).collect::<Vec<_>>(), "{k}");
     }
     assert_eq!(steps(eval, "mse"), (0..eval_steps).collect::<Vec<_>>());
 }
@@ -303,4 +342,129 @@ fn eight_threads_80000_metrics_one_run_all_present_once() {
         &[&run],
     );
     assert_eq!(v, serde_json::json!([80_000, 80_000, 0, 79_999]));
+}
+
+/// A long job against a healthy server: the delivered journal is compacted again and again, so it
+/// stays a few KB instead of growing with every point, and everything lands exactly once.
+#[test]
+fn a_long_jobs_delivered_journal_is_compacted_and_everything_lands_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = common::private_server(common::free_port(), &tmp.path().join("store"));
+    let uri = server.url().to_owned();
+    let exp = common::unique("rotate");
+    let b = rotating_backend(&uri, &exp, &tmp.path().join("journal"));
+    let train = b.start("train", false, None).unwrap();
+    b.log_parameter("lr", "0.01").unwrap();
+    let mut size = JournalSize::default();
+    const EPOCHS: i64 = 3000;
+    for e in 0..EPOCHS {
+        epoch(&b, e);
+        if e % 100 == 99 {
+            b.flush().unwrap();
+            size.sample(&b);
+        }
+    }
+    b.start("evaluate", true, None).unwrap();
+    for s in 0..5 {
+        b.log_metric_step("mse", s as f64, s).unwrap();
+    }
+    b.end().unwrap();
+    b.end_run(&train, RunStatus::Finished).unwrap();
+    b.flush().unwrap();
+    let end = size.sample(&b);
+    eprintln!(
+        "[reliability] rotation: {} metric points, journal at most {} bytes (at the end {end}), \
+         seen compacted {} times",
+        2 * EPOCHS + 5,
+        size.max,
+        size.shrinks
+    );
+    // Without compaction the file would hold every point: well over 200 KB.
+    assert!(size.max < 64 * 1024, "journal grew to {} bytes", size.max);
+    assert!(end < 64 * 1024, "journal is {end} bytes at the end");
+    let journal = b.journal_dir().unwrap();
+    drop(b);
+    assert!(!journal.exists(), "a delivered journal is removed");
+    assert_long_job_landed(&runs_at(&uri, &exp), EPOCHS, 5);
+    server.stop().unwrap();
+}
+
+/// Compaction and a server killed mid-way: after several compactions the server dies, the journal
+/// keeps everything logged meanwhile (no compaction while the uploader is behind), a nested run is
+/// started, the server comes back on the same store, and every point lands exactly once.
+#[test]
+fn compaction_then_kill_9_and_restart_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("store");
+    let port = common::free_port();
+    let server = common::private_server(port, &data);
+    let uri = server.url().to_owned();
+    let exp = common::unique("rotate-kill9");
+    let b = rotating_backend(&uri, &exp, &tmp.path().join("journal"));
+    let train = b.start("train", false, None).unwrap();
+    b.log_parameter("lr", "0.01").unwrap();
+    let mut size = JournalSize::default();
+    for e in 0..1000 {
+        epoch(&b, e);
+        if e % 100 == 99 {
+            b.flush().unwrap();
+            size.sample(&b);
+        }
+    }
+    // 2000 points, over 60 KB without compaction; compacted after every delivered flush.
+    assert!(size.max < 24 * 1024, "journal grew to {} bytes", size.max);
+    common::signal_group(&server, libc::SIGKILL);
+    let _ = server.stop(); // reaps the killed process
+    let shrinks = size.shrinks;
+    let before = size.last;
+    for e in 1000..1500 {
+        epoch(&b, e);
+        if e % 100 == 99 {
+            b.flush().unwrap(); // returns once the uploader finds the server away
+            size.sample(&b);
+        }
+    }
+    // A nested run started while the server is dead: created when it is back, exactly once.
+    let eval = b.start("evaluate", true, None).unwrap();
+    assert!(eval.starts_with("local-"), "{eval}");
+    for s in 0..5 {
+        b.log_metric_step("mse", s as f64, s).unwrap();
+    }
+    b.end().unwrap(); // journaled; does not wait for the dead server
+    let during = size.sample(&b);
+    assert_eq!(
+        size.shrinks, shrinks,
+        "never compacted while the server was away"
+    );
+    // 1000 undelivered points, each tens of bytes, all still in the file.
+    assert!(
+        during > before + 1000 * 20,
+        "journal {before} -> {during} bytes"
+    );
+    let server = common::private_server(port, &data);
+    // Asks the uploader to retry at once: the backlog and the nested run land.
+    let on_server = b.server_run_id(&eval).unwrap();
+    assert!(!on_server.starts_with("local-"), "{on_server}");
+    for e in 1500..2000 {
+        epoch(&b, e);
+        if e % 100 == 99 {
+            b.flush().unwrap();
+            size.sample(&b);
+        }
+    }
+    b.end_run(&train, RunStatus::Finished).unwrap();
+    b.flush().unwrap();
+    size.sample(&b);
+    assert!(size.shrinks > shrinks, "compacted again once delivered");
+    assert!(size.last < 24 * 1024, "journal is {} bytes", size.last);
+    eprintln!(
+        "[reliability] rotation and kill -9: journal {before} bytes before the kill, {during} \
+         with the server away, {} at the end",
+        size.last
+    );
+    let journal = b.journal_dir().unwrap();
+    drop(b);
+    assert!(!journal.exists(), "a delivered journal is removed");
+    assert_long_job_landed(&runs_at(&uri, &exp), 2000, 5);
+    server.stop().unwrap();
 }
