@@ -1019,7 +1019,9 @@ mod tests {
             .append(&[create("k2", Some("k1"), Some("s2")), points("k1", 20)])
             .unwrap();
         shared.set_key("local-k1", "k1");
-        shared.append_artifact("local-k1", "a.txt", b"bytes").unwrap();
+        shared
+            .append_artifact("local-k1", "a.txt", b"bytes")
+            .unwrap();
         let blob = dir.join(BLOB_DIR).join("1");
         assert!(blob.is_file());
         shared.append(&[status("k1", "FINISHED")]).unwrap();
