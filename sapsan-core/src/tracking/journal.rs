@@ -573,10 +573,9 @@ impl Writer {
 
     /// The compacted file: every run's `Create` record (with the server's id once the uploader
     /// knows it), then the last status of each run.
-    fn compact(&self, ids: &RunIds) -> Vec<Record> {
+    fn compact(creates: &[Record], statuses: &[Record], ids: &RunIds) -> Vec<Record> {
         let ids = ids.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<Record> = self
-            .creates
+        let mut out: Vec<Record> = creates
             .iter()
             .map(|c| match c {
                 Record::Create { key, .. } if ids.contains_key(key) => {
@@ -589,7 +588,7 @@ impl Writer {
                 _ => c.clone(),
             })
             .collect();
-        out.extend(self.statuses.iter().cloned());
+        out.extend(statuses.iter().cloned());
         out
     }
 
@@ -603,9 +602,12 @@ impl Writer {
         if !self.held.is_empty() || len <= rot.at {
             return;
         }
-        let compact = self.compact(&rot.ids);
+        // Built once delivery is confirmed, so every run the uploader created has its id.
+        let (creates, statuses, ids) = (&self.creates, &self.statuses, &rot.ids);
         let journal = &mut self.journal;
-        let res = notify.restart_if_delivered(len, || journal.replace(&compact));
+        let res = notify.restart_if_delivered(len, || {
+            journal.replace(&Self::compact(creates, statuses, ids))
+        });
         let Some(rot) = self.rotation.as_mut() else {
             return;
         };
