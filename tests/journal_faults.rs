@@ -71,13 +71,18 @@ fn quick_settings() -> Settings {
 }
 
 fn child_backend() -> MlflowBackend {
+    child_builder().build().unwrap()
+}
+
+fn child_builder() -> sapsan::tracking::MlflowBackendBuilder {
     MlflowBackend::builder()
         .tracking_uri(std::env::var("SAPSAN_TEST_TRACKING_URI").unwrap())
         .experiment(std::env::var("SAPSAN_JOURNAL_EXPERIMENT").unwrap())
         .settings(quick_settings())
-        .build()
-        .unwrap()
 }
+
+/// Steps the killed child logs (and delivers) before its server goes away.
+const DELIVERED_STEPS: i64 = 200;
 
 /// Starts this binary as a child in `mode`; stdin and stdout piped, stderr captured by a thread.
 fn spawn_child(
@@ -332,19 +337,25 @@ fn server_away_at_exit_keeps_the_journal_and_says_how_to_upload() {
 /// A train run with a nested evaluate; 10 points delivered, READY; after a line on stdin (the
 /// server is dead by then) 10 more points journaled, LOGGED; then it waits to be killed.
 fn killed_child() {
-    let b = child_backend();
+    // A small compaction threshold: the delivered part of the journal is compacted on the way.
+    let b = child_builder().journal_rotate_bytes(1024).build().unwrap();
     b.start("train", false, None).unwrap();
     b.log_parameter("lr", "0.01").unwrap();
     b.start("evaluate", true, None).unwrap();
-    for s in 0..10 {
+    for s in 0..DELIVERED_STEPS {
         b.log_metric_step("mse", s as f64, s).unwrap();
+        if s % 10 == 9 {
+            b.flush().unwrap();
+        }
     }
     b.flush().unwrap();
-    println!("READY");
+    let dir = b.journal_dir().unwrap();
+    let len = std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len();
+    println!("READY {len}");
     std::io::stdout().flush().unwrap();
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
-    for s in 10..20 {
+    for s in DELIVERED_STEPS..DELIVERED_STEPS + 10 {
         b.log_metric_step("mse", s as f64, s).unwrap();
     }
     b.flush().unwrap(); // on disk; the server is away
@@ -368,7 +379,13 @@ fn kill_9_of_the_job_is_noticed_and_sync_ends_its_runs_killed() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "READY");
+    // 200 delivered points take ~8 KB of journal: compacted, far less is left.
+    let len: u64 = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("child did not get ready: {line:?}"));
+    assert!(len < 3000, "journal not compacted: {len} bytes");
     common::signal_group(&server, libc::SIGKILL);
     let _ = server.stop();
     writeln!(child.stdin.take().unwrap(), "go").unwrap();
@@ -417,7 +434,7 @@ print(json.dumps(out))
     assert_eq!(v["train"]["status"], "KILLED", "{v}");
     assert_eq!(v["train"]["params"]["lr"], "0.01");
     assert_eq!(v["evaluate"]["status"], "KILLED", "{v}");
-    let steps: Vec<Value> = (0..20).map(|s| json!(s)).collect();
+    let steps: Vec<Value> = (0..DELIVERED_STEPS + 10).map(|s| json!(s)).collect();
     assert_eq!(v["evaluate"]["steps"], json!(steps), "{v}");
     // Ended when it last logged, not when it was synced.
     assert_eq!(v["evaluate"]["end"], v["evaluate"]["last"], "{v}");
