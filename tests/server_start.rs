@@ -445,11 +445,21 @@ fn start_passes_the_agreed_command_line_and_drop_stops_the_group() {
 // `stop_process_group` reaps the child itself (waitpid on the group leader).
 #[allow(clippy::zombie_processes)]
 fn stop_process_group_kills_what_ignores_sigterm() {
-    let child = std::process::Command::new("sh")
-        .args(["-c", "trap '' TERM; sleep 60 & wait"])
+    // SIGTERM is ignored by the shell and (inherited) by its `sleep`. Wait until both are set up:
+    // a SIGTERM sent before the `trap` ran would end the group at once.
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "trap '' TERM; sleep 60 & echo ready; wait"])
         .process_group(0)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
     let pgid = child.id();
     let t = Instant::now();
     stop_process_group(pgid, Duration::from_millis(200)).unwrap();
