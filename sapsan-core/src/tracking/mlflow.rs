@@ -87,13 +87,13 @@ impl Latest {
     }
 }
 
-/// What this backend knows about one run.
+/// What a backend knows about one run (this one, and the offline backend).
 #[derive(Debug, Default)]
-struct RunState {
+pub(crate) struct RunState {
     /// Created by this backend: everything it holds was logged here.
     created_here: bool,
     /// RUNNING as far as this backend knows (closed as FINISHED on drop).
-    open: bool,
+    pub(crate) open: bool,
     artifact_uri: Option<String>,
     params: HashMap<String, String>,
     metrics: HashMap<String, Latest>,
@@ -101,7 +101,49 @@ struct RunState {
 }
 
 impl RunState {
-    fn data(&self) -> RunData {
+    /// A run just created by this backend, open, with its creation tags.
+    pub(crate) fn created(tags: impl Iterator<Item = (String, String)>) -> Self {
+        RunState {
+            created_here: true,
+            open: true,
+            tags: tags.collect(),
+            ..RunState::default()
+        }
+    }
+
+    /// Records `item` of run `run_id` (latest metric by step then time, params, tags). `false`:
+    /// a param logged again with the same value, nothing to send. A changed param is an error.
+    pub(crate) fn record(&mut self, run_id: &str, item: &LogItem) -> Result<bool> {
+        match item {
+            LogItem::Metric(m) => {
+                let new = Latest {
+                    step: m.step,
+                    ts: m.timestamp_ms,
+                    value: m.value,
+                };
+                match self.metrics.get_mut(&m.key) {
+                    Some(l) if l.replaced_by(m) => *l = new,
+                    Some(_) => {}
+                    None => {
+                        self.metrics.insert(m.key.clone(), new);
+                    }
+                }
+            }
+            LogItem::Param { key, value } => {
+                let old = self.params.get(key).map(String::as_str);
+                if !validate::param_change(run_id, old, key, value)? {
+                    return Ok(false);
+                }
+                self.params.insert(key.clone(), value.clone());
+            }
+            LogItem::Tag { key, value } => {
+                self.tags.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    pub(crate) fn data(&self) -> RunData {
         RunData {
             params: self
                 .params
@@ -774,13 +816,8 @@ impl MlflowBackend {
         artifact_uri: Option<String>,
         tags: impl Iterator<Item = (String, String)>,
     ) {
-        let state = RunState {
-            created_here: true,
-            open: true,
-            artifact_uri,
-            tags: tags.collect(),
-            ..RunState::default()
-        };
+        let mut state = RunState::created(tags);
+        state.artifact_uri = artifact_uri;
         self.state().insert(run_id.to_owned(), state);
     }
 
@@ -930,47 +967,18 @@ impl Backend for MlflowBackend {
 
     fn enqueue(&self, run_id: &str, item: LogItem) -> Result<()> {
         validate::item(&item)?;
-        {
-            let mut st = self.state();
-            let run = match st.get_mut(run_id) {
-                Some(r) => r,
-                None => st.entry(run_id.to_owned()).or_default(),
-            };
-            match &item {
-                LogItem::Metric(m) => match run.metrics.get_mut(&m.key) {
-                    Some(l) => {
-                        if l.replaced_by(m) {
-                            *l = Latest {
-                                step: m.step,
-                                ts: m.timestamp_ms,
-                                value: m.value,
-                            };
-                        }
-                    }
-                    None => {
-                        run.metrics.insert(
-                            m.key.clone(),
-                            Latest {
-                                step: m.step,
-                                ts: m.timestamp_ms,
-                                value: m.value,
-                            },
-                        );
-                    }
-                },
-                LogItem::Param { key, value } => {
-                    let old = run.params.get(key).map(String::as_str);
-                    if !validate::param_change(run_id, old, key, value)? {
-                        return Ok(());
-                    }
-                    run.params.insert(key.clone(), value.clone());
-                }
-                LogItem::Tag { key, value } => {
-                    run.tags.insert(key.clone(), value.clone());
-                }
+        let send = match self.state().get_mut(run_id) {
+            Some(run) => run.record(run_id, &item)?,
+            None => {
+                let mut run = RunState::default();
+                let send = run.record(run_id, &item)?;
+                self.state().insert(run_id.to_owned(), run);
+                send
             }
+        };
+        if send {
+            self.queue.push(run_id, item);
         }
-        self.queue.push(run_id, item);
         Ok(())
     }
 

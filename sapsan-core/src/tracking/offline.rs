@@ -5,13 +5,13 @@
 //! Select it in code with [`OfflineBackend::new`], or by environment through [`backend_from_env`]:
 //! `MLFLOW_TRACKING_URI=offline:/some/dir` (journals under that directory) or `SAPSAN_OFFLINE=1`
 //! (journals under `SAPSAN_JOURNAL_DIR`, else `./.sapsan-journal`).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::journal::{self, Journal, JournalSink, Record, SharedJournal};
-use super::mlflow::{DEFAULT_EXPERIMENT, LOCAL_RUN_PREFIX, MlflowBackend, system_tags};
+use super::mlflow::{DEFAULT_EXPERIMENT, LOCAL_RUN_PREFIX, MlflowBackend, RunState, system_tags};
 use super::queue::LogQueue;
 use super::signals::{self, SignalTarget};
 use super::{Backend, LogItem, RunData, RunStack, RunStatus, now_ms, validate};
@@ -21,12 +21,6 @@ use crate::error::{Error, Result};
 pub const OFFLINE_ENV: &str = "SAPSAN_OFFLINE";
 /// Tracking-URI scheme that selects offline mode: `offline:/journal/root`.
 pub const OFFLINE_SCHEME: &str = "offline:";
-
-#[derive(Debug, Default)]
-struct OfflineRun {
-    open: bool,
-    data: RunData,
-}
 
 /// A backend that journals everything to local disk and never talks to a server.
 /// See the [module docs](self).
@@ -39,7 +33,7 @@ pub struct OfflineBackend {
     journal: Arc<SharedJournal>,
     queue: Arc<LogQueue>,
     runs: RunStack,
-    state: Arc<Mutex<HashMap<String, OfflineRun>>>,
+    state: Arc<Mutex<HashMap<String, RunState>>>,
     /// What the SIGINT/SIGTERM path reaches through a weak reference.
     _signal_hook: Option<Arc<dyn SignalTarget>>,
 }
@@ -101,7 +95,7 @@ impl OfflineBackend {
         &self.experiment
     }
 
-    fn state(&self) -> MutexGuard<'_, HashMap<String, OfflineRun>> {
+    fn state(&self) -> MutexGuard<'_, HashMap<String, RunState>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -110,7 +104,7 @@ impl OfflineBackend {
 struct OfflineSignalHook {
     journal: Arc<SharedJournal>,
     queue: Arc<LogQueue>,
-    state: Arc<Mutex<HashMap<String, OfflineRun>>>,
+    state: Arc<Mutex<HashMap<String, RunState>>>,
 }
 
 impl SignalTarget for OfflineSignalHook {
@@ -132,7 +126,7 @@ impl SignalTarget for OfflineSignalHook {
 }
 
 /// Marks the open runs in `state` closed; their ids.
-fn close_open_runs(state: &Mutex<HashMap<String, OfflineRun>>) -> Vec<String> {
+fn close_open_runs(state: &Mutex<HashMap<String, RunState>>) -> Vec<String> {
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     st.iter_mut()
         .filter(|(_, r)| r.open)
@@ -189,38 +183,21 @@ impl Backend for OfflineBackend {
             id: None,
         }])?;
         self.journal.set_key(&run_id, &key);
-        let mut data = RunData {
-            tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
-            ..RunData::default()
-        };
-        if let Some(p) = parent {
-            data.tags.insert("mlflow.parentRunId".into(), p.to_owned());
-        }
-        self.state()
-            .insert(run_id.clone(), OfflineRun { open: true, data });
+        let parent_tag = parent.map(|p| ("mlflow.parentRunId".to_owned(), p.to_owned()));
+        let run = RunState::created(tags.into_iter().chain(parent_tag));
+        self.state().insert(run_id.clone(), run);
         Ok(run_id)
     }
 
     fn enqueue(&self, run_id: &str, item: LogItem) -> Result<()> {
         validate::item(&item)?;
+        if !self
+            .state()
+            .entry(run_id.to_owned())
+            .or_default()
+            .record(run_id, &item)?
         {
-            let mut st = self.state();
-            let run = &mut st.entry(run_id.to_owned()).or_default().data;
-            match &item {
-                LogItem::Metric(m) => {
-                    run.metrics.insert(m.key.clone(), m.value);
-                }
-                LogItem::Param { key, value } => {
-                    let old = run.params.get(key).map(String::as_str);
-                    if !validate::param_change(run_id, old, key, value)? {
-                        return Ok(());
-                    }
-                    run.params.insert(key.clone(), value.clone());
-                }
-                LogItem::Tag { key, value } => {
-                    run.tags.insert(key.clone(), value.clone());
-                }
-            }
+            return Ok(());
         }
         self.queue.push(run_id, item);
         Ok(())
@@ -250,7 +227,7 @@ impl Backend for OfflineBackend {
     fn run_data(&self, run_id: &str) -> Result<RunData> {
         self.state()
             .get(run_id)
-            .map(|r| r.data.clone())
+            .map(RunState::data)
             .ok_or_else(|| Error::UnknownRun {
                 run_id: run_id.to_owned(),
                 url: format!("{OFFLINE_SCHEME}{}", self.journal.dir().display()),
