@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use sapsan::config::Kwargs;
-use sapsan::tracking::scope::{Report, TrackedOutput};
+use sapsan::tracking::run::scope::{Report, TrackedOutput};
 use sapsan::tracking::{Backend, FakeBackend};
 use sapsan::{Error, ModelConfig, tracked};
 
@@ -59,6 +59,7 @@ fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    sapsan::diag::init_logger();
     let config = Config {
         n_epochs: 1,
         lr: 1e-3,

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sapsan::tracking::scope::{Report, RunScope};
+use sapsan::tracking::run::scope::{Report, RunScope};
 use sapsan::tracking::server::find_mlflow;
 use sapsan::tracking::{Backend, MlflowBackend, MlflowServer, ServerOptions, now_ms};
 
@@ -516,6 +516,7 @@ fn us(d: Duration) -> f64 {
 }
 
 fn main() -> BoxResult<()> {
+    sapsan::diag::init_logger();
     let mlflow = mlflow_bin()?;
     let python_bin = python_bin(&mlflow);
     let n_fluent: usize = std::env::var("SAPSAN_BENCH_FLUENT")

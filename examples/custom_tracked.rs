@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 
 use sapsan::config::Kwargs;
-use sapsan::tracking::scope::{self, Report, TrackedOutput};
+use sapsan::tracking::run::scope::{self, Report, TrackedOutput};
 use sapsan::tracking::{Backend, MlflowBackend};
 use sapsan::{Error, ModelConfig, tracked};
 
@@ -105,6 +105,7 @@ fn backend() -> Result<MlflowBackend, Error> {
 }
 
 fn main() -> ExitCode {
+    sapsan::diag::init_logger();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -142,7 +143,7 @@ fn run() -> Result<(), Error> {
     let ui = format!(
         "{}/#/experiments/{}",
         backend.tracking_uri(),
-        backend.experiment_id()
+        backend.experiment_id()?
     );
     let experiment = backend.experiment_name().to_owned();
     // Delivers everything queued and ends the open train run FINISHED.

@@ -16,11 +16,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use sapsan::experiment::quickstart::{Quickstart, QuickstartRun};
-use sapsan::tracking::mlflow::DEFAULT_EXPERIMENT;
-use sapsan::tracking::offline::offline_root;
-use sapsan::tracking::{Backend, MlflowBackend, OfflineBackend};
+use sapsan::tracking::backend::{DEFAULT_EXPERIMENT, MlflowBackendBuilder};
+use sapsan::tracking::{Backend, OfflineBackend, Settings};
 
 fn main() {
+    // The library reports through the `log` facade: show its messages as `sapsan: ...` lines.
+    sapsan::diag::init_logger();
     if let Err(e) = run() {
         eprintln!("quickstart failed: {e}");
         std::process::exit(1);
@@ -41,11 +42,14 @@ fn run() -> sapsan::Result<()> {
         })?;
     }
 
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if let Some(root) = offline_root(env) {
+    let settings = Settings::from_env()?;
+    if let Some(root) = &settings.offline_root {
         // A compute node without a server: journal everything, upload later with `sapsan sync`.
-        let experiment = env("MLFLOW_EXPERIMENT_NAME").unwrap_or_else(|| DEFAULT_EXPERIMENT.into());
-        let backend = OfflineBackend::new(&experiment, &root)?;
+        let experiment = settings
+            .experiment_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_EXPERIMENT.into());
+        let backend = OfflineBackend::new(&experiment, root)?;
         println!(
             "[quickstart] offline mode: experiment {experiment:?} journaled in {}",
             backend.journal_dir().display()
@@ -63,28 +67,24 @@ fn run() -> sapsan::Result<()> {
     }
 
     println!("[quickstart] connecting to MLflow (MLFLOW_TRACKING_URI, else localhost:5000) ...");
-    let backend = MlflowBackend::from_env()?;
+    let backend = MlflowBackendBuilder::from_env()?.build()?;
+    let experiment_id = backend.experiment_id()?;
     println!(
-        "[quickstart] MLflow at {}, experiment {:?} (id {})",
+        "[quickstart] MLflow at {}, experiment {:?} (id {experiment_id})",
         backend.tracking_uri(),
         backend.experiment_name(),
-        backend.experiment_id()
     );
     let result = job.run(&backend, &mut |line| println!("[quickstart] {line}"))?;
     // The train run stays open for more evaluations, as in Sapsan; the job ends it here.
     backend.close_active_runs()?;
     backend.flush()?;
 
-    let experiment = format!(
-        "{} (id {})",
-        backend.experiment_name(),
-        backend.experiment_id()
-    );
+    let experiment = format!("{} (id {experiment_id})", backend.experiment_name());
     summary(started, &experiment, &result);
     println!(
         "  MLflow UI:     {}/#/experiments/{}/runs/{}",
         backend.tracking_uri().trim_end_matches('/'),
-        backend.experiment_id(),
+        experiment_id,
         result.train_run_id
     );
     Ok(())

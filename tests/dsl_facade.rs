@@ -1,7 +1,7 @@
 //! The macros used through the `sapsan` facade: generated code finds `::sapsan`, and a
 //! train/evaluate pair behaves as the seed describes (with `FakeBackend`, no server).
 use sapsan::config::{Kwargs, ModelConfig as _};
-use sapsan::tracking::scope::{self, Report, TrackedOutput};
+use sapsan::tracking::run::scope::{self, Report, TrackedOutput};
 use sapsan::tracking::{Backend, FakeBackend};
 use sapsan::{Error, ModelConfig, tracked};
 

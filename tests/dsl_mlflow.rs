@@ -5,7 +5,7 @@ mod common;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use sapsan::config::Kwargs;
-use sapsan::tracking::scope::{self, Report, TrackedOutput};
+use sapsan::tracking::run::scope::{self, Report, TrackedOutput};
 use sapsan::tracking::{Backend, MlflowBackend, RunStatus};
 use sapsan::{Error, ModelConfig, tracked};
 

@@ -26,6 +26,7 @@ const ARTIFACT_BYTES: usize = 20_000;
 
 fn main() {
     if let Ok(mode) = std::env::var(CHILD_ENV) {
+        sapsan::diag::init_logger();
         match mode.as_str() {
             "full-disk" => full_disk_child(),
             "server-gone" => server_gone_child(),
@@ -66,7 +67,8 @@ fn quick_settings() -> Settings {
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         linger: Duration::from_millis(20),
-        ..Settings::default()
+        // The journal root comes from SAPSAN_JOURNAL_DIR, as the test sets it.
+        ..Settings::from_env().unwrap()
     }
 }
 

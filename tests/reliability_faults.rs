@@ -195,6 +195,68 @@ fn kill_9_mid_training_then_restart_on_the_same_store_loses_nothing() {
     server.stop().unwrap();
 }
 
+/// A job that starts while its remote server is away (a cluster's server restarting): the backend
+/// starts anyway with local run ids, and everything lands once the server answers, exactly once.
+/// `journal`: with the journal (disk) or the in-memory store.
+fn server_away_at_start_then_back(journal: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("store");
+    let port = common::free_port();
+    let uri = format!("http://127.0.0.1:{port}");
+    let exp = common::unique("away-at-start");
+    let t = Instant::now();
+    let b = MlflowBackend::builder()
+        .tracking_uri(&uri)
+        .experiment(&exp)
+        .settings(settings(Duration::from_secs(2)))
+        .journal(journal)
+        .journal_root(tmp.path().join("journal"))
+        .build()
+        .expect("a server away at the start does not stop the job");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(b.experiment_id().is_err(), "no server to ask yet");
+    let train = b.start("train", false, None).unwrap();
+    assert!(train.starts_with("local-"), "{train}");
+    b.log_parameter("lr", "0.01").unwrap();
+    for e in 0..30 {
+        epoch(&b, e);
+    }
+    let eval = b.start("evaluate", true, None).unwrap();
+    for s in 0..5 {
+        b.log_metric_step("mse", s as f64, s).unwrap();
+    }
+    let ended = b.end();
+    if journal {
+        // Safe in the journal: ending a run does not wait for the server.
+        ended.unwrap();
+    } else {
+        // In memory only: ending says the server has not taken it yet (kept, retried).
+        let e = ended.unwrap_err().to_string();
+        assert!(e.contains("kept in memory"), "{e}");
+    }
+    let server = common::private_server(port, &data);
+    for e in 30..50 {
+        epoch(&b, e);
+    }
+    b.end_run(&train, RunStatus::Finished).unwrap();
+    assert!(b.wait_delivered(Duration::from_secs(120)).unwrap());
+    assert!(!b.server_run_id(&eval).unwrap().starts_with("local-"));
+    assert!(b.experiment_id().is_ok());
+    drop(b);
+    assert_job_landed(&runs_at(&uri, &exp), 5);
+    server.stop().unwrap();
+}
+
+#[test]
+fn server_away_at_start_is_like_a_server_away_later() {
+    server_away_at_start_then_back(true);
+}
+
+#[test]
+fn server_away_at_start_without_the_journal_keeps_the_job_in_memory() {
+    server_away_at_start_then_back(false);
+}
+
 #[test]
 fn frozen_server_never_blocks_logging_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 mod common;
 
 use sapsan::Error;
-use sapsan::tracking::scope::{ERROR_TAG, RunScope, last_run_id};
+use sapsan::tracking::run::scope::{ERROR_TAG, RunScope, last_run_id};
 use sapsan::tracking::{Backend, LogItem, Metric, MlflowBackend};
 
 fn backend(experiment: &str) -> MlflowBackend {

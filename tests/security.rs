@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use sapsan::Error;
-use sapsan::tracking::client::{AUTH_HINT, HttpClient};
+use sapsan::tracking::rest::client::{AUTH_HINT, HttpClient};
 use sapsan::tracking::{
     Auth, Backend, MlflowBackend, MlflowServer, RunStatus, ServerOptions, Settings,
 };
@@ -218,7 +218,7 @@ fn bearer_token_is_sent_and_a_403_is_not_retried() {
         .post(
             "runs/log-batch",
             &serde_json::json!({"run_id": "r"}),
-            sapsan::tracking::client::Idempotency::Idempotent,
+            sapsan::tracking::rest::client::Idempotency::Idempotent,
         )
         .unwrap_err();
     let heads = server.join().unwrap();
@@ -315,7 +315,7 @@ fn artifact_names_escaping_the_run_are_rejected_before_any_request() {
 #[test]
 fn the_default_host_of_an_auto_started_server_is_loopback() {
     use std::net::ToSocketAddrs;
-    let addrs: Vec<_> = (sapsan::tracking::mlflow::DEFAULT_HOST, 5000)
+    let addrs: Vec<_> = (sapsan::tracking::backend::DEFAULT_HOST, 5000)
         .to_socket_addrs()
         .unwrap()
         .collect();

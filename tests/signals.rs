@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
-use sapsan::tracking::{Backend, MlflowBackend, OfflineBackend};
+use sapsan::tracking::{Backend, MlflowBackendBuilder, OfflineBackend};
 use serde_json::Value;
 
 const CHILD_ENV: &str = "SAPSAN_SIGNAL_CHILD";
@@ -50,13 +50,16 @@ fn main() {
 /// evaluation in the first and a train run in the second; logs `loss` at steps 0, 1, 2, ...
 /// Prints `READY <run ids>` once the first steps are delivered, then logs until it is killed.
 fn victim(mode: &str) {
+    sapsan::diag::init_logger();
     let experiment = std::env::var("SAPSAN_SIGNAL_EXPERIMENT").unwrap();
     if mode == "offline" {
         offline_victim(&experiment);
         return;
     }
     let build = |on: bool| {
-        MlflowBackend::builder()
+        // The journal root comes from SAPSAN_JOURNAL_DIR, as the test sets it.
+        MlflowBackendBuilder::from_env()
+            .unwrap()
             .tracking_uri(common::tracking_uri())
             .experiment(&experiment)
             .handle_signals(on)

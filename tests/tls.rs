@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sapsan::Error;
-use sapsan::tracking::client::{HttpClient, TLS_HINT};
+use sapsan::tracking::rest::client::{HttpClient, TLS_HINT};
 use sapsan::tracking::{Backend, MlflowBackend, RunStatus, Settings};
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -141,7 +141,7 @@ fn roundtrip(journal: bool) {
     // The Python client finds the children through the parent tag.
     let children = common::judge(
         "rs = client.search_runs([args[0]], f\"tags.`mlflow.parentRunId` = '{args[1]}'\")\nprint(json.dumps(sorted(r.info.run_name for r in rs)))",
-        &[b.experiment_id(), &train],
+        &[&b.experiment_id().unwrap(), &train],
     );
     assert_eq!(children, serde_json::json!(["evaluate 1", "evaluate 2"]));
     let ours: Vec<String> = b
@@ -308,7 +308,7 @@ fn experiment_get_or_create_is_race_safe() {
     let exp = common::unique("race");
     let ids: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| backend(&exp).experiment_id().to_owned()))
+            .map(|_| s.spawn(|| backend(&exp).experiment_id().unwrap()))
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });

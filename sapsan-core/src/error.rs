@@ -34,6 +34,23 @@ pub enum Error {
         /// What failed (connect refused, timeout, ...).
         reason: String,
     },
+    /// A wait ran out of time (a flush, the end of the program); what was waited for is kept.
+    #[error("{what} did not finish within {after:?}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long it was waited for.
+        after: std::time::Duration,
+    },
+    /// A failure inside the library itself (a thread that could not start, a body that could not
+    /// be encoded): never retried as if the server were away.
+    #[error("sapsan internal error while {what}: {reason}")]
+    Internal {
+        /// What the library was doing.
+        what: String,
+        /// What failed.
+        reason: String,
+    },
     // ---- tracking: client-side validation ------------------------------------------------
     /// A metric/param/tag key that MLflow would reject.
     #[error("invalid MLflow key {key:?}: {rule}")]
@@ -86,16 +103,17 @@ pub enum Error {
     },
     /// A run started while the server was away (`local-...` id) that is not on the server yet.
     #[error(
-        "run {run_id:?} was started while the MLflow server at {url} was away and is not on it yet; its data is safe in the journal {}; it is created there as soon as the server answers again (or upload it with `sapsan sync {} --tracking-uri {url}`)",
-        journal.display(), journal.display()
+        "run {run_id:?} was started while the MLflow server at {url} was away and is not on it yet; its data is kept in {kept}; it is created there as soon as the server answers again{hint}"
     )]
     RunNotUploaded {
         /// The local run id.
         run_id: String,
         /// Tracking URI.
         url: String,
-        /// The journal directory holding the run.
-        journal: std::path::PathBuf,
+        /// Where its data is kept: `the journal <dir>`, or memory.
+        kept: String,
+        /// How to send it by hand, when it can be (` (or upload it with `sapsan sync ...`)`).
+        hint: String,
     },
     /// The run exists but is deleted (in the trash).
     #[error(

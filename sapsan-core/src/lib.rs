@@ -8,13 +8,17 @@
 //! - [`analysis`]: MSE, Kolmogorov-Smirnov, histograms/CDFs, PNG plots, the HTML training report.
 //! - [`tracking`]: the `Backend` trait, the MLflow REST client, server start-up, run stack, log queue.
 //!
+//! - [`diag`]: how the library reports what it does (the `log` facade) and a small stderr logger.
+//!
 //! `tracking` knows nothing of tensors; `estimator` knows nothing of MLflow; `experiment` joins them.
 
 // Lets this crate use its own derive macros, which name `sapsan_core`.
 extern crate self as sapsan_core;
 
 pub mod config;
+pub mod diag;
 pub mod error;
+mod shared;
 pub mod tracking;
 
 #[cfg(feature = "pipeline")]

@@ -1,6 +1,6 @@
 //! Procedural macros of sapsan: `#[derive(ModelConfig)]` and `#[tracked]`. This crate only turns
 //! tokens into code: the generated code calls the public runtime API of `sapsan-core`
-//! (`config::ParamsBuilder`, `tracking::scope::RunScope`). Use them through the `sapsan` facade
+//! (`config::ParamsBuilder`, `tracking::run::scope::RunScope`). Use them through the `sapsan` facade
 //! (`use sapsan::{ModelConfig, tracked};`) or `sapsan-core`.
 use proc_macro::TokenStream;
 
@@ -86,7 +86,7 @@ pub fn derive_model_config(input: TokenStream) -> TokenStream {
 ///    `eval - runtime` in seconds. `evaluate` also copies the parent's params (those it did not log
 ///    itself) and `train - ` metrics, then ends its run FINISHED; `train` leaves its run open.
 ///
-/// The run id: right after the call, `sapsan::tracking::scope::last_run_id()` (this thread's last
+/// The run id: right after the call, `sapsan::tracking::run::scope::last_run_id()` (this thread's last
 /// tracked run); a train run is also `backend.active_run_id()`. Resume it with
 /// `backend.resume(&id)`, log more, `backend.end()`.
 ///
@@ -104,7 +104,7 @@ pub fn derive_model_config(input: TokenStream) -> TokenStream {
 ///
 /// ```
 /// use sapsan_core::tracking::{Backend, FakeBackend};
-/// use sapsan_core::tracking::scope::{Report, TrackedOutput, last_run_id};
+/// use sapsan_core::tracking::run::scope::{Report, TrackedOutput, last_run_id};
 /// use sapsan_core::{Error, ModelConfig, tracked};
 ///
 /// #[derive(ModelConfig)]

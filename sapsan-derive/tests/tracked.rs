@@ -4,7 +4,7 @@ mod support;
 use std::sync::Arc;
 
 use sapsan_core::config::Kwargs;
-use sapsan_core::tracking::scope::{self, ERROR_TAG, Mode, Report, RunScope, TrackedOutput};
+use sapsan_core::tracking::run::scope::{self, ERROR_TAG, Mode, Report, RunScope, TrackedOutput};
 use sapsan_core::tracking::{Backend, FakeBackend, RunStatus};
 use sapsan_core::{Error, ModelConfig, tracked};
 use support::{Call, RecordingBackend};

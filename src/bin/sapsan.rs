@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use sapsan::tracking::Settings;
-use sapsan::tracking::sync::{OpenRuns, sync_dir};
+use sapsan::tracking::upload::{OpenRuns, sync_dir};
 
 const USAGE: &str = "usage: sapsan sync <journal-dir> [--tracking-uri http://host:port] [--end-open]\n\
     Uploads a sapsan journal (a directory with journal.jsonl, or a root holding several) to MLflow.\n\
@@ -15,6 +15,7 @@ const USAGE: &str = "usage: sapsan sync <journal-dir> [--tracking-uri http://hos
     in any case (a journal copied from another machine).";
 
 fn main() -> ExitCode {
+    sapsan::diag::init_logger();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

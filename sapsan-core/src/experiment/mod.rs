@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::estimator::{self, Cnn3d, Cnn3dConfig, TrainReport};
 use crate::tracked;
 use crate::tracking::MlflowBackend;
-use crate::tracking::scope::{BackendArg, BackendHandle, Report, TrackedOutput, last_run_id};
+use crate::tracking::run::scope::{BackendArg, BackendHandle, Report, TrackedOutput, last_run_id};
 
 #[cfg(test)]
 mod params;

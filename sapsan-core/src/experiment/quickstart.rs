@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::data::{CheckpointConfig, DataConfig, Hdf5Dataset, synthetic};
 use crate::error::{Error, Result};
 use crate::estimator::{Cnn3d, Cnn3dConfig};
-use crate::tracking::scope::BackendArg;
+use crate::tracking::run::scope::BackendArg;
 
 use super::{Evaluate, Train};
 

@@ -122,7 +122,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         return func.into_token_stream();
     };
     let rt = runtime_path(args.krate.as_ref());
-    let scope = quote!(#rt::tracking::scope);
+    let scope = quote!(#rt::tracking::run::scope);
     let mode_tokens = match mode {
         Mode::Train => quote!(#scope::Mode::Train),
         Mode::Evaluate => quote!(#scope::Mode::Evaluate),

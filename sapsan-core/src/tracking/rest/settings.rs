@@ -68,6 +68,28 @@ pub struct Settings {
     /// Reuse HTTP connections (default `false`: a fresh connection per request, which is faster
     /// against MLflow's uvicorn server; see `HttpClient::new`).
     pub keep_alive: bool,
+    /// Keep everything in a journal on disk until the server has it (`SAPSAN_JOURNAL`, default
+    /// on; `0`, `false`, `off` or `no` turn it off: data then waits in memory).
+    pub journal: bool,
+    /// Where journals go (`SAPSAN_JOURNAL_DIR`, default `./.sapsan-journal`).
+    pub journal_root: PathBuf,
+    /// Offline mode: journal under this root and never talk to a server
+    /// (`MLFLOW_TRACKING_URI=offline:<dir>`, or `SAPSAN_OFFLINE=1` for [`Settings::journal_root`]).
+    pub offline_root: Option<PathBuf>,
+    /// Longest wait of a flush, a status change or an artifact (`SAPSAN_FLUSH_TIMEOUT` seconds,
+    /// default 60).
+    pub flush_timeout: Duration,
+    /// How long the end of the program waits for a server that is away before it leaves the
+    /// rest in the journal (`SAPSAN_EXIT_GRACE` seconds, default 6); one request under way may
+    /// add a request timeout.
+    pub exit_grace: Duration,
+    /// Most logged items waiting in the log queue before logging waits for the store (its disk
+    /// or memory, never the network); default 1,048,576.
+    pub queue_capacity: usize,
+    /// Most bytes of undelivered data kept in memory: by the in-memory store when the journal is
+    /// off, and for records the journal's disk refused. Past it metric points are dropped (and
+    /// counted and reported), never params, tags, runs or statuses. Default 256 MiB.
+    pub memory_limit: usize,
 }
 
 impl Default for Settings {
@@ -85,6 +107,13 @@ impl Default for Settings {
             linger: Duration::from_millis(200),
             send_concurrency: 4,
             keep_alive: false,
+            journal: true,
+            journal_root: PathBuf::from(DEFAULT_JOURNAL_ROOT),
+            offline_root: None,
+            flush_timeout: Duration::from_secs(60),
+            exit_grace: Duration::from_secs(6),
+            queue_capacity: 1 << 20,
+            memory_limit: 256 << 20,
         }
     }
 }
@@ -104,8 +133,46 @@ impl std::fmt::Debug for Settings {
             .field("linger", &self.linger)
             .field("send_concurrency", &self.send_concurrency)
             .field("keep_alive", &self.keep_alive)
+            .field("journal", &self.journal)
+            .field("journal_root", &self.journal_root)
+            .field("offline_root", &self.offline_root)
+            .field("flush_timeout", &self.flush_timeout)
+            .field("exit_grace", &self.exit_grace)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("memory_limit", &self.memory_limit)
             .finish()
     }
+}
+
+/// Environment variable naming the journal root directory.
+pub const JOURNAL_DIR_ENV: &str = "SAPSAN_JOURNAL_DIR";
+/// Environment variable that turns the journal off when `0`, `false`, `off` or `no`.
+pub const JOURNAL_ENV: &str = "SAPSAN_JOURNAL";
+/// Environment variable that selects offline mode when `1` or `true`.
+pub const OFFLINE_ENV: &str = "SAPSAN_OFFLINE";
+/// Tracking-URI scheme that selects offline mode: `offline:/journal/root`.
+pub const OFFLINE_SCHEME: &str = "offline:";
+/// Environment variable with the flush timeout in seconds.
+pub const FLUSH_TIMEOUT_ENV: &str = "SAPSAN_FLUSH_TIMEOUT";
+/// Environment variable with the exit grace in seconds.
+pub const EXIT_GRACE_ENV: &str = "SAPSAN_EXIT_GRACE";
+/// The journal root when none is set (relative to the working directory).
+pub const DEFAULT_JOURNAL_ROOT: &str = ".sapsan-journal";
+
+/// A positive number of seconds.
+fn seconds(name: &str, value: &str) -> Result<Duration> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| setting(name, value, "expected a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(setting(
+            name,
+            value,
+            "expected a positive number of seconds",
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn setting(name: &str, value: &str, reason: impl Into<String>) -> Error {
@@ -135,8 +202,34 @@ impl Settings {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut s = Settings::default();
         let nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        if let Some(uri) = nonempty("MLFLOW_TRACKING_URI") {
-            s.set_tracking_uri_named("MLFLOW_TRACKING_URI", &uri)?;
+        if let Some(root) = nonempty(JOURNAL_DIR_ENV) {
+            s.journal_root = PathBuf::from(root);
+        }
+        if let Some(v) = nonempty(JOURNAL_ENV) {
+            s.journal = parse_bool(JOURNAL_ENV, &v)?;
+        }
+        if let Some(v) = nonempty(OFFLINE_ENV) {
+            if parse_bool(OFFLINE_ENV, &v)? {
+                s.offline_root = Some(s.journal_root.clone());
+            }
+        }
+        if let Some(v) = nonempty(FLUSH_TIMEOUT_ENV) {
+            s.flush_timeout = seconds(FLUSH_TIMEOUT_ENV, &v)?;
+        }
+        if let Some(v) = nonempty(EXIT_GRACE_ENV) {
+            s.exit_grace = seconds(EXIT_GRACE_ENV, &v)?;
+        }
+        match nonempty("MLFLOW_TRACKING_URI") {
+            Some(uri) if uri.trim().starts_with(OFFLINE_SCHEME) => {
+                let p = uri.trim()[OFFLINE_SCHEME.len()..].trim_start_matches("//");
+                s.offline_root = Some(if p.is_empty() {
+                    s.journal_root.clone()
+                } else {
+                    PathBuf::from(p)
+                });
+            }
+            Some(uri) => s.set_tracking_uri_named("MLFLOW_TRACKING_URI", &uri)?,
+            None => {}
         }
         s.experiment_name = nonempty("MLFLOW_EXPERIMENT_NAME");
         let user = nonempty("MLFLOW_TRACKING_USERNAME");
@@ -171,21 +264,7 @@ impl Settings {
             s.server_cert_path = Some(PathBuf::from(v));
         }
         if let Some(v) = nonempty("MLFLOW_HTTP_REQUEST_TIMEOUT") {
-            let secs: f64 = v.trim().parse().map_err(|_| {
-                setting(
-                    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-                    &v,
-                    "expected a number of seconds",
-                )
-            })?;
-            if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
-                return Err(setting(
-                    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-                    &v,
-                    "expected a positive number of seconds",
-                ));
-            }
-            s.timeout = Duration::from_secs_f64(secs);
+            s.timeout = seconds("MLFLOW_HTTP_REQUEST_TIMEOUT", &v)?;
         }
         if let Some(v) = nonempty("MLFLOW_HTTP_REQUEST_MAX_RETRIES") {
             s.max_retries = v.trim().parse().map_err(|_| {
@@ -231,10 +310,10 @@ impl Settings {
             return Err(setting(name, &redact_uri(uri), "the URL has no host"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            let username = super::artifacts::percent_decode(url.username());
+            let username = super::encoding::percent_decode(url.username());
             let password = url
                 .password()
-                .map(super::artifacts::percent_decode)
+                .map(super::encoding::percent_decode)
                 .unwrap_or_default();
             if self.auth == Auth::None {
                 self.auth = Auth::Basic { username, password };
@@ -246,6 +325,12 @@ impl Settings {
         let s = url.as_str().trim_end_matches('/').to_owned();
         self.tracking_uri = Some(s);
         Ok(())
+    }
+
+    /// Most items held in memory while the journal's disk refuses writes (a metric point takes
+    /// about 100 bytes there).
+    pub fn held_limit(&self) -> usize {
+        (self.memory_limit / 100).max(1000)
     }
 
     /// Checks settings that only make sense together.
@@ -385,5 +470,45 @@ mod tests {
         let e = env(&[("MLFLOW_TRACKING_URI", "ftp://bob:pw@h")]).unwrap_err();
         assert!(!e.to_string().contains("pw@"), "{e}");
         assert!(!format!("{e:?}").contains(":pw"), "{e:?}");
+    }
+
+    #[test]
+    fn journal_offline_and_waits_come_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let s = Settings::from_lookup(env(&[])).unwrap();
+        assert!(s.journal);
+        assert_eq!(s.journal_root, PathBuf::from(DEFAULT_JOURNAL_ROOT));
+        assert_eq!(s.offline_root, None);
+        let s = Settings::from_lookup(env(&[
+            ("SAPSAN_JOURNAL", "0"),
+            ("SAPSAN_JOURNAL_DIR", "/j"),
+            ("SAPSAN_FLUSH_TIMEOUT", "2.5"),
+            ("SAPSAN_EXIT_GRACE", "1"),
+        ]))
+        .unwrap();
+        assert!(!s.journal);
+        assert_eq!(s.journal_root, PathBuf::from("/j"));
+        assert_eq!(s.flush_timeout, Duration::from_millis(2500));
+        assert_eq!(s.exit_grace, Duration::from_secs(1));
+        let s = Settings::from_lookup(env(&[("MLFLOW_TRACKING_URI", "offline:/tmp/j")])).unwrap();
+        assert_eq!(s.offline_root, Some(PathBuf::from("/tmp/j")));
+        assert_eq!(s.tracking_uri, None);
+        let s = Settings::from_lookup(env(&[
+            ("SAPSAN_OFFLINE", "1"),
+            ("SAPSAN_JOURNAL_DIR", "/r"),
+        ]))
+        .unwrap();
+        assert_eq!(s.offline_root, Some(PathBuf::from("/r")));
+        let s = Settings::from_lookup(env(&[("SAPSAN_OFFLINE", "0")])).unwrap();
+        assert_eq!(s.offline_root, None);
+        let e = Settings::from_lookup(env(&[("SAPSAN_FLUSH_TIMEOUT", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("SAPSAN_FLUSH_TIMEOUT"), "{e}");
     }
 }

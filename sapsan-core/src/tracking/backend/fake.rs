@@ -1,7 +1,9 @@
 //! A backend that records nothing: same API, no server, for dry runs and tests.
-use super::{Backend, LogItem, RunData, RunStack, RunStatus};
+use super::Backend;
 use crate::config::keys::check_key;
 use crate::error::{Error, Result};
+use crate::tracking::run::RunStack;
+use crate::tracking::{LogItem, RunData, RunStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Same trait as the MLflow backend; keeps a run stack and checks keys, stores nothing.

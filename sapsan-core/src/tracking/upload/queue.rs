@@ -6,12 +6,13 @@
 //! before forwarding them (and replays what was never acknowledged) can wrap the HTTP sender without
 //! touching the queue or the backend.
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{LogItem, Metric};
 use crate::error::{Error, Result};
+use crate::shared::Shared;
+use crate::tracking::{LogItem, Metric};
 
 /// Most metrics in one log-batch request.
 pub const MAX_METRICS: usize = 1000;
@@ -137,77 +138,78 @@ struct Inner {
     last_run: Option<Arc<str>>,
     /// The buffer of the previous round, emptied: pushes reuse its memory (no page faults).
     spare: Option<Vec<Queued>>,
-}
-
-/// Largest buffer kept for reuse (items); larger ones (a long outage) are freed.
-const MAX_SPARE: usize = 1 << 20;
-
-#[derive(Default)]
-struct Progress {
     /// Items handed to [`Deliver`] and finished with (delivered or failed).
     delivered: u64,
     first_error: Option<Error>,
     worker_gone: bool,
 }
 
-struct Shared {
-    inner: Mutex<Inner>,
-    wake: Condvar,
-    progress: Mutex<Progress>,
-    done: Condvar,
-}
+/// Largest buffer kept for reuse (items); larger ones (a long outage) are freed.
+const MAX_SPARE: usize = 1 << 20;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data under these locks stays consistent even if a holder panicked.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Most items the queue holds by default before [`LogQueue::push`] waits for the worker to take
+/// them (see [`LogQueue::start`]).
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
 /// The in-memory log queue and its background worker thread.
+///
+/// **Bounded**: it holds at most `capacity` items. The worker takes everything queued at each
+/// round and hands it to the store (the journal file, or the in-memory store), which never waits
+/// on the network; so the queue only fills when the store's disk is slower than the program
+/// logs. Then [`LogQueue::push`] waits for the worker to take the items: memory stays bounded,
+/// nothing is dropped here, and the program waits on its own disk, never on the server.
 pub struct LogQueue {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Inner>>,
     worker: Option<JoinHandle<()>>,
+    capacity: usize,
 }
 
 impl std::fmt::Debug for LogQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let g = lock(&self.shared.inner);
+        let g = self.shared.lock();
         f.debug_struct("LogQueue")
             .field("queued", &g.items.len())
             .field("enqueued", &g.enqueued)
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
 
 impl LogQueue {
     /// Starts the worker. After the first item of a quiet period it waits up to `linger` for more
-    /// (a full batch, [`LogQueue::flush`] or shutdown cut that short), then delivers everything queued.
-    pub fn start(sink: impl Deliver, linger: Duration) -> Result<Self> {
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                items: Vec::with_capacity(1024),
-                ..Inner::default()
-            }),
-            wake: Condvar::new(),
-            progress: Mutex::new(Progress::default()),
-            done: Condvar::new(),
-        });
+    /// (a full batch, [`LogQueue::flush`] or shutdown cut that short), then delivers everything
+    /// queued. At most `capacity` items wait in the queue (see the type's docs).
+    pub fn start(sink: impl Deliver, linger: Duration, capacity: usize) -> Result<Self> {
+        let shared = Arc::new(Shared::new(Inner {
+            items: Vec::with_capacity(1024),
+            ..Inner::default()
+        }));
         let s = shared.clone();
         let worker = std::thread::Builder::new()
-            .name("sapsan-mlflow-sender".into())
+            .name("sapsan-log-queue".into())
             .spawn(move || worker(s, sink, linger))
-            .map_err(|e| Error::Connection {
-                url: String::new(),
-                reason: format!("cannot start the background sender thread: {e}"),
+            .map_err(|e| Error::Internal {
+                what: "starting the log queue thread".into(),
+                reason: e.to_string(),
             })?;
         Ok(LogQueue {
             shared,
             worker: Some(worker),
+            capacity: capacity.max(MAX_METRICS),
         })
     }
 
-    /// Pushes `item` for `run_id`. Never blocks on the network.
+    /// Pushes `item` for `run_id`. Never waits on the network; waits for the worker only while
+    /// the queue is full (see the type's docs).
     pub fn push(&self, run_id: &str, item: LogItem) {
-        let mut g = lock(&self.shared.inner);
+        let mut g = self.shared.lock();
+        if g.items.len() >= self.capacity && !g.worker_gone {
+            g.urgent = true;
+            self.shared.notify();
+            g = self
+                .shared
+                .wait_idle(g, |i| i.items.len() < self.capacity || i.worker_gone);
+        }
         let run = match &g.last_run {
             Some(r) if **r == *run_id => r.clone(),
             _ => {
@@ -222,32 +224,37 @@ impl LogQueue {
         drop(g);
         // Wake the worker only when it can be waiting: on the first item, or when a batch is full.
         if n == 1 || n == MAX_METRICS {
-            self.shared.wake.notify_one();
+            self.shared.notify();
         }
     }
 
-    /// Waits until every item pushed so far is delivered; returns the first delivery error since
-    /// the last flush.
-    pub fn flush(&self) -> Result<()> {
-        let target = {
-            let mut g = lock(&self.shared.inner);
+    /// Waits until every item pushed so far was handed to the store, or `deadline` passed
+    /// ([`Error::Timeout`]); returns the first delivery error since the last flush.
+    pub fn flush(&self, deadline: Instant) -> Result<()> {
+        let started = Instant::now();
+        let target = self.shared.update(|g| {
             if !g.items.is_empty() {
                 g.urgent = true;
-                self.shared.wake.notify_one();
             }
             g.enqueued
-        };
-        let mut p = lock(&self.shared.progress);
-        while p.delivered < target && !p.worker_gone {
-            p = self.shared.done.wait(p).unwrap_or_else(|e| e.into_inner());
-        }
-        if let Some(e) = p.first_error.take() {
+        });
+        let (mut g, _) = self
+            .shared
+            .wait_until(deadline, |g| g.delivered >= target || g.worker_gone);
+        if let Some(e) = g.first_error.take() {
             return Err(e);
         }
-        if p.delivered < target {
-            return Err(Error::Connection {
-                url: String::new(),
-                reason: "the background sender stopped before delivering everything".into(),
+        if g.delivered < target {
+            return Err(if g.worker_gone {
+                Error::Internal {
+                    what: "the log queue".into(),
+                    reason: "its worker stopped before storing everything".into(),
+                }
+            } else {
+                Error::Timeout {
+                    what: "storing the logged items".into(),
+                    after: started.elapsed(),
+                }
             });
         }
         Ok(())
@@ -255,75 +262,60 @@ impl LogQueue {
 
     /// Items pushed so far.
     pub fn enqueued(&self) -> u64 {
-        lock(&self.shared.inner).enqueued
+        self.shared.lock().enqueued
     }
 }
 
 impl Drop for LogQueue {
-    /// Delivers what is queued, then stops the worker.
+    /// Hands what is queued to the store, then stops the worker.
     fn drop(&mut self) {
-        {
-            let mut g = lock(&self.shared.inner);
-            g.shutdown = true;
-        }
-        self.shared.wake.notify_all();
+        self.shared.update(|g| g.shutdown = true);
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
     }
 }
 
-fn worker(shared: Arc<Shared>, mut sink: impl Deliver, linger: Duration) {
+fn worker(shared: Arc<Shared<Inner>>, mut sink: impl Deliver, linger: Duration) {
     loop {
         let (mut items, upto) = {
-            let mut g = lock(&shared.inner);
-            while g.items.is_empty() && !g.shutdown {
-                g = shared.wake.wait(g).unwrap_or_else(|e| e.into_inner());
-            }
+            let g = shared.lock();
+            let g = shared.wait_idle(g, |g| !g.items.is_empty() || g.shutdown);
             if g.items.is_empty() {
                 break; // shut down with nothing left
             }
-            let deadline = Instant::now() + linger;
-            while !g.urgent && !g.shutdown && g.items.len() < MAX_METRICS {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                g = shared
-                    .wake
-                    .wait_timeout(g, deadline - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
+            let (mut g, _) = shared.wait_guard_until(g, Instant::now() + linger, |g| {
+                g.urgent || g.shutdown || g.items.len() >= MAX_METRICS
+            });
             g.urgent = false;
             let fresh = g.spare.take().unwrap_or_else(|| Vec::with_capacity(1024));
             (std::mem::replace(&mut g.items, fresh), g.enqueued)
         };
+        // Pushers waiting for room may go on.
+        shared.notify();
 
         let batches = build_batches(&mut items);
         if items.capacity() <= MAX_SPARE {
-            let mut g = lock(&shared.inner);
+            let mut g = shared.lock();
             if g.spare.is_none() {
                 g.spare = Some(items);
             }
         }
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.deliver(batches)))
             .unwrap_or_else(|_| {
-                Err(Error::Connection {
-                    url: String::new(),
-                    reason: "the background sender panicked while delivering a batch".into(),
+                Err(Error::Internal {
+                    what: "the log queue".into(),
+                    reason: "storing a batch panicked".into(),
                 })
             });
-        let mut p = lock(&shared.progress);
-        p.delivered = upto;
-        if let Err(e) = res {
-            p.first_error.get_or_insert(e);
-        }
-        drop(p);
-        shared.done.notify_all();
+        shared.update(|g| {
+            g.delivered = upto;
+            if let Err(e) = res {
+                g.first_error.get_or_insert(e);
+            }
+        });
     }
-    lock(&shared.progress).worker_gone = true;
-    shared.done.notify_all();
+    shared.update(|g| g.worker_gone = true);
 }
 
 #[cfg(test)]
@@ -413,6 +405,15 @@ mod tests {
         assert_eq!(b[1].metrics.len(), 2);
     }
 
+    use std::sync::Mutex;
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap()
+    }
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
+
     struct Recorder(Arc<Mutex<Vec<RunBatch>>>, bool);
     impl Deliver for Recorder {
         fn deliver(&mut self, batches: Vec<RunBatch>) -> Result<()> {
@@ -428,37 +429,90 @@ mod tests {
     #[test]
     fn flush_delivers_everything_and_coalesces() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let queue =
-            LogQueue::start(Recorder(seen.clone(), false), Duration::from_secs(60)).unwrap();
+        let queue = LogQueue::start(
+            Recorder(seen.clone(), false),
+            Duration::from_secs(60),
+            DEFAULT_CAPACITY,
+        )
+        .unwrap();
         for i in 0..30 {
             queue.push("r", metric("m", i));
         }
         // A long linger: flush must cut it short, and all 30 go in one batch.
-        queue.flush().unwrap();
+        queue.flush(soon()).unwrap();
         let got = lock(&seen).clone();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].metrics.len(), 30);
         assert_eq!(queue.enqueued(), 30);
-        queue.flush().unwrap();
+        queue.flush(soon()).unwrap();
     }
 
     #[test]
     fn flush_returns_the_delivery_error_once() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let queue = LogQueue::start(Recorder(seen, true), Duration::from_millis(1)).unwrap();
+        let queue = LogQueue::start(
+            Recorder(seen, true),
+            Duration::from_millis(1),
+            DEFAULT_CAPACITY,
+        )
+        .unwrap();
         queue.push("r", metric("m", 0));
-        assert!(matches!(queue.flush(), Err(Error::NoActiveRun)));
-        assert!(queue.flush().is_ok());
+        assert!(matches!(queue.flush(soon()), Err(Error::NoActiveRun)));
+        assert!(queue.flush(soon()).is_ok());
     }
 
     #[test]
     fn drop_delivers_what_is_queued() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         {
-            let queue =
-                LogQueue::start(Recorder(seen.clone(), false), Duration::from_secs(60)).unwrap();
+            let queue = LogQueue::start(
+                Recorder(seen.clone(), false),
+                Duration::from_secs(60),
+                DEFAULT_CAPACITY,
+            )
+            .unwrap();
             queue.push("r", param("a", "1"));
         }
         assert_eq!(lock(&seen).len(), 1);
+    }
+
+    /// A store that takes its time: pushes beyond the capacity wait for it, and nothing is lost.
+    struct Slow(Arc<Mutex<usize>>);
+    impl Deliver for Slow {
+        fn deliver(&mut self, batches: Vec<RunBatch>) -> Result<()> {
+            std::thread::sleep(Duration::from_millis(5));
+            *lock(&self.0) += batches.iter().map(RunBatch::len).sum::<usize>();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_waits_for_the_store_and_loses_nothing() {
+        let stored = Arc::new(Mutex::new(0));
+        let queue = LogQueue::start(Slow(stored.clone()), Duration::ZERO, 1000).unwrap();
+        for i in 0..20_000 {
+            queue.push("r", metric("m", i));
+            assert!(queue.shared.lock().items.len() <= 1000);
+        }
+        queue.flush(soon()).unwrap();
+        assert_eq!(*lock(&stored), 20_000);
+    }
+
+    #[test]
+    fn flush_ends_at_its_deadline() {
+        struct Stuck;
+        impl Deliver for Stuck {
+            fn deliver(&mut self, _: Vec<RunBatch>) -> Result<()> {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(())
+            }
+        }
+        let queue = LogQueue::start(Stuck, Duration::ZERO, DEFAULT_CAPACITY).unwrap();
+        queue.push("r", metric("m", 0));
+        let t = Instant::now();
+        let e = queue.flush(Instant::now() + Duration::from_millis(50));
+        assert!(matches!(e, Err(Error::Timeout { .. })), "{e:?}");
+        assert!(t.elapsed() < Duration::from_millis(250));
+        queue.flush(soon()).unwrap();
     }
 }

@@ -131,12 +131,9 @@ impl HttpClient {
         idem: Idempotency,
     ) -> Result<Value> {
         let url = self.api_url(path);
-        let bytes = serde_json::to_vec(body).map_err(|e| Error::Mlflow {
-            method: "POST".into(),
-            url: url.clone(),
-            status: 0,
-            error_code: "CLIENT_ERROR".into(),
-            message: format!("cannot encode the request body: {e}"),
+        let bytes = serde_json::to_vec(body).map_err(|e| Error::Internal {
+            what: format!("encoding the body of POST {url}"),
+            reason: e.to_string(),
         })?;
         let resp = self.send(Method::POST, &url, idem, |c| {
             c.post(&url)

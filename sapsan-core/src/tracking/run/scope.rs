@@ -28,10 +28,10 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Backend, LogItem, Metric, RunData, RunStatus, now_ms};
 use crate::config::ModelConfig;
 use crate::config::keys::MAX_TAG_VALUE_LEN;
 use crate::error::{Error, Result};
+use crate::tracking::{Backend, LogItem, Metric, RunData, RunStatus, now_ms};
 
 /// Tag that holds the error text of a FAILED run.
 pub const ERROR_TAG: &str = "sapsan.error";
@@ -199,7 +199,7 @@ impl<'a> Report<'a> {
 /// function's value is returned unchanged.
 ///
 /// ```
-/// use sapsan_core::tracking::scope::{Report, TrackedOutput};
+/// use sapsan_core::tracking::run::scope::{Report, TrackedOutput};
 /// struct TrainOutput { loss: Vec<f64>, details: String }
 /// impl TrackedOutput for TrainOutput {
 ///     fn report<'a>(&'a self, r: &mut Report<'a>) {
@@ -214,7 +214,7 @@ impl<'a> Report<'a> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the return type of a `#[tracked]` function",
     label = "does not implement `TrackedOutput`",
-    note = "return `()`, a `sapsan::tracking::scope::Report`, your own type implementing `TrackedOutput`, \
+    note = "return `()`, a `sapsan::tracking::run::scope::Report`, your own type implementing `TrackedOutput`, \
             or `Result<T, E>` with `T: TrackedOutput` and `E: Display + From<sapsan::Error>` \
             (e.g. `sapsan::Error`, `Box<dyn std::error::Error>`, `anyhow::Error`)"
 )]
@@ -305,7 +305,7 @@ pub fn last_run_id() -> Option<String> {
 ///
 /// By hand (what `#[tracked]` writes for you):
 /// ```
-/// use sapsan_core::tracking::scope::{Report, RunScope};
+/// use sapsan_core::tracking::run::scope::{Report, RunScope};
 /// use sapsan_core::tracking::{Backend, FakeBackend};
 ///
 /// let backend = FakeBackend::new();
@@ -596,8 +596,9 @@ impl<'b> RunScope<'b> {
                         Err(r)
                     }
                     None => {
-                        eprintln!(
-                            "sapsan: cannot start the {name:?} run, running untracked: {text}"
+                        crate::diag::notice(
+                            "sapsan::run",
+                            &format!("cannot start the {name:?} run, running untracked: {text}"),
                         );
                         Ok(tracked(inert))
                     }
@@ -660,7 +661,7 @@ fn tracking_error_into<R: TrackedOutput>(error: Error, output: R) -> R {
     match R::from_tracking_error(error) {
         Some(r) => r,
         None => {
-            eprintln!("sapsan: tracking failed: {text}");
+            crate::diag::notice("sapsan::run", &format!("tracking failed: {text}"));
             output
         }
     }

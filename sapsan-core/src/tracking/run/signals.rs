@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// Something the signal path can end: a backend's open runs.
-pub(crate) trait SignalTarget: Send + Sync {
+pub(crate) trait SignalTarget: Send + Sync + std::fmt::Debug {
     /// Delivers what is queued and marks every open run KILLED with an end time. Returns a line
     /// per problem (never containing credentials), for stderr.
     fn kill_open_runs(&self) -> Vec<String>;
@@ -76,14 +76,17 @@ fn kill_all(signal_name: &str) {
     if targets.is_empty() {
         return;
     }
-    eprintln!("sapsan: {signal_name} received; marking the open MLflow runs KILLED");
+    log::warn!(
+        target: "sapsan::signals",
+        "{signal_name} received; marking the open MLflow runs KILLED"
+    );
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let worker = std::thread::Builder::new()
         .name("sapsan-kill-runs".into())
         .spawn(move || {
             for t in targets {
                 for problem in t.kill_open_runs() {
-                    eprintln!("sapsan: {problem}");
+                    log::warn!(target: "sapsan::signals", "{problem}");
                 }
             }
             let _ = tx.send(());
@@ -91,14 +94,20 @@ fn kill_all(signal_name: &str) {
     match worker {
         Ok(_) => {
             if rx.recv_timeout(KILL_GRACE).is_err() {
-                eprintln!(
-                    "sapsan: the MLflow server did not answer within {} s; exiting without \
-                     marking every run KILLED",
-                    KILL_GRACE.as_secs()
+                crate::diag::notice(
+                    "sapsan::signals",
+                    &format!(
+                        "the MLflow server did not answer within {} s; exiting without marking \
+                         every run KILLED",
+                        KILL_GRACE.as_secs()
+                    ),
                 );
             }
         }
-        Err(e) => eprintln!("sapsan: cannot end the open MLflow runs: {e}"),
+        Err(e) => crate::diag::notice(
+            "sapsan::signals",
+            &format!("cannot end the open MLflow runs: {e}"),
+        ),
     }
 }
 
@@ -278,6 +287,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    #[derive(Debug)]
     struct Counting(Arc<AtomicUsize>);
     impl SignalTarget for Counting {
         fn kill_open_runs(&self) -> Vec<String> {

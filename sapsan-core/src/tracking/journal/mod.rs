@@ -4,24 +4,43 @@
 //! One directory per backend instance (`<root>/<ms>-<pid>-<n>/journal.jsonl`), where the root is
 //! `SAPSAN_JOURNAL_DIR` or `./.sapsan-journal`. A backend removes its directory once everything in
 //! it has landed on the server; when the server stayed away, the directory stays and the program
-//! says so on exit. `sapsan sync <dir>` (see [`super::sync`]) uploads it later.
+//! says so on exit. `sapsan sync <dir>` (see [`crate::tracking::upload`]) uploads it later.
 //!
 //! Runs are named in the journal by a client-generated *key* (also stored on the run as the tag
 //! [`RUN_KEY_TAG`]), so a run is created on a server exactly once: before creating, the uploader
 //! looks for a run with that tag.
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Metric;
-use super::queue::{Deliver, RunBatch};
-use super::sync::{Notifier, RunIds};
 use crate::error::{Error, Result};
+use crate::tracking::Metric;
+use crate::tracking::rest::settings::DEFAULT_JOURNAL_ROOT;
+
+mod store;
+pub use store::{MemoryStore, Source, Store};
+
+/// Journal run key -> server run id, filled by the uploader as it creates runs (the backend
+/// resolves `local-...` ids with it; a compacted journal records the ids).
+pub type RunIds = Arc<Mutex<HashMap<String, String>>>;
+
+/// The journal's reader as its writer sees it (the uploader): told of every append, and asked
+/// before the file is compacted.
+pub trait Reader: std::fmt::Debug + Send + Sync {
+    /// The store now ends at offset `len`.
+    fn written(&self, len: u64);
+    /// When everything up to `len` (the file's current length) was delivered and no request is
+    /// in flight, runs `swap` (which puts a compact file in its place and returns its length
+    /// `p`) and then treats the compact file as delivered. `Ok(false)` without calling `swap`
+    /// when delivery is behind; `swap`'s error (offsets unchanged) when it fails.
+    fn restart_if_delivered(&self, len: u64, swap: &mut dyn FnMut() -> Result<u64>)
+    -> Result<bool>;
+}
 
 /// File name of the journal inside its directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
@@ -34,16 +53,8 @@ pub const ROTATE_TMP_FILE: &str = "journal.jsonl.tmp";
 /// Size above which a fully delivered journal is compacted by default (64 MiB; see
 /// [`SharedJournal::with_rotation`]).
 pub const DEFAULT_ROTATE_BYTES: u64 = 64 << 20;
-/// Name of the default journal root (relative to the working directory).
-pub const DEFAULT_ROOT: &str = ".sapsan-journal";
 /// Tag holding a run's client-generated key (exactly-once run creation).
 pub const RUN_KEY_TAG: &str = "sapsan.runKey";
-/// Environment variable naming the journal root directory.
-pub const JOURNAL_DIR_ENV: &str = "SAPSAN_JOURNAL_DIR";
-/// Environment variable that turns the journal of [`super::MlflowBackend`] off when `0`, `false`,
-/// `off` or `no` (it is on by default).
-pub const JOURNAL_ENV: &str = "SAPSAN_JOURNAL";
-
 /// A run as the journal names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,7 +87,7 @@ impl Serialize for JsonF64 {
 impl<'de> Deserialize<'de> for JsonF64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let v = serde_json::Value::deserialize(d)?;
-        super::validate::decode_f64(&v)
+        crate::tracking::validate::decode_f64(&v)
             .map(JsonF64)
             .ok_or_else(|| serde::de::Error::custom(format!("not a metric value: {v}")))
     }
@@ -152,7 +163,7 @@ pub enum Record {
     Artifact {
         /// The run.
         run: RunRef,
-        /// Artifact path inside the run (already checked by [`super::artifacts::check_name`]).
+        /// Artifact path inside the run (already checked by [`crate::tracking::rest::artifacts::check_name`]).
         name: String,
         /// The file holding the bytes, relative to the journal directory.
         file: String,
@@ -174,43 +185,21 @@ impl Record {
     }
 }
 
-/// The journal root: `SAPSAN_JOURNAL_DIR`, else `./.sapsan-journal`.
-pub fn journal_root() -> PathBuf {
-    match std::env::var_os(JOURNAL_DIR_ENV) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(DEFAULT_ROOT),
-    }
-}
-
-/// Whether the environment leaves the journal on (see [`JOURNAL_ENV`]).
-pub fn enabled_by_env() -> bool {
-    enabled(|k| std::env::var(k).ok())
-}
-
-/// Whether [`JOURNAL_ENV`], as `lookup` reads it, leaves the journal on.
-pub fn enabled(lookup: impl Fn(&str) -> Option<String>) -> bool {
-    !matches!(
-        lookup(JOURNAL_ENV)
-            .map(|v| v.trim().to_ascii_lowercase())
-            .as_deref(),
-        Some("0" | "false" | "off" | "no")
-    )
-}
-
 /// Removes a journal instance directory (delivered, or never used), and the default root
 /// `.sapsan-journal` when that leaves it empty. Problems are reported on stderr, never fatal.
 pub fn remove_dir(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
-        eprintln!(
-            "sapsan: could not remove the journal {}: {e}",
+        log::warn!(
+            target: "sapsan::journal",
+            "could not remove the journal {}: {e}",
             dir.display()
         );
         return;
     }
     if let Some(root) = dir.parent()
-        && root.file_name() == Some(std::ffi::OsStr::new(DEFAULT_ROOT))
+        && root.file_name() == Some(std::ffi::OsStr::new(DEFAULT_JOURNAL_ROOT))
     {
         // Fails (and is meant to) while other journals are in it.
         let _ = std::fs::remove_dir(root);
@@ -235,7 +224,7 @@ impl Origin {
         Origin {
             host: host_name(),
             pid: std::process::id(),
-            started_ms: super::now_ms(),
+            started_ms: crate::tracking::now_ms(),
         }
     }
 
@@ -327,7 +316,7 @@ impl Journal {
     pub fn create_in(root: &Path) -> Result<Self> {
         let name = format!(
             "{}-{}-{}",
-            super::now_ms(),
+            crate::tracking::now_ms(),
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
@@ -384,23 +373,10 @@ impl Journal {
         self.len == 0
     }
 
-    fn encode(&self, records: &[Record]) -> Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(256 * records.len());
-        for r in records {
-            serde_json::to_writer(&mut buf, r).map_err(|e| Error::Io {
-                action: "encoding a journal record",
-                path: self.dir.join(JOURNAL_FILE),
-                source: std::io::Error::other(e),
-            })?;
-            buf.push(b'\n');
-        }
-        Ok(buf)
-    }
-
     /// Appends `records` (one line each) and syncs them to disk; returns the new length. On a
     /// failed write the file is cut back to its previous length, so no half line stays.
     pub fn append(&mut self, records: &[Record]) -> Result<u64> {
-        let buf = self.encode(records)?;
+        let buf = encode(records, &self.dir)?;
         let path = self.dir.join(JOURNAL_FILE);
         let res = self
             .file
@@ -420,7 +396,7 @@ impl Journal {
     /// On an error before the rename the journal is left as it was. (A failed sync of the
     /// directory after the rename is not reported: the rename is done and cannot be undone.)
     pub fn replace(&mut self, records: &[Record]) -> Result<u64> {
-        let buf = self.encode(records)?;
+        let buf = encode(records, &self.dir)?;
         let tmp = self.dir.join(ROTATE_TMP_FILE);
         let path = self.dir.join(JOURNAL_FILE);
         let write = || -> std::io::Result<File> {
@@ -458,35 +434,20 @@ pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Rec
     let mut f = File::open(&path).map_err(|e| Error::io("opening the journal", &path, e))?;
     f.seek(SeekFrom::Start(from))
         .map_err(|e| Error::io("reading the journal", &path, e))?;
-    let mut r = BufReader::new(f);
-    let mut out = Vec::new();
-    let mut off = from;
-    let mut line = Vec::new();
-    loop {
-        if upto.is_some_and(|u| off >= u) {
-            break;
-        }
-        line.clear();
-        let n = r
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io("reading the journal", &path, e))?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
-        let rec: Record = match serde_json::from_slice(&line) {
-            Ok(rec) => rec,
-            Err(e) => {
-                return Err(Error::Io {
-                    action: "parsing the journal (corrupt line)",
-                    path: path.clone(),
-                    source: std::io::Error::other(format!("at byte {off}: {e}")),
-                });
-            }
-        };
-        off += n as u64;
-        out.push((rec, off));
+    store::read_lines(BufReader::new(f), from, upto, dir)
+}
+
+/// Encodes `records` as journal lines (`dir` names the journal in an error).
+fn encode(records: &[Record], dir: &Path) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(256 * records.len());
+    for r in records {
+        serde_json::to_writer(&mut buf, r).map_err(|e| Error::Internal {
+            what: format!("encoding a journal record for {}", dir.display()),
+            reason: e.to_string(),
+        })?;
+        buf.push(b'\n');
     }
-    Ok(out)
+    Ok(buf)
 }
 
 /// A journal shared by a backend and its log queue: appends, tells the uploader, and knows which
@@ -504,14 +465,20 @@ pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Rec
 pub struct SharedJournal {
     journal: Mutex<Writer>,
     keys: Mutex<HashMap<String, String>>,
-    notify: Option<Notifier>,
+    notify: Option<Arc<dyn Reader>>,
 }
 
 #[derive(Debug)]
 struct Writer {
-    journal: Journal,
+    journal: Store,
     /// Records the disk refused, oldest first; written before any newer record.
     held: Vec<Record>,
+    /// Items in `held`.
+    held_items: usize,
+    /// Most items `held` keeps (see [`SharedJournal::with_held_limit`]).
+    held_limit: usize,
+    /// Metric points dropped because `held` was full.
+    dropped: u64,
     /// Why the disk refused the last write (while records are held).
     problem: Option<String>,
     /// Whether the refusal was reported on stderr.
@@ -538,7 +505,35 @@ struct Rotation {
     at: u64,
 }
 
+/// Most logged items held in memory while the store refuses writes, by default.
+pub const DEFAULT_HELD_LIMIT: usize = 2_000_000;
+
 impl Writer {
+    /// Holds `records` (the store refused them), dropping the oldest metric-only batches while
+    /// more than `held_limit` items are held.
+    fn hold(&mut self, records: Vec<Record>) {
+        self.held = records;
+        self.held_items = self.held.iter().map(Record::items).sum();
+        if self.held_items <= self.held_limit {
+            return;
+        }
+        let mut over = self.held_items - self.held_limit;
+        let mut dropped = 0usize;
+        self.held.retain(|r| {
+            let metrics_only = matches!(r, Record::Batch { params, tags, .. }
+                if params.is_empty() && tags.is_empty());
+            if over > 0 && metrics_only {
+                let n = r.items();
+                over = over.saturating_sub(n);
+                dropped += n;
+                return false;
+            }
+            true
+        });
+        self.held_items -= dropped;
+        self.dropped += dropped as u64;
+    }
+
     /// Remembers what a compacted file must keep from `records` (called before writing them).
     fn remember(&mut self, records: &[Record]) {
         if self.rotation.is_none() {
@@ -594,9 +589,9 @@ impl Writer {
 
     /// Compacts the journal when it is over the threshold, nothing is held in memory and the
     /// uploader delivered all of it (checked and done under the uploader's lock, see
-    /// [`Notifier::restart_if_delivered`]). Artifact files of the old file are deleted. Any
+    /// [`Reader::restart_if_delivered`]). Artifact files of the old file are deleted. Any
     /// failure leaves the journal as it was (tried again once it grew by the threshold).
-    fn rotate_if_due(&mut self, notify: &Notifier) {
+    fn rotate_if_due(&mut self, notify: &dyn Reader) {
         let len = self.journal.len();
         let Some(rot) = &self.rotation else { return };
         if !self.held.is_empty() || len <= rot.at {
@@ -605,7 +600,10 @@ impl Writer {
         // Built once delivery is confirmed, so every run the uploader created has its id.
         let (creates, statuses, ids) = (&self.creates, &self.statuses, &rot.ids);
         let journal = &mut self.journal;
-        let res = notify.restart_if_delivered(len, || {
+        let Store::File(journal) = journal else {
+            return;
+        };
+        let res = notify.restart_if_delivered(len, &mut || {
             journal.replace(&Self::compact(creates, statuses, ids))
         });
         let Some(rot) = self.rotation.as_mut() else {
@@ -613,9 +611,10 @@ impl Writer {
         };
         match res {
             Ok(true) => {
-                let dir = self.journal.dir().to_owned();
-                for f in self.files.drain(..) {
-                    let _ = std::fs::remove_file(dir.join(f));
+                if let Some(dir) = self.journal.dir().map(Path::to_owned) {
+                    for f in self.files.drain(..) {
+                        let _ = std::fs::remove_file(dir.join(f));
+                    }
                 }
                 rot.at = rot.threshold.max(2 * self.journal.len());
             }
@@ -623,7 +622,7 @@ impl Writer {
             Ok(false) => {}
             Err(e) => {
                 rot.at = len.saturating_add(rot.threshold);
-                eprintln!("sapsan: {e}; the journal keeps growing for now");
+                log::warn!(target: "sapsan::journal", "{e}; the journal keeps growing for now");
             }
         }
     }
@@ -631,11 +630,14 @@ impl Writer {
 
 impl SharedJournal {
     /// Wraps `journal`; `notify` (if any) is told about every append.
-    pub fn new(journal: Journal, notify: Option<Notifier>) -> Self {
+    pub fn new(journal: impl Into<Store>, notify: Option<Arc<dyn Reader>>) -> Self {
         SharedJournal {
             journal: Mutex::new(Writer {
-                journal,
+                journal: journal.into(),
                 held: Vec::new(),
+                held_items: 0,
+                held_limit: DEFAULT_HELD_LIMIT,
+                dropped: 0,
                 problem: None,
                 reported: false,
                 blobs: 0,
@@ -659,7 +661,7 @@ impl SharedJournal {
     /// compacts while the uploader is behind (the server is away) or without a notifier (an
     /// offline journal is the data itself).
     pub fn with_rotation(self, threshold: u64, ids: RunIds) -> Self {
-        if self.notify.is_some() {
+        if self.notify.is_some() && matches!(self.lock_journal().journal, Store::File(_)) {
             self.lock_journal().rotation = Some(Rotation {
                 threshold,
                 ids,
@@ -683,24 +685,25 @@ impl SharedJournal {
     pub fn append(&self, records: &[Record]) -> Result<()> {
         let mut w = self.lock_journal();
         if let Some(n) = &self.notify {
-            w.rotate_if_due(n);
+            w.rotate_if_due(n.as_ref());
         }
         w.remember(records);
         let res = if w.held.is_empty() {
             let r = w.journal.append(records);
             match r {
                 Ok(_) => w.written(records),
-                Err(_) => w.held = records.to_vec(),
+                Err(_) => w.hold(records.to_vec()),
             }
             r
         } else {
             // Older records first, in one write, so the order on disk stays the order of logging.
             let mut all = std::mem::take(&mut w.held);
+            w.held_items = 0;
             all.extend_from_slice(records);
             let r = w.journal.append(&all);
             match r {
                 Ok(_) => w.written(&all),
-                Err(_) => w.held = all,
+                Err(_) => w.hold(all),
             }
             r
         };
@@ -708,7 +711,7 @@ impl SharedJournal {
             Ok(len) => {
                 w.problem = None;
                 // Told with the journal locked, so the uploader hears of lengths in order and
-                // never of a file that was compacted since (see `Notifier::restart_if_delivered`).
+                // never of a file that was compacted since (see `Reader::restart_if_delivered`).
                 if let Some(n) = &self.notify {
                     n.written(len);
                 }
@@ -717,12 +720,24 @@ impl SharedJournal {
                 w.problem = Some(e.to_string());
                 if !w.reported {
                     w.reported = true;
-                    eprintln!(
-                        "sapsan: {e}. Logging goes on: the records are held in memory and written \
-                         to the journal when the disk takes them again, or sent straight to the \
-                         server at the end of the program. Free space under {} or set \
-                         SAPSAN_JOURNAL_DIR to a disk with room.",
-                        w.journal.dir().display()
+                    let fix = match w.journal.dir() {
+                        Some(dir) => format!(
+                            "Free space under {} or set SAPSAN_JOURNAL_DIR to a disk with room.",
+                            dir.display()
+                        ),
+                        None => {
+                            "The server is not taking the data as fast as it is logged.".to_owned()
+                        }
+                    };
+                    crate::diag::notice(
+                        "sapsan::journal",
+                        &format!(
+                            "{e}. Logging goes on: the records are held in memory (up to {} items; \
+                             beyond that the oldest metric points are dropped and counted) and \
+                             stored when there is room again, or sent straight to the server at \
+                             the end of the program. {fix}",
+                            w.held_limit
+                        ),
                     );
                 }
             }
@@ -730,10 +745,30 @@ impl SharedJournal {
         Ok(())
     }
 
+    /// Most logged items held in memory while the store refuses writes (default
+    /// [`DEFAULT_HELD_LIMIT`]). Past it the oldest metric points are dropped, and counted in
+    /// [`SharedJournal::dropped`]; params, tags, run creations and statuses are always kept.
+    pub fn with_held_limit(self, items: usize) -> Self {
+        self.lock_journal().held_limit = items.max(1);
+        self
+    }
+
+    /// Metric points dropped so far because the store refused writes and the memory for held
+    /// records was full.
+    pub fn dropped(&self) -> u64 {
+        self.lock_journal().dropped
+    }
+
+    /// The read side of the store.
+    pub fn source(&self) -> Source {
+        self.lock_journal().journal.source()
+    }
+
     /// Takes the records the disk refused (oldest first), with the reason; empty when none.
     pub fn take_held(&self) -> (Vec<Record>, Option<String>) {
         let mut w = self.lock_journal();
         let held = std::mem::take(&mut w.held);
+        w.held_items = 0;
         (held, w.problem.take())
     }
 
@@ -746,24 +781,14 @@ impl SharedJournal {
     /// (synced), then an [`Record::Artifact`] names it. Fails (nothing journaled) when the bytes
     /// cannot be written.
     pub fn append_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
-        super::artifacts::check_name(name)?;
-        let (dir, n) = {
+        crate::tracking::rest::artifacts::check_name(name)?;
+        let file = {
             let mut w = self.lock_journal();
             w.blobs += 1;
-            (w.journal.dir().to_owned(), w.blobs)
+            let file = format!("{BLOB_DIR}/{}", w.blobs);
+            w.journal.put_blob(&file, bytes)?;
+            file
         };
-        let file = format!("{BLOB_DIR}/{n}");
-        let path = dir.join(&file);
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(dir.join(BLOB_DIR))?;
-            let mut f = File::create(&path)?;
-            f.write_all(bytes)?;
-            f.sync_data()
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&path);
-            return Err(Error::io("writing an artifact into the journal", path, e));
-        }
         self.append(&[Record::Artifact {
             run: self.run_ref(run_id),
             name: name.to_owned(),
@@ -771,9 +796,9 @@ impl SharedJournal {
         }])
     }
 
-    /// The instance directory.
-    pub fn dir(&self) -> PathBuf {
-        self.lock_journal().journal.dir().to_owned()
+    /// The instance directory (`None` for a memory store).
+    pub fn dir(&self) -> Option<PathBuf> {
+        self.lock_journal().journal.dir().map(Path::to_owned)
     }
 
     /// Bytes written so far.
@@ -788,7 +813,7 @@ impl SharedJournal {
 
     /// Items held in memory because the disk refused them.
     pub fn held_items(&self) -> usize {
-        self.lock_journal().held.iter().map(Record::items).sum()
+        self.lock_journal().held_items
     }
 
     /// Remembers that run id `id` (as handed to the user) is journal run key `key`.
@@ -805,29 +830,16 @@ impl SharedJournal {
     }
 }
 
-/// The log queue's sink when journaling: each round of batches becomes `Batch` records, appended
-/// and synced to disk before [`Deliver::deliver`] returns (the uploader sends them later).
-#[derive(Debug)]
-pub struct JournalSink(pub Arc<SharedJournal>);
-
-impl Deliver for JournalSink {
-    fn deliver(&mut self, batches: Vec<RunBatch>) -> Result<()> {
-        let recs: Vec<Record> = batches
-            .into_iter()
-            .map(|b| Record::Batch {
-                run: self.0.run_ref(&b.run_id),
-                metrics: b.metrics.iter().map(JMetric::from).collect(),
-                params: b.params,
-                tags: b.tags,
-            })
-            .collect();
-        self.0.append(&recs)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Puts `f` under the journal's writer, as if the disk behaved like `f`.
+    fn set_file(shared: &SharedJournal, f: File) {
+        if let Store::File(j) = &mut shared.lock_journal().journal {
+            j.file = f;
+        }
+    }
 
     #[test]
     fn records_round_trip_and_torn_tail_is_ignored() {
@@ -897,7 +909,7 @@ mod tests {
     #[test]
     fn the_default_root_goes_with_its_last_journal() {
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join(DEFAULT_ROOT);
+        let root = tmp.path().join(DEFAULT_JOURNAL_ROOT);
         let a = Journal::create_in(&root).unwrap();
         let b = Journal::create_in(&root).unwrap();
         remove_dir(a.dir());
@@ -910,18 +922,6 @@ mod tests {
         let c = Journal::create_in(&named).unwrap();
         remove_dir(c.dir());
         assert!(named.is_dir());
-    }
-
-    #[test]
-    fn journal_is_on_unless_the_environment_says_off() {
-        let with = |v: &'static str| move |k: &str| (k == JOURNAL_ENV).then(|| v.to_owned());
-        assert!(enabled(|_| None));
-        for off in ["0", "false", "OFF", " no "] {
-            assert!(!enabled(with(off)), "{off}");
-        }
-        for on in ["1", "true", "yes", ""] {
-            assert!(enabled(with(on)), "{on}");
-        }
     }
 
     #[test]
@@ -943,10 +943,13 @@ mod tests {
         assert!(shared.problem().unwrap().contains("writing the journal"));
         assert_eq!(shared.len(), 0, "nothing half-written");
         // The disk takes writes again: held records go first, in order.
-        shared.lock_journal().journal.file = OpenOptions::new()
-            .append(true)
-            .open(dir.join(JOURNAL_FILE))
-            .unwrap();
+        set_file(
+            &shared,
+            OpenOptions::new()
+                .append(true)
+                .open(dir.join(JOURNAL_FILE))
+                .unwrap(),
+        );
         shared.append(&[status("C")]).unwrap();
         assert_eq!(shared.held_items(), 0);
         assert!(shared.problem().is_none());
@@ -960,7 +963,7 @@ mod tests {
             .collect();
         assert_eq!(back, ["A", "B", "C"]);
         // What is still held at the end is handed over for direct delivery.
-        shared.lock_journal().journal.file = File::open("/dev/null").unwrap();
+        set_file(&shared, File::open("/dev/null").unwrap());
         shared.append(&[status("D")]).unwrap();
         let (held, why) = shared.take_held();
         assert_eq!(held, vec![status("D")]);
@@ -998,6 +1001,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_full_memory_store_holds_a_bounded_number_of_items_and_drops_only_metric_points() {
+        // A store that takes nothing (the server away, memory full) and room for 250 held items.
+        let shared = SharedJournal::new(MemoryStore::new(0), None).with_held_limit(250);
+        let with_param = Record::Batch {
+            run: RunRef::Key("a".into()),
+            metrics: vec![],
+            params: vec![("lr".into(), "0.1".into())],
+            tags: vec![],
+        };
+        shared.append(&[create("a", None, None)]).unwrap();
+        shared.append(&[with_param.clone()]).unwrap();
+        for _ in 0..10 {
+            shared.append(&[points("a", 100)]).unwrap();
+        }
+        shared.append(&[status("a", "FINISHED")]).unwrap();
+        assert!(shared.held_items() <= 250, "{}", shared.held_items());
+        assert_eq!(shared.dropped(), 800, "the oldest metric points go first");
+        let (held, why) = shared.take_held();
+        assert!(why.unwrap().contains("memory_limit"));
+        // The run, its param and its end are never dropped; the newest points are kept.
+        assert_eq!(held[0], create("a", None, None));
+        assert_eq!(held[1], with_param);
+        assert_eq!(held.last(), Some(&status("a", "FINISHED")));
+        assert_eq!(held.iter().map(Record::items).sum::<usize>(), 203);
+    }
+
     fn on_disk(dir: &Path) -> Vec<Record> {
         read_records(dir, 0, None)
             .unwrap()
@@ -1011,9 +1041,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let j = Journal::create_in(tmp.path()).unwrap();
         let dir = j.dir().to_owned();
-        let n = Notifier::detached();
+        let n = crate::tracking::upload::uploader::Notifier::detached();
         let ids = RunIds::default();
-        let shared = SharedJournal::new(j, Some(n.clone())).with_rotation(300, ids.clone());
+        let shared =
+            SharedJournal::new(j, Some(Arc::new(n.clone()))).with_rotation(300, ids.clone());
         shared
             .append(&[create("k1", None, None), status("k1", "RUNNING")])
             .unwrap();
@@ -1072,15 +1103,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let j = Journal::create_in(tmp.path()).unwrap();
         let dir = j.dir().to_owned();
-        let n = Notifier::detached();
-        let shared = SharedJournal::new(j, Some(n.clone())).with_rotation(100, RunIds::default());
+        let n = crate::tracking::upload::uploader::Notifier::detached();
+        let shared =
+            SharedJournal::new(j, Some(Arc::new(n.clone()))).with_rotation(100, RunIds::default());
         shared
             .append(&[create("k1", None, None), points("k1", 10)])
             .unwrap();
         let l1 = shared.len();
         assert!(l1 > 100);
         // The disk refuses a write while delivery is behind: held.
-        shared.lock_journal().journal.file = File::open("/dev/null").unwrap();
+        set_file(&shared, File::open("/dev/null").unwrap());
         shared.append(&[status("k1", "A")]).unwrap();
         assert_eq!(shared.held_items(), 1);
         // Everything on disk is delivered, but records are held: no compaction.
@@ -1090,10 +1122,13 @@ mod tests {
         assert_eq!(on_disk(&dir).len(), 2, "the file is as it was");
         assert_eq!(n.offsets(), (l1, l1));
         // The disk takes writes again: the held records are written first, not compacted away.
-        shared.lock_journal().journal.file = OpenOptions::new()
-            .append(true)
-            .open(dir.join(JOURNAL_FILE))
-            .unwrap();
+        set_file(
+            &shared,
+            OpenOptions::new()
+                .append(true)
+                .open(dir.join(JOURNAL_FILE))
+                .unwrap(),
+        );
         shared.append(&[status("k1", "C")]).unwrap();
         assert_eq!(shared.held_items(), 0);
         assert_eq!(on_disk(&dir).len(), 5);
@@ -1160,6 +1195,6 @@ mod tests {
         let a = fresh_key();
         let b = fresh_key();
         assert_ne!(a, b);
-        assert!(super::super::validate::tag_value(RUN_KEY_TAG, &a).is_ok());
+        assert!(crate::tracking::validate::tag_value(RUN_KEY_TAG, &a).is_ok());
     }
 }

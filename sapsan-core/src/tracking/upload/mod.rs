@@ -1,0 +1,14 @@
+//! Delivery: how logged data reaches the server. [`Pipeline`] is the one way: the bounded log
+//! queue ([`queue`]) hands items to the store (the journal, or memory), the [`Uploader`] replays
+//! what the store holds with the [`Replayer`], the only code that sends runs, batches, statuses
+//! and artifacts. [`sync_dir`] replays journals left on disk (`sapsan sync`).
+pub mod pipeline;
+pub mod queue;
+pub mod replay;
+pub mod sync;
+pub mod uploader;
+
+pub use pipeline::{LOCAL_RUN_PREFIX, Limits, Pipeline};
+pub use replay::{Replayer, is_transient};
+pub use sync::{OpenRuns, SyncReport, journal_dirs, sync_dir};
+pub use uploader::{UploadOptions, Uploader, Watch};

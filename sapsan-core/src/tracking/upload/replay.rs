@@ -1,0 +1,355 @@
+//! [`Replayer`]: applies stored records to one MLflow server, the only code that sends runs,
+//! batches, statuses and artifacts. It creates each run exactly once (found again by its
+//! [`RUN_KEY_TAG`] before creating), so a journal may be replayed any number of times: the server
+//! drops exact duplicate metric points, a param logged again with the same value is accepted,
+//! tags and statuses are set to the same values again.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::tracking::journal::{JMetric, RUN_KEY_TAG, Record, RunIds, RunRef, Source};
+use crate::tracking::rest::artifacts;
+use crate::tracking::rest::client::{HttpClient, Idempotency};
+use crate::tracking::rest::wire::{
+    BatchBody, WireMetric, create_run_request, get_or_create_experiment, map_unknown_run,
+};
+
+/// Whether `e` may go away by itself (server down, frozen, overloaded): retry later. Errors of
+/// the library itself ([`Error::Internal`]) and answers that refuse the request are not.
+pub fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Connection { .. } => true,
+        Error::Mlflow { status, .. } => *status == 429 || *status >= 500,
+        _ => false,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A run to create on the server now (see [`Replayer::create_now`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun<'a> {
+    /// Client-generated key (also in `tags` as [`RUN_KEY_TAG`]).
+    pub key: &'a str,
+    /// Experiment name.
+    pub experiment: &'a str,
+    /// Run name.
+    pub name: &'a str,
+    /// Server id of the parent run, if nested.
+    pub parent: Option<&'a str>,
+    /// Start time, ms since the Unix epoch.
+    pub start_ms: i64,
+    /// Tags set at creation.
+    pub tags: &'a [(String, String)],
+}
+
+/// Applies stored records to one server. Shared by the uploader thread and its owner (which
+/// creates runs at once when the server answers); every method takes `&self`.
+#[derive(Debug)]
+pub struct Replayer {
+    http: Arc<HttpClient>,
+    /// Where artifact bytes are read from.
+    source: Source,
+    /// Run key -> server run id.
+    runs: RunIds,
+    /// Experiment name -> id.
+    experiments: Mutex<HashMap<String, String>>,
+    /// Server run id -> artifact root.
+    artifact_uris: Mutex<HashMap<String, String>>,
+    /// Trust the ids recorded in `Create` records (same server as when they were written).
+    trust_ids: bool,
+    /// Held while a run is looked up and created, so it is created once.
+    creating: Mutex<()>,
+}
+
+impl Replayer {
+    /// A replayer sending the records of `source` with `http`. `trust_ids`: the records were
+    /// written against this very server, so run ids recorded at creation are valid (skips the
+    /// look-up by key).
+    pub fn new(http: Arc<HttpClient>, source: Source, trust_ids: bool) -> Self {
+        Replayer {
+            http,
+            source,
+            runs: RunIds::default(),
+            experiments: Mutex::new(HashMap::new()),
+            artifact_uris: Mutex::new(HashMap::new()),
+            trust_ids,
+            creating: Mutex::new(()),
+        }
+    }
+
+    /// The run key -> server id map this replayer fills.
+    pub fn ids(&self) -> RunIds {
+        self.runs.clone()
+    }
+
+    /// The HTTP client it sends with.
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// Records that experiment `name` has id `id` on this server.
+    pub fn know_experiment(&self, name: &str, id: &str) {
+        lock(&self.experiments).insert(name.to_owned(), id.to_owned());
+    }
+
+    /// The server id of run key `key`, once its `Create` record has been applied.
+    pub fn run_id(&self, key: &str) -> Option<String> {
+        lock(&self.runs).get(key).cloned()
+    }
+
+    /// The id of experiment `name` on the server (created when missing).
+    pub fn experiment(&self, name: &str) -> Result<String> {
+        if let Some(id) = lock(&self.experiments).get(name) {
+            return Ok(id.clone());
+        }
+        let id = get_or_create_experiment(&self.http, name)?;
+        lock(&self.experiments).insert(name.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    fn resolve(&self, run: &RunRef) -> Result<String> {
+        match run {
+            RunRef::Id(id) => Ok(id.clone()),
+            RunRef::Key(k) => self.run_id(k).ok_or_else(|| Error::UnknownRun {
+                run_id: format!("(journal run key {k}: its creation record is missing)"),
+                url: self.http.base().to_owned(),
+            }),
+        }
+    }
+
+    /// The run with tag `sapsan.runKey = key` in experiment `exp_id`, if the server has one.
+    fn find_by_key(&self, exp_id: &str, key: &str) -> Result<Option<String>> {
+        let body = json!({
+            "experiment_ids": [exp_id],
+            "filter": format!("tags.`{RUN_KEY_TAG}` = '{key}'"),
+            "max_results": 1,
+            "run_view_type": "ALL",
+        });
+        let v = self
+            .http
+            .post("runs/search", &body, Idempotency::Idempotent)?;
+        Ok(v.pointer("/runs/0/info/run_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned))
+    }
+
+    /// Creates a run that no record names yet (its `Create` record is written after, with the id
+    /// this returns): `runs/create` at once, no look-up by key. The server id and artifact root.
+    pub fn create_now(&self, run: NewRun<'_>) -> Result<(String, Option<String>)> {
+        let exp_id = self.experiment(run.experiment)?;
+        let parent_tag = run
+            .parent
+            .map(|p| ("mlflow.parentRunId".to_owned(), p.to_owned()));
+        let (rid, uri) = create_run_request(
+            &self.http,
+            &exp_id,
+            run.name,
+            run.start_ms,
+            run.tags.iter().chain(parent_tag.as_ref()),
+        )?;
+        if let Some(uri) = &uri {
+            lock(&self.artifact_uris).insert(rid.clone(), uri.clone());
+        }
+        lock(&self.runs).insert(run.key.to_owned(), rid.clone());
+        Ok((rid, uri))
+    }
+
+    /// Applies one record (any kind; a `Create` is looked up by key before it is created).
+    pub fn apply(&self, rec: &Record) -> Result<()> {
+        let Record::Create {
+            key,
+            experiment,
+            name,
+            parent,
+            start_ms,
+            tags,
+            id,
+        } = rec
+        else {
+            return self.apply_shared(rec);
+        };
+        let _once = lock(&self.creating);
+        if self.run_id(key).is_some() {
+            return Ok(());
+        }
+        if self.trust_ids
+            && let Some(id) = id
+        {
+            lock(&self.runs).insert(key.clone(), id.clone());
+            return Ok(());
+        }
+        let exp_id = self.experiment(experiment)?;
+        if let Some(found) = self.find_by_key(&exp_id, key)? {
+            lock(&self.runs).insert(key.clone(), found);
+            return Ok(());
+        }
+        let parent_tag = match parent {
+            Some(p) => Some(("mlflow.parentRunId".to_owned(), self.resolve(p)?)),
+            None => None,
+        };
+        // A lost answer is harmless: the next attempt finds the run by its key.
+        let (rid, uri) = create_run_request(
+            &self.http,
+            &exp_id,
+            name,
+            *start_ms,
+            tags.iter().chain(parent_tag.as_ref()),
+        )?;
+        if let Some(uri) = uri {
+            lock(&self.artifact_uris).insert(rid.clone(), uri);
+        }
+        lock(&self.runs).insert(key.clone(), rid);
+        Ok(())
+    }
+
+    /// Applies a record that creates nothing (a batch, a status, an artifact); safe to call from
+    /// several threads at once. A `Create` record is refused here (use [`Replayer::apply`]).
+    pub fn apply_shared(&self, rec: &Record) -> Result<()> {
+        match rec {
+            Record::Create { key, .. } => Err(Error::Internal {
+                what: format!("replaying the creation of journal run {key}"),
+                reason: "creations go through Replayer::apply".into(),
+            }),
+            Record::Batch {
+                run,
+                metrics,
+                params,
+                tags,
+            } => {
+                let run_id = self.resolve(run)?;
+                let body = batch_body(&run_id, metrics, params, tags);
+                self.http
+                    .post("runs/log-batch", &body, Idempotency::Idempotent)
+                    .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
+                Ok(())
+            }
+            Record::Status {
+                run,
+                status,
+                end_ms,
+            } => {
+                let run_id = self.resolve(run)?;
+                let mut body = json!({"run_id": run_id, "status": status});
+                if let Some(t) = end_ms {
+                    body["end_time"] = json!(t);
+                }
+                self.http
+                    .post("runs/update", &body, Idempotency::Idempotent)
+                    .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
+                Ok(())
+            }
+            Record::Artifact { run, name, file } => {
+                let run_id = self.resolve(run)?;
+                let bytes = self.source.read_blob(file)?;
+                self.put_artifact(&run_id, name, &bytes)?;
+                self.source.release_blob(file);
+                Ok(())
+            }
+        }
+    }
+
+    /// Uploads artifact `name` of server run `run_id` (through the server's proxy, or into a
+    /// local artifact root).
+    pub fn put_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let uri = self.artifact_uri(run_id)?;
+        let target = artifacts::target(self.http.base(), run_id, &uri, name)?;
+        artifacts::put(&self.http, &target, bytes)
+    }
+
+    /// The artifact root of `run_id`: remembered from its creation, else read with `runs/get`.
+    fn artifact_uri(&self, run_id: &str) -> Result<String> {
+        if let Some(u) = lock(&self.artifact_uris).get(run_id) {
+            return Ok(u.clone());
+        }
+        let v = self
+            .http
+            .get("runs/get", &[("run_id", run_id)])
+            .map_err(|e| map_unknown_run(e, run_id, self.http.base()))?;
+        let uri = v
+            .pointer("/run/info/artifact_uri")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        lock(&self.artifact_uris).insert(run_id.to_owned(), uri.clone());
+        Ok(uri)
+    }
+}
+
+/// The log-batch request body of a journal batch record.
+pub(crate) fn batch_body<'a>(
+    run_id: &'a str,
+    metrics: &'a [JMetric],
+    params: &'a [(String, String)],
+    tags: &'a [(String, String)],
+) -> BatchBody<'a> {
+    let metrics = metrics.iter().map(|m| WireMetric {
+        key: &m.0,
+        value: m.1,
+        timestamp: m.2,
+        step: m.3,
+    });
+    BatchBody::new(run_id, metrics, params, tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracking::journal::JsonF64;
+
+    #[test]
+    fn batch_body_is_the_log_batch_wire_format() {
+        let metrics = vec![
+            JMetric("loss".into(), JsonF64(0.5), 7, 2),
+            JMetric("loss".into(), JsonF64(f64::NAN), 7, 3),
+            JMetric("loss".into(), JsonF64(f64::NEG_INFINITY), 7, 4),
+        ];
+        let params = vec![("lr".to_owned(), "0.1".to_owned())];
+        let tags = vec![("t".to_owned(), "v".to_owned())];
+        let v = serde_json::to_value(batch_body("r1", &metrics, &params, &tags)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "run_id": "r1",
+                "metrics": [
+                    {"key": "loss", "value": 0.5, "timestamp": 7, "step": 2},
+                    {"key": "loss", "value": "NaN", "timestamp": 7, "step": 3},
+                    {"key": "loss", "value": "-Infinity", "timestamp": 7, "step": 4},
+                ],
+                "params": [{"key": "lr", "value": "0.1"}],
+                "tags": [{"key": "t", "value": "v"}],
+            })
+        );
+    }
+
+    #[test]
+    fn only_the_server_being_away_is_transient() {
+        let conn = Error::Connection {
+            url: "u".into(),
+            reason: "connection failed".into(),
+        };
+        assert!(is_transient(&conn));
+        let http = |status| Error::Mlflow {
+            method: "POST".into(),
+            url: "u".into(),
+            status,
+            error_code: "X".into(),
+            message: String::new(),
+        };
+        assert!(is_transient(&http(503)));
+        assert!(is_transient(&http(429)));
+        assert!(!is_transient(&http(400)));
+        // The library's own failures (a thread that did not start, a body that did not encode)
+        // would fail the same way again: never retried as if the server were away.
+        let internal = Error::Internal {
+            what: "starting the uploader thread".into(),
+            reason: "Resource temporarily unavailable".into(),
+        };
+        assert!(!is_transient(&internal));
+        assert!(!is_transient(&http(0)));
+    }
+}

@@ -1,0 +1,688 @@
+//! [`Uploader`]: the background sender of a backend's store. It reads what the backend stored,
+//! applies it to the server in order with the [`Replayer`] (consecutive log batches several at
+//! once), and retries transient failures forever with capped exponential backoff, never
+//! blocking the writer. [`Watch`] waits for its progress, always up to a deadline; [`Notifier`]
+//! tells it the store grew.
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::queue::MAX_METRICS;
+use super::replay::{Replayer, is_transient};
+use crate::error::{Error, Result};
+use crate::shared::Shared;
+use crate::tracking::journal::{JMetric, Reader, Record, Source};
+use crate::tracking::rest::settings::Settings;
+
+/// How the [`Uploader`] retries, and how many requests it keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// First delay after a failed attempt; doubles per attempt up to `backoff_max`.
+    pub backoff_base: Duration,
+    /// Longest delay between attempts.
+    pub backoff_max: Duration,
+    /// Log-batch requests sent at once for consecutive batch records (at least 1). Run creations,
+    /// status changes and artifacts are sent one at a time, in order.
+    pub concurrency: usize,
+}
+
+impl UploadOptions {
+    /// The uploader's options from client settings.
+    pub fn from_settings(s: &Settings) -> Self {
+        UploadOptions {
+            backoff_base: s.backoff_base,
+            backoff_max: s.backoff_max,
+            concurrency: s.send_concurrency.max(1),
+        }
+    }
+}
+
+/// Most batch requests sent in one concurrent window. Every connection waits for the slowest
+/// request at a window's end, so a window holds a whole backlog (ten 1000-metric requests per
+/// connection and more) and its end is rare; the acknowledged offset still advances request by
+/// request.
+const WINDOW: usize = 1024;
+
+#[derive(Debug, Default)]
+struct UpState {
+    /// Store length the uploader may read up to.
+    written: u64,
+    /// Offset up to which everything landed on the server.
+    acked: u64,
+    /// The last attempt reached the server (or none failed yet).
+    healthy: bool,
+    /// The last transient error, while unhealthy.
+    last_error: Option<String>,
+    /// First permanent (non-retryable) error since the last [`Watch::wait`].
+    first_error: Option<Error>,
+    stop: bool,
+    gone: bool,
+    /// Requests in flight.
+    in_flight: usize,
+    /// Failed attempts so far (transient errors).
+    failures: u64,
+    /// Bumped to cut the backoff waits short (see [`Watch::wait_now`]).
+    nudges: u64,
+}
+
+impl UpState {
+    fn drained(&self) -> bool {
+        self.acked >= self.written
+    }
+}
+
+type Up = Shared<UpState>;
+
+fn new_state() -> Arc<Up> {
+    Arc::new(Shared::new(UpState {
+        healthy: true,
+        ..UpState::default()
+    }))
+}
+
+/// How a wait for delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Everything stored so far landed on the server.
+    Delivered,
+    /// The server does not answer; the data stays in the store and is sent when it is back.
+    ServerAway,
+    /// The deadline passed while the server was still taking the data.
+    TimedOut,
+}
+
+/// The background sender of a store. See the [module docs](self).
+#[derive(Debug)]
+pub struct Uploader {
+    shared: Arc<Up>,
+    worker: std::sync::Mutex<Option<JoinHandle<()>>>,
+    replayer: Arc<Replayer>,
+}
+
+impl Uploader {
+    /// Starts the uploader thread for the records of `source`, sending with `replayer`.
+    pub fn start(source: Source, replayer: Arc<Replayer>, opts: UploadOptions) -> Result<Self> {
+        let shared = new_state();
+        let s = shared.clone();
+        let rep = replayer.clone();
+        let worker = std::thread::Builder::new()
+            .name("sapsan-uploader".into())
+            .spawn(move || upload_loop(s, source, rep, opts))
+            .map_err(|e| Error::Internal {
+                what: "starting the uploader thread".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Uploader {
+            shared,
+            worker: std::sync::Mutex::new(Some(worker)),
+            replayer,
+        })
+    }
+
+    /// A handle that tells the uploader about new records (for the store's writer).
+    pub fn notifier(&self) -> Notifier {
+        Notifier(self.shared.clone())
+    }
+
+    /// A handle that waits for delivery.
+    pub fn watch(&self) -> Watch {
+        Watch(self.shared.clone())
+    }
+
+    /// The replayer the uploader sends with (for sending at once: run creation, held records).
+    pub fn replayer(&self) -> &Arc<Replayer> {
+        &self.replayer
+    }
+
+    /// Stops the thread: it ends after the requests under way (each bounded by the request
+    /// timeout). Waits for that until `deadline`; a thread still in a request then is left to
+    /// end by itself. Whether it ended in time.
+    pub fn stop(&self, deadline: Instant) -> bool {
+        self.shared.update(|g| g.stop = true);
+        let gone = self.shared.wait_until(deadline, |g| g.gone).1;
+        let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = worker
+            && gone
+        {
+            let _ = w.join();
+        }
+        gone
+    }
+}
+
+/// How long dropping an [`Uploader`] that was not stopped waits for its thread.
+const DROP_WAIT: Duration = Duration::from_secs(2);
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.stop(Instant::now() + DROP_WAIT);
+    }
+}
+
+/// Waits for an [`Uploader`]'s delivery, always up to a deadline. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Watch(Arc<Up>);
+
+impl Watch {
+    /// Waits until everything stored so far landed, the server is found unreachable, or
+    /// `deadline` passed. Returns how it ended, or the first permanent delivery error since the
+    /// last call.
+    pub fn wait(&self, deadline: Instant) -> Result<Delivery> {
+        let (mut g, _) = self
+            .0
+            .wait_until(deadline, |g| g.drained() || !g.healthy || g.gone);
+        if let Some(e) = g.first_error.take() {
+            return Err(e);
+        }
+        Ok(if g.drained() {
+            Delivery::Delivered
+        } else if !g.healthy || g.gone {
+            Delivery::ServerAway
+        } else {
+            Delivery::TimedOut
+        })
+    }
+
+    /// Asks the uploader to retry at once (cutting its backoff short) and waits for the outcome:
+    /// until everything stored so far landed, the next attempt failed too, or `deadline`. For
+    /// reads that need the server anyway; delivery errors are left for the next [`Watch::wait`].
+    pub fn wait_now(&self, deadline: Instant) {
+        let failures = self.0.update(|g| {
+            g.nudges += 1;
+            g.failures
+        });
+        drop(self.0.wait_until(deadline, |g| {
+            g.drained() || g.gone || (!g.healthy && g.failures != failures)
+        }));
+    }
+
+    /// Asks the uploader to retry at once and waits until everything stored so far landed, or
+    /// `deadline` passed; whether it all landed. Delivery errors are left for [`Watch::wait`].
+    pub fn wait_delivered(&self, deadline: Instant) -> bool {
+        self.0.update(|g| g.nudges += 1);
+        self.0.wait_until(deadline, |g| g.drained() || g.gone).1
+    }
+
+    /// For the end of a program: waits for everything stored to land, up to `grace` while the
+    /// server is away (so a server that just restarted still gets everything), and never past
+    /// `grace + request_timeout` in all (a request under way when the grace ends may finish).
+    /// Returns the first permanent delivery error.
+    pub fn wait_at_exit(&self, grace: Duration, request_timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        let (g, _) = self.0.wait_until(start + grace, |g| g.drained() || g.gone);
+        drop(g);
+        let (mut g, _) = self.0.wait_until(start + grace + request_timeout, |g| {
+            g.drained() || g.gone || (!g.healthy && g.in_flight == 0)
+        });
+        match g.first_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether everything stored so far landed on the server.
+    pub fn drained(&self) -> bool {
+        self.0.lock().drained()
+    }
+
+    /// Whether the last attempt reached the server.
+    pub fn healthy(&self) -> bool {
+        self.0.lock().healthy
+    }
+
+    /// The offset up to which everything landed, and the last transient error (server away).
+    pub fn progress(&self) -> (u64, Option<String>) {
+        let g = self.0.lock();
+        (g.acked, g.last_error.clone())
+    }
+}
+
+/// Tells an [`Uploader`] that the store grew. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Notifier(Arc<Up>);
+
+impl Notifier {
+    /// The store now ends at offset `len`.
+    pub fn written(&self, len: u64) {
+        self.0.update(|g| {
+            if len > g.written {
+                g.written = len;
+            }
+        });
+    }
+}
+
+impl Reader for Notifier {
+    fn written(&self, len: u64) {
+        Notifier::written(self, len);
+    }
+
+    /// Why the uploader can never read the old file at the new offsets, or the new file at the
+    /// old ones:
+    /// - The uploader thread reads the file only for a range `[acked, written)` it took under the
+    ///   state lock with `acked < written`, and `acked` reaches the end of that range only after
+    ///   every record in it was read and sent (artifact bytes are read while the request is in
+    ///   flight, before it is acknowledged). So `acked == written` means no read is going on and
+    ///   none starts until `written` grows.
+    /// - Only the journal's writer makes `written` grow, and it calls this under its own lock,
+    ///   which also covers its [`Notifier::written`] calls (so no notice of an older, longer file
+    ///   can arrive after the swap), and `written == len` means the last append was announced.
+    /// - `swap` runs with the state lock held, so the uploader cannot take a range while the files
+    ///   change places; when it gets the lock again the offsets already describe the new file.
+    fn restart_if_delivered(
+        &self,
+        len: u64,
+        swap: &mut dyn FnMut() -> Result<u64>,
+    ) -> Result<bool> {
+        let mut g = self.0.lock();
+        if g.acked != g.written || g.written != len || g.in_flight > 0 {
+            return Ok(false);
+        }
+        let p = swap()?;
+        g.acked = p;
+        g.written = p;
+        drop(g);
+        self.0.notify();
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+impl Notifier {
+    /// A notifier with no uploader thread behind it (tests play the uploader).
+    pub(crate) fn detached() -> Self {
+        Notifier(new_state())
+    }
+
+    /// Acknowledges everything up to `end`, as the uploader does.
+    pub(crate) fn ack_for_test(&self, end: u64) {
+        ack(&self.0, end);
+    }
+
+    /// The acknowledged and written offsets.
+    pub(crate) fn offsets(&self) -> (u64, u64) {
+        let g = self.0.lock();
+        (g.acked, g.written)
+    }
+}
+
+/// Records that everything up to `end` landed.
+fn ack(shared: &Up, end: u64) {
+    shared.update(|g| {
+        if end > g.acked {
+            g.acked = end;
+        }
+    });
+}
+
+/// Sends one record with `f`, retrying transient failures with backoff until it lands or is
+/// refused for good (reported, skipped). `false`: the uploader was stopped first.
+fn send(shared: &Up, opts: &UploadOptions, mut f: impl FnMut() -> Result<()>) -> bool {
+    let mut attempt = 0u32;
+    loop {
+        {
+            let mut g = shared.lock();
+            if g.stop {
+                return false;
+            }
+            g.in_flight += 1;
+        }
+        let res = f();
+        let mut g = shared.lock();
+        g.in_flight -= 1;
+        match res {
+            Ok(()) => {
+                g.healthy = true;
+                g.last_error = None;
+                drop(g);
+                shared.notify();
+                return true;
+            }
+            Err(e) if is_transient(&e) => {
+                let wait = opts
+                    .backoff_base
+                    .checked_mul(1u32 << attempt.min(16))
+                    .unwrap_or(opts.backoff_max)
+                    .min(opts.backoff_max);
+                attempt += 1;
+                g.healthy = false;
+                g.last_error = Some(e.to_string());
+                g.failures += 1;
+                let nudges = g.nudges;
+                shared.notify();
+                let (g, _) = shared
+                    .wait_guard_until(g, Instant::now() + wait, |g| g.stop || g.nudges != nudges);
+                if g.stop {
+                    return false;
+                }
+            }
+            Err(e) => {
+                // Permanent (bad request, unknown run): report it, skip the record.
+                log::warn!(target: "sapsan::upload", "the server refused a record: {e}");
+                g.first_error.get_or_insert(e);
+                drop(g);
+                shared.notify();
+                return true;
+            }
+        }
+    }
+}
+
+/// The end of the window of batch records starting at `i` that may be sent at once: consecutive
+/// batches, at most [`WINDOW`], no tag of a run set twice (a later value must not be overtaken).
+fn window_end(recs: &[(Record, u64)], i: usize) -> usize {
+    let mut seen = HashSet::new();
+    let mut j = i;
+    while j < recs.len() && j - i < WINDOW {
+        let Record::Batch { run, tags, .. } = &recs[j].0 else {
+            break;
+        };
+        if !tags.iter().all(|(k, _)| seen.insert((run, k.as_str()))) {
+            break;
+        }
+        j += 1;
+    }
+    j.max(i + 1)
+}
+
+/// Sends the batch records `recs` over `opts.concurrency` connections; the acknowledged offset
+/// advances over the longest delivered prefix. `false`: the uploader was stopped first.
+fn send_window(shared: &Up, rep: &Replayer, opts: &UploadOptions, recs: &[(Record, u64)]) -> bool {
+    let n = recs.len();
+    let next = AtomicUsize::new(0);
+    let stopped = AtomicBool::new(false);
+    let done = Shared::new((vec![false; n], 0usize));
+    std::thread::scope(|s| {
+        for _ in 0..opts.concurrency.clamp(1, n) {
+            s.spawn(|| {
+                while !stopped.load(Ordering::Relaxed) {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((rec, _)) = recs.get(k) else { break };
+                    if !send(shared, opts, || rep.apply_shared(rec)) {
+                        stopped.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    let mut d = done.lock();
+                    d.0[k] = true;
+                    let mut p = d.1;
+                    while p < n && d.0[p] {
+                        p += 1;
+                    }
+                    if p > d.1 {
+                        d.1 = p;
+                        ack(shared, recs[p - 1].1);
+                    }
+                }
+            });
+        }
+    });
+    !stopped.load(Ordering::Relaxed)
+}
+
+/// Whether `rec` is a batch of metrics only (no params, no tags), which [`coalesce`] may merge.
+fn metrics_only(rec: &Record) -> bool {
+    matches!(rec, Record::Batch { metrics, params, tags, .. }
+        if !metrics.is_empty() && params.is_empty() && tags.is_empty())
+}
+
+/// Re-packs runs of consecutive metrics-only batch records of one run into requests of
+/// [`MAX_METRICS`] metrics (the last one of a run of records may be smaller); other records pass
+/// through unchanged. The log queue cuts a batch short at the end of every linger round, so a
+/// backlog read from the journal holds many part-filled batches; sending each alone costs the
+/// server a request apiece.
+///
+/// `from` is the journal offset the records start at. Each output record carries the offset up to
+/// which the journal is delivered once it and everything before it landed: the end of the last
+/// input record whose metrics are all in it or earlier (metrics of a record split over two
+/// requests count only when both landed; replaying them is harmless, the server drops exact
+/// duplicate points).
+fn coalesce(recs: Vec<(Record, u64)>, from: u64) -> Vec<(Record, u64)> {
+    let mut out = Vec::with_capacity(recs.len());
+    let mut covered = from;
+    let mut it = recs.into_iter().peekable();
+    while let Some((rec, end)) = it.next() {
+        if !metrics_only(&rec) {
+            covered = end;
+            out.push((rec, end));
+            continue;
+        }
+        let Record::Batch { run, metrics, .. } = rec else {
+            continue;
+        };
+        // The group: this record and the metrics-only batches of the same run right after it.
+        let mut group = metrics;
+        let mut ends = vec![(group.len(), end)];
+        while let Some((next, _)) = it.peek() {
+            let same_run = matches!(next, Record::Batch { run: r, .. } if *r == run);
+            if !(same_run && metrics_only(next)) {
+                break;
+            }
+            if let Some((Record::Batch { metrics, .. }, e)) = it.next() {
+                group.extend(metrics);
+                ends.push((group.len(), e));
+            }
+        }
+        let mut sent = 0;
+        let mut ends = ends.into_iter().peekable();
+        let mut points = group.into_iter();
+        loop {
+            let chunk: Vec<JMetric> = points.by_ref().take(MAX_METRICS).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            sent += chunk.len();
+            while let Some((_, e)) = ends.next_if(|(n, _)| *n <= sent) {
+                covered = e;
+            }
+            out.push((
+                Record::Batch {
+                    run: run.clone(),
+                    metrics: chunk,
+                    params: Vec::new(),
+                    tags: Vec::new(),
+                },
+                covered,
+            ));
+        }
+    }
+    out
+}
+
+fn upload_loop(shared: Arc<Up>, source: Source, rep: Arc<Replayer>, opts: UploadOptions) {
+    'outer: loop {
+        let (from, upto) = {
+            let g = shared.lock();
+            let g = shared.wait_idle(g, |g| !g.drained() || g.stop);
+            if g.drained() {
+                break;
+            }
+            (g.acked, g.written)
+        };
+        let recs = match source.read_records(from, Some(upto)) {
+            Ok(r) => r,
+            Err(e) => {
+                shared.update(|g| {
+                    g.first_error.get_or_insert(e);
+                });
+                break;
+            }
+        };
+        if recs.is_empty() {
+            // Nothing complete to read (cannot happen: the writer stores whole lines first).
+            ack(&shared, upto);
+            continue;
+        }
+        let recs = coalesce(recs, from);
+        let mut i = 0;
+        while i < recs.len() {
+            let j = window_end(&recs, i);
+            if j > i + 1 {
+                if !send_window(&shared, &rep, &opts, &recs[i..j]) {
+                    break 'outer;
+                }
+            } else {
+                let (rec, end) = &recs[i];
+                if !send(&shared, &opts, || rep.apply(rec)) {
+                    break 'outer;
+                }
+                ack(&shared, *end);
+            }
+            i = j;
+        }
+        // A memory store frees what landed.
+        source.release(shared.lock().acked);
+    }
+    shared.update(|g| g.gone = true);
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracking::journal::{JsonF64, RunRef};
+
+    fn batch(run: &str, n: usize, first: usize) -> Record {
+        Record::Batch {
+            run: RunRef::Key(run.into()),
+            metrics: (first..first + n)
+                .map(|i| JMetric("m".into(), JsonF64(i as f64), 1, i as i64))
+                .collect(),
+            params: vec![],
+            tags: vec![],
+        }
+    }
+
+    fn values(rec: &Record) -> Vec<f64> {
+        match rec {
+            Record::Batch { metrics, .. } => metrics.iter().map(|m| m.1.0).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn coalesce_repacks_part_filled_batches_and_acks_whole_records_only() {
+        let status = Record::Status {
+            run: RunRef::Key("a".into()),
+            status: "FINISHED".into(),
+            end_ms: Some(1),
+        };
+        let with_param = Record::Batch {
+            run: RunRef::Key("a".into()),
+            metrics: vec![],
+            params: vec![("p".into(), "1".into())],
+            tags: vec![],
+        };
+        // Rounds of the log queue: 1000 + 400, 1000 + 300 metrics of run a; then a param batch,
+        // 200 metrics of run b, 500 of run a, a status.
+        let recs = vec![
+            (batch("a", 1000, 0), 110),
+            (batch("a", 400, 1000), 120),
+            (batch("a", 1000, 1400), 130),
+            (batch("a", 300, 2400), 140),
+            (with_param.clone(), 150),
+            (batch("b", 200, 0), 160),
+            (batch("a", 500, 2700), 170),
+            (status.clone(), 180),
+        ];
+        let out = coalesce(recs, 100);
+        let sizes: Vec<usize> = out.iter().map(|(r, _)| r.items()).collect();
+        assert_eq!(sizes, [1000, 1000, 700, 1, 200, 500, 1]);
+        let offsets: Vec<u64> = out.iter().map(|(_, o)| *o).collect();
+        // The second request holds the 400 of the second record and 600 of the third: only the
+        // second record is complete after it.
+        assert_eq!(offsets, [110, 120, 140, 150, 160, 170, 180]);
+        // Every metric of run a once, in order.
+        let a: Vec<f64> = out[..3].iter().flat_map(|(r, _)| values(r)).collect();
+        assert_eq!(a, (0..2700).map(|i| i as f64).collect::<Vec<_>>());
+        assert_eq!(out[3].0, with_param);
+        assert_eq!(out[5].0, batch("a", 500, 2700));
+        assert_eq!(out[6].0, status);
+        assert!(matches!(&out[4].0, Record::Batch { run: RunRef::Key(k), .. } if k == "b"));
+    }
+
+    #[test]
+    fn coalesce_keeps_a_lone_record_and_its_offset() {
+        let out = coalesce(vec![(batch("a", 3, 0), 40)], 10);
+        assert_eq!(out, vec![(batch("a", 3, 0), 40)]);
+        assert!(coalesce(Vec::new(), 10).is_empty());
+    }
+
+    #[test]
+    fn offsets_restart_only_when_everything_landed_and_nothing_is_in_flight() {
+        let n = Notifier::detached();
+        let called = std::cell::Cell::new(0);
+        let swap = |p: u64| {
+            let called = &called;
+            move || {
+                called.set(called.get() + 1);
+                Ok(p)
+            }
+        };
+        n.written(100);
+        // Behind: not swapped.
+        assert!(!n.restart_if_delivered(100, &mut swap(30)).unwrap());
+        n.ack_for_test(60);
+        assert!(!n.restart_if_delivered(100, &mut swap(30)).unwrap());
+        n.ack_for_test(100);
+        // A request in flight.
+        n.0.lock().in_flight = 1;
+        assert!(!n.restart_if_delivered(100, &mut swap(30)).unwrap());
+        n.0.lock().in_flight = 0;
+        // The file is longer than the uploader was told (an append not yet announced).
+        assert!(!n.restart_if_delivered(120, &mut swap(30)).unwrap());
+        assert_eq!(called.get(), 0);
+        assert_eq!(n.offsets(), (100, 100));
+        // A failed swap leaves the offsets alone.
+        let failed = n.restart_if_delivered(100, &mut || {
+            Err(Error::io(
+                "compacting the journal",
+                "/x",
+                std::io::Error::other("disk full"),
+            ))
+        });
+        assert!(failed.is_err());
+        assert_eq!(n.offsets(), (100, 100));
+        // Delivered: the compact file counts as delivered and the uploader goes on after it.
+        assert!(n.restart_if_delivered(100, &mut swap(30)).unwrap());
+        assert_eq!(called.get(), 1);
+        assert_eq!(n.offsets(), (30, 30));
+        assert!(Watch(n.0.clone()).drained());
+        n.written(45);
+        assert_eq!(n.offsets(), (30, 45));
+        assert!(!Watch(n.0.clone()).drained());
+    }
+
+    fn tagged(run: &str, tags: &[&str]) -> (Record, u64) {
+        let rec = Record::Batch {
+            run: RunRef::Key(run.into()),
+            metrics: vec![JMetric("m".into(), JsonF64(1.0), 0, 0)],
+            params: vec![],
+            tags: tags.iter().map(|t| (t.to_string(), "v".into())).collect(),
+        };
+        (rec, 0)
+    }
+
+    #[test]
+    fn windows_hold_consecutive_batches_without_a_tag_set_twice() {
+        let status = Record::Status {
+            run: RunRef::Key("a".into()),
+            status: "FINISHED".into(),
+            end_ms: Some(1),
+        };
+        let recs = vec![
+            tagged("a", &["t"]),
+            tagged("b", &["t"]), // another run's tag: fine
+            tagged("a", &[]),
+            tagged("a", &["t"]), // a's tag again: a new window
+            tagged("a", &[]),
+            (status, 0), // alone, in order
+            tagged("a", &[]),
+        ];
+        assert_eq!(window_end(&recs, 0), 3);
+        assert_eq!(window_end(&recs, 3), 5);
+        assert_eq!(window_end(&recs, 5), 6);
+        assert_eq!(window_end(&recs, 6), 7);
+        let many: Vec<_> = (0..WINDOW + 5).map(|_| tagged("a", &[])).collect();
+        assert_eq!(window_end(&many, 0), WINDOW);
+    }
+}
