@@ -248,8 +248,12 @@ fn assert_busy_not_mlflow(port: u16, expect: &str) {
 
 #[test]
 fn busy_port_with_garbage_is_not_mlflow() {
+    // The HTTP client (hyper) rejects the answer at its first bytes: not an HTTP status line.
     let port = busy_port(b"SSH-2.0-OpenSSH_9.6\r\n");
-    assert_busy_not_mlflow(port, "SSH-2.0-OpenSSH_9.6");
+    assert_busy_not_mlflow(
+        port,
+        "accepted TCP but sent no valid HTTP answer (invalid HTTP",
+    );
 }
 
 #[test]

@@ -5,18 +5,20 @@
 //!   until it answers, and stops the whole group when dropped unless [`MlflowServer::detach`]ed.
 //! - [`ensure_server`] is the seed's behaviour: use the MLflow server on the port, or start one.
 //!
-//! Probing speaks plain HTTP/1.1 over a [`TcpStream`], so it stays within its time budget even when
-//! a non-HTTP service holds the port.
+//! Probing goes through the crate's one HTTP client ([`HttpClient`]) with the probe's time budget as
+//! its timeout and no retries, so it stays within that budget even when a silent or non-HTTP service
+//! holds the port.
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::client::HttpClient;
+use super::settings::Settings;
 use crate::error::{Error, Result};
 
 /// Environment variable naming the `mlflow` executable to start (default: `mlflow` on `PATH`).
@@ -108,8 +110,8 @@ pub enum PortState {
     },
     /// Something that is not an MLflow server.
     Other {
-        /// What it answered, in words (HTTP status and the start of the body, the first bytes of a
-        /// non-HTTP answer, or that it answered nothing in time).
+        /// What it answered, in words (HTTP status and the start of the body, what was wrong with
+        /// an answer that is not HTTP, or that it answered nothing in time).
         answered: String,
     },
 }
@@ -136,36 +138,63 @@ pub fn base_url(host: &str, port: u16) -> String {
 }
 
 /// What is on `host:port`: nothing, an MLflow server (`GET /health` -> `OK` and `GET /version`), or
-/// something else (saying what answered: HTTP status and body start, or "accepted TCP but sent no
-/// HTTP answer within 2 s"). The whole probe takes at most `timeout`.
+/// something else (saying what answered: HTTP status and body start, "accepted TCP but sent no
+/// HTTP answer within 2 s", or what was wrong with an answer that is not HTTP). The whole probe
+/// takes at most `timeout`.
+///
+/// Both requests go through the crate's one HTTP client ([`HttpClient::get_text`]), each sent once.
+/// A failed request is read by its kind: a connection that could not be made is
+/// [`PortState::Free`], a timeout is a listener that said nothing, any other failure is an answer
+/// that is not valid HTTP.
 pub fn probe(host: &str, port: u16, timeout: Duration) -> PortState {
     let deadline = Instant::now() + timeout;
-    let health = match http_get(host, port, "/health", deadline, timeout) {
-        Ok(r) => r,
-        Err(Fail::NoListener) => return PortState::Free,
-        Err(Fail::Answered(answered)) => return PortState::Other { answered },
+    let base = base_url(host, port);
+    let client = match probe_client(&base, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            return PortState::Other {
+                answered: format!("could not be probed: {e}"),
+            };
+        }
     };
-    if !health.is_health_ok() {
+    let health = match client.get_text(&format!("{base}/health"), timeout) {
+        Ok(a) => a,
+        Err(e) => {
+            return match failure(&e, timeout) {
+                None => PortState::Free,
+                Some(answered) => PortState::Other { answered },
+            };
+        }
+    };
+    if !health_ok(&health) {
         return PortState::Other {
-            answered: format!("GET /health answered {}", health.describe()),
+            answered: format!("GET /health answered {}", describe(&health)),
         };
     }
-    match http_get(host, port, "/version", deadline, timeout) {
-        Ok(r) => match r.version() {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return PortState::Other {
+            answered: format!(
+                "GET /health answered OK but no time was left for GET /version within {}",
+                fmt_duration(timeout)
+            ),
+        };
+    }
+    match client.get_text(&format!("{base}/version"), remaining) {
+        Ok(answer) => match version(&answer) {
             Some(version) => PortState::Mlflow { version },
             None => PortState::Other {
                 answered: format!(
                     "GET /health answered OK but GET /version answered {}",
-                    r.describe()
+                    describe(&answer)
                 ),
             },
         },
-        Err(Fail::NoListener) => PortState::Other {
-            answered: "GET /health answered OK but the connection for GET /version was refused"
-                .into(),
-        },
-        Err(Fail::Answered(a)) => PortState::Other {
-            answered: format!("GET /health answered OK but GET /version: {a}"),
+        Err(e) => PortState::Other {
+            answered: match failure(&e, timeout) {
+                None => "GET /health answered OK but the connection for GET /version failed".into(),
+                Some(a) => format!("GET /health answered OK but GET /version: {a}"),
+            },
         },
     }
 }
@@ -324,31 +353,25 @@ impl MlflowServer {
             detached: false,
         };
         // On error `server` is dropped here, which stops the process group.
-        server.wait_ready(host, port, started, opts.ready_timeout)?;
+        server.wait_ready(started, opts.ready_timeout)?;
         server.ready_after = started.elapsed();
         Ok(server)
     }
 
     /// Polls `/health` until it answers `OK`, the child exits, or the timeout passes.
-    fn wait_ready(
-        &mut self,
-        host: &str,
-        port: u16,
-        started: Instant,
-        timeout: Duration,
-    ) -> Result<()> {
+    fn wait_ready(&mut self, started: Instant, timeout: Duration) -> Result<()> {
         let deadline = started + timeout;
+        let client = probe_client(&self.url, POLL_REQUEST_TIMEOUT)?;
+        let health = format!("{}/health", self.url);
         loop {
             self.check_alive()?;
-            let now = Instant::now();
-            let request_deadline = deadline.min(now + POLL_REQUEST_TIMEOUT);
-            if let Ok(r) = http_get(
-                host,
-                port,
-                "/health",
-                request_deadline,
-                POLL_REQUEST_TIMEOUT,
-            ) && r.is_health_ok()
+            let request_timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .min(POLL_REQUEST_TIMEOUT);
+            if !request_timeout.is_zero()
+                && client
+                    .get_text(&health, request_timeout)
+                    .is_ok_and(|answer| health_ok(&answer))
             {
                 // Our child must still be the one answering (not a server that took the port).
                 return self.check_alive();
@@ -630,56 +653,85 @@ fn stop_group(pgid: i32, mut child: Option<&mut Child>, grace: Duration) -> std:
     )))
 }
 
-// ---- minimal HTTP/1.1 client for probing -------------------------------------------------------
+// ---- probing through the HTTP client -----------------------------------------------------------
 
-/// Why a probe request got no HTTP answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Fail {
-    /// Nothing accepted the connection.
-    NoListener,
-    /// Something accepted it but did not answer with HTTP in time; what it did, in words.
-    Answered(String),
+/// The crate's HTTP client, set up for probing `base`: `timeout` per request, no retries, no
+/// credentials.
+fn probe_client(base: &str, timeout: Duration) -> Result<HttpClient> {
+    let settings = Settings {
+        timeout,
+        max_retries: 0,
+        ..Settings::default()
+    };
+    HttpClient::new(base, &settings)
 }
 
-/// A parsed HTTP answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct HttpResponse {
-    status: u16,
-    body: String,
+/// What a failed probe request says about the port: `None` when no connection could be made
+/// (refused: nothing listens), else what the listener did, in words. Reads the reason the way
+/// [`HttpClient`] words every transport failure (`connection failed (...)`, `timed out (...)`,
+/// `request failed (...)`, `HTTP 200, then reading the body failed: ...`).
+fn failure(e: &Error, budget: Duration) -> Option<String> {
+    let Error::Connection { reason, .. } = e else {
+        return Some(e.to_string());
+    };
+    let within = fmt_duration(budget);
+    if let Some(detail) = reason.strip_prefix("connection failed") {
+        return detail
+            .contains("timed out")
+            .then(|| format!("did not accept a TCP connection within {within}"));
+    }
+    if reason.starts_with("timed out") {
+        return Some(format!(
+            "accepted TCP but sent no HTTP answer within {within}"
+        ));
+    }
+    if reason.starts_with("request failed") {
+        return Some(format!(
+            "accepted TCP but sent no valid HTTP answer ({})",
+            innermost(reason)
+        ));
+    }
+    Some(format!("sent an incomplete HTTP answer ({reason})"))
 }
 
-impl HttpResponse {
-    /// `GET /health` of an MLflow server: 200 and `OK`.
-    fn is_health_ok(&self) -> bool {
-        self.status == 200 && self.body.trim() == "OK"
-    }
+/// The innermost cause of a described transport error: `invalid HTTP version parsed` out of
+/// `request failed (error sending request: client error (SendRequest): invalid HTTP version parsed)`.
+fn innermost(reason: &str) -> &str {
+    let inner = reason
+        .split_once('(')
+        .map_or(reason, |(_, rest)| rest.strip_suffix(')').unwrap_or(rest));
+    inner.rsplit(": ").next().unwrap_or(inner).trim()
+}
 
-    /// `GET /version` of an MLflow server: 200 and a short version string.
-    fn version(&self) -> Option<String> {
-        let v = self.body.trim();
-        let plausible = self.status == 200
-            && !v.is_empty()
-            && v.len() <= 64
-            && v.starts_with(|c: char| c.is_ascii_digit())
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".+-_".contains(c));
-        plausible.then(|| v.to_owned())
-    }
+/// `GET /health` of an MLflow server: 200 and `OK`.
+fn health_ok((status, body): &(u16, String)) -> bool {
+    *status == 200 && body.trim() == "OK"
+}
 
-    /// `HTTP 404 "<body start>"`.
-    fn describe(&self) -> String {
-        let body = snippet(self.body.as_bytes());
-        if body.is_empty() {
-            format!("HTTP {} with an empty body", self.status)
-        } else {
-            format!("HTTP {} {body:?}", self.status)
-        }
+/// `GET /version` of an MLflow server: 200 and a short version string.
+fn version((status, body): &(u16, String)) -> Option<String> {
+    let v = body.trim();
+    let plausible = *status == 200
+        && !v.is_empty()
+        && v.len() <= 64
+        && v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+-_".contains(c));
+    plausible.then(|| v.to_owned())
+}
+
+/// `HTTP 404 "<body start>"`.
+fn describe((status, body): &(u16, String)) -> String {
+    let body = snippet(body);
+    if body.is_empty() {
+        format!("HTTP {status} with an empty body")
+    } else {
+        format!("HTTP {status} {body:?}")
     }
 }
 
-/// The first 80 characters of `bytes`, whitespace collapsed.
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
+/// The first 80 characters of `text`, whitespace collapsed.
+fn snippet(text: &str) -> String {
     let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut s: String = collapsed.chars().take(80).collect();
     if collapsed.chars().count() > 80 {
@@ -699,333 +751,61 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// Result of parsing the bytes received so far.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Parse {
-    /// More bytes are needed.
-    Incomplete,
-    /// The bytes are not an HTTP response.
-    NotHttp,
-    /// A full response (or all there is, at end of stream).
-    Done(HttpResponse),
-}
-
-/// Parses an HTTP/1.x response from `buf`; `eof` says no more bytes will come.
-fn parse_response(buf: &[u8], eof: bool) -> Parse {
-    const MAGIC: &[u8] = b"HTTP/";
-    let prefix = &buf[..buf.len().min(MAGIC.len())];
-    if !MAGIC.starts_with(prefix) {
-        return Parse::NotHttp;
-    }
-    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if eof {
-            Parse::NotHttp
-        } else {
-            Parse::Incomplete
-        };
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let rest = &buf[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let Some(status) = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|s| (100..600).contains(s))
-    else {
-        return Parse::NotHttp;
-    };
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse::<usize>().ok();
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        }
-    }
-    let done = |body: &[u8]| {
-        Parse::Done(HttpResponse {
-            status,
-            body: String::from_utf8_lossy(body).into_owned(),
-        })
-    };
-    if status == 204 || status == 304 || status < 200 {
-        return done(&[]);
-    }
-    if chunked {
-        return match decode_chunked(rest) {
-            Some(body) => done(&body),
-            None if eof => done(rest),
-            None => Parse::Incomplete,
-        };
-    }
-    match content_length {
-        Some(n) if rest.len() >= n => done(&rest[..n]),
-        _ if eof => done(rest),
-        _ => Parse::Incomplete,
-    }
-}
-
-/// Decodes a complete chunked body; `None` while the terminating chunk has not arrived.
-fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(body);
-        }
-        if data.len() < size + 2 {
-            return None;
-        }
-        body.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-/// `GET path` on `host:port` with `Connection: close`, finished by `deadline`. `budget` is only
-/// used to say how long the peer was given.
-fn http_get(
-    host: &str,
-    port: u16,
-    path: &str,
-    deadline: Instant,
-    budget: Duration,
-) -> std::result::Result<HttpResponse, Fail> {
-    // A server bound to every interface is reached (and named in `Host`) through loopback.
-    let host = client_host(host);
-    let addrs: Vec<_> = match (host, port).to_socket_addrs() {
-        Ok(a) => a.collect(),
-        Err(_) => return Err(Fail::NoListener),
-    };
-    let mut stream = None;
-    let mut timed_out = false;
-    for addr in addrs {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            timed_out = true;
-            break;
-        }
-        match TcpStream::connect_timeout(&addr, remaining) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                timed_out = true
-            }
-            Err(_) => {}
-        }
-    }
-    let Some(mut stream) = stream else {
-        return Err(if timed_out {
-            Fail::Answered(format!(
-                "did not accept a TCP connection within {}",
-                fmt_duration(budget)
-            ))
-        } else {
-            Fail::NoListener
-        });
-    };
-    let _ = stream.set_nodelay(true);
-    let no_answer = || {
-        Fail::Answered(format!(
-            "accepted TCP but sent no HTTP answer within {}",
-            fmt_duration(budget)
-        ))
-    };
-    let host_header = match host.contains(':') {
-        true => format!("[{host}]:{port}"),
-        false => format!("{host}:{port}"),
-    };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: sapsan-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() || stream.set_write_timeout(Some(remaining)).is_err() {
-        return Err(no_answer());
-    }
-    if stream.write_all(request.as_bytes()).is_err() {
-        return Err(Fail::Answered(
-            "accepted TCP but closed the connection before reading an HTTP request".into(),
-        ));
-    }
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
-            return Err(incomplete(&buf, no_answer()));
-        }
-        let eof = match stream.read(&mut chunk) {
-            Ok(0) => true,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                false
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(incomplete(&buf, no_answer()));
-            }
-            // Reset by peer and the like: treat as end of stream.
-            Err(_) => true,
-        };
-        match parse_response(&buf, eof) {
-            Parse::Done(r) => return Ok(r),
-            Parse::NotHttp => return Err(Fail::Answered(not_http(&buf))),
-            Parse::Incomplete if eof => return Err(incomplete(&buf, no_answer())),
-            Parse::Incomplete => {}
-        }
-    }
-}
-
-/// What to say when the answer stopped early: nothing at all, or the start of a partial answer.
-fn incomplete(buf: &[u8], nothing: Fail) -> Fail {
-    if buf.is_empty() {
-        nothing
-    } else {
-        Fail::Answered(format!("sent an incomplete HTTP answer {:?}", snippet(buf)))
-    }
-}
-
-/// Describes a non-HTTP answer by its first bytes.
-fn not_http(buf: &[u8]) -> String {
-    if buf.is_empty() {
-        "accepted TCP but closed the connection without an HTTP answer".into()
-    } else {
-        format!("answered with non-HTTP data {:?}", snippet(buf))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::TcpListener;
 
-    fn resp(status: u16, body: &str) -> Parse {
-        Parse::Done(HttpResponse {
-            status,
-            body: body.into(),
-        })
-    }
-
-    #[test]
-    fn parses_content_length_response() {
-        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nOK";
-        assert_eq!(parse_response(raw, false), resp(200, "OK"));
-        // Bytes past the declared length are ignored.
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n3.17.2trailing";
-        assert_eq!(parse_response(raw, false), resp(200, "3.17.2"));
-    }
-
-    #[test]
-    fn waits_for_the_whole_body() {
-        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n3.1";
-        assert_eq!(parse_response(raw, false), Parse::Incomplete);
-        assert_eq!(parse_response(raw, true), resp(200, "3.1"));
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\n", false),
-            Parse::Incomplete
-        );
-        assert_eq!(parse_response(b"HTT", false), Parse::Incomplete);
-        assert_eq!(parse_response(b"", false), Parse::Incomplete);
-        // No length: the body ends with the connection.
-        let raw = b"HTTP/1.0 200 OK\r\n\r\nOK";
-        assert_eq!(parse_response(raw, false), Parse::Incomplete);
-        assert_eq!(parse_response(raw, true), resp(200, "OK"));
-    }
-
-    #[test]
-    fn parses_chunked_body() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n3.1\r\n3;x=y\r\n7.2\r\n0\r\n\r\n";
-        assert_eq!(parse_response(raw, false), resp(200, "3.17.2"));
-        let partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n3.1\r\n";
-        assert_eq!(parse_response(partial, false), Parse::Incomplete);
-    }
-
-    #[test]
-    fn rejects_non_http() {
-        assert_eq!(
-            parse_response(b"SSH-2.0-OpenSSH_9.6\r\n", false),
-            Parse::NotHttp
-        );
-        assert_eq!(parse_response(b"\x00\x01garbage", false), Parse::NotHttp);
-        assert_eq!(
-            parse_response(b"HTTP/1.1 abc\r\n\r\n", false),
-            Parse::NotHttp
-        );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nhalf", true),
-            Parse::NotHttp
-        );
-        assert_eq!(
-            not_http(b"SSH-2.0-OpenSSH_9.6\r\n"),
-            "answered with non-HTTP data \"SSH-2.0-OpenSSH_9.6\""
-        );
+    fn answer(status: u16, body: &str) -> (u16, String) {
+        (status, body.to_owned())
     }
 
     #[test]
     fn recognises_mlflow_answers() {
-        let ok = HttpResponse {
-            status: 200,
-            body: "OK\n".into(),
-        };
-        assert!(ok.is_health_ok());
-        let not_ok = HttpResponse {
-            status: 200,
-            body: "<html>OK</html>".into(),
-        };
-        assert!(!not_ok.is_health_ok());
-        let v = HttpResponse {
-            status: 200,
-            body: "3.17.2".into(),
-        };
-        assert_eq!(v.version().as_deref(), Some("3.17.2"));
-        let html = HttpResponse {
-            status: 200,
-            body: "<!doctype html><title>Hi</title>".into(),
-        };
-        assert_eq!(html.version(), None);
-        let missing = HttpResponse {
-            status: 404,
-            body: "3.17.2".into(),
-        };
-        assert_eq!(missing.version(), None);
+        assert!(health_ok(&answer(200, "OK\n")));
+        assert!(!health_ok(&answer(200, "<html>OK</html>")));
+        assert!(!health_ok(&answer(503, "OK")));
+        assert_eq!(version(&answer(200, "3.17.2")).as_deref(), Some("3.17.2"));
         assert_eq!(
-            HttpResponse {
-                status: 404,
-                body: "<h1>Not   Found</h1>\n".into()
-            }
-            .describe(),
+            version(&answer(200, "<!doctype html><title>Hi</title>")),
+            None
+        );
+        assert_eq!(version(&answer(404, "3.17.2")), None);
+        assert_eq!(
+            describe(&answer(404, "<h1>Not   Found</h1>\n")),
             "HTTP 404 \"<h1>Not Found</h1>\""
         );
+        assert_eq!(describe(&answer(503, "")), "HTTP 503 with an empty body");
+    }
+
+    #[test]
+    fn reads_transport_failures() {
+        let conn = |reason: &str| Error::Connection {
+            url: "http://127.0.0.1:1/health".into(),
+            reason: reason.into(),
+        };
+        let two = Duration::from_secs(2);
+        let refused = "connection failed (error sending request: client error (Connect): tcp connect error: Connection refused (os error 111))";
+        assert_eq!(failure(&conn(refused), two), None);
         assert_eq!(
-            HttpResponse {
-                status: 503,
-                body: String::new()
-            }
-            .describe(),
-            "HTTP 503 with an empty body"
+            failure(&conn("connection failed (operation timed out)"), two).unwrap(),
+            "did not accept a TCP connection within 2 s"
         );
+        assert_eq!(
+            failure(
+                &conn("timed out (error sending request: operation timed out)"),
+                two
+            )
+            .unwrap(),
+            "accepted TCP but sent no HTTP answer within 2 s"
+        );
+        let garbage = "request failed (error sending request: client error (SendRequest): invalid HTTP version parsed)";
+        assert_eq!(
+            failure(&conn(garbage), two).unwrap(),
+            "accepted TCP but sent no valid HTTP answer (invalid HTTP version parsed)"
+        );
+        assert_eq!(innermost("request failed (plain)"), "plain");
     }
 
     #[test]
@@ -1040,7 +820,7 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_millis(300)), "300 ms");
         assert_eq!(tail_lines("a\nb\n\nc\nd\n", 2), "c\nd");
         assert_eq!(tail_lines("\n\n", 2), "(the log is empty)");
-        assert!(snippet(&[b'x'; 100]).ends_with("..."));
+        assert!(snippet(&"x".repeat(100)).ends_with("..."));
     }
 
     #[test]
@@ -1132,6 +912,49 @@ mod tests {
         assert_eq!(
             probe("127.0.0.1", port, Duration::from_secs(2)),
             PortState::Free
+        );
+    }
+
+    /// A loopback listener that sends `first` on each connection, then holds it open until the peer
+    /// closes it (a silent service, or one that speaks another protocol).
+    fn hold(first: &'static [u8]) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let _ = s.write_all(first);
+                    let _ = std::io::copy(&mut s, &mut std::io::sink());
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn probe_says_what_a_silent_or_non_http_listener_did() {
+        let budget = Duration::from_millis(300);
+        let t = Instant::now();
+        let silent = probe("127.0.0.1", hold(b""), budget);
+        let took = t.elapsed();
+        assert_eq!(
+            silent,
+            PortState::Other {
+                answered: "accepted TCP but sent no HTTP answer within 300 ms".into()
+            }
+        );
+        assert!(took < budget + Duration::from_millis(200), "{took:?}");
+
+        let t = Instant::now();
+        let PortState::Other { answered } =
+            probe("127.0.0.1", hold(b"SSH-2.0-OpenSSH_9.6\r\n"), budget)
+        else {
+            panic!("garbage taken for MLflow or a free port");
+        };
+        assert!(t.elapsed() < budget, "{:?}", t.elapsed());
+        assert_eq!(
+            answered,
+            "accepted TCP but sent no valid HTTP answer (invalid HTTP version parsed)"
         );
     }
 }
