@@ -175,6 +175,31 @@ impl HttpClient {
         read_json(resp, "GET", url)
     }
 
+    /// GET a full URL outside the REST API (`/health`, `/version`) within `timeout`: the status and
+    /// the body as text, whatever the status (non-2xx answers are not errors). Sent once, never
+    /// retried; a transport failure is [`Error::Connection`] whose reason starts like every other
+    /// (`connection failed (...)`, `timed out (...)`, `request failed (...)`).
+    pub fn get_text(&self, url: &str, timeout: Duration) -> Result<(u16, String)> {
+        let mut req = self.client.get(url).timeout(timeout);
+        if let Some(a) = &self.auth {
+            req = req.header(header::AUTHORIZATION, a.clone());
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let fail = |reason| Error::Connection {
+            url: url.to_owned(),
+            reason,
+        };
+        let resp = req.send().map_err(|e| fail(describe_reqwest(e)))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().map_err(|e| {
+            fail(format!(
+                "HTTP {status}, then reading the body failed: {}",
+                describe_reqwest(e)
+            ))
+        })?;
+        Ok((status, body))
+    }
+
     /// Sends a request built by `make`, retrying connection errors, 429 and 5xx (never other 4xx)
     /// with capped exponential backoff. Returns the successful response, or the error answer
     /// mapped to [`Error::Mlflow`], or [`Error::Connection`] once retries are exhausted.
