@@ -134,6 +134,10 @@ impl MlflowBackendBuilder {
         if let Some(uri) = tracking_uri {
             settings.set_tracking_uri(&uri)?;
         } else if let Some((host, port)) = host_port {
+            let mut server_options = server_options;
+            if server_options.mlflow_bin.is_none() {
+                server_options.mlflow_bin = settings.mlflow_bin.clone();
+            }
             server = ensure_server(&host, port, &server_options)?;
             let uri = match &server {
                 Some(s) => s.url().to_owned(),

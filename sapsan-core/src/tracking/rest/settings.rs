@@ -90,6 +90,9 @@ pub struct Settings {
     /// off, and for records the journal's disk refused. Past it metric points are dropped (and
     /// counted and reported), never params, tags, runs or statuses. Default 256 MiB.
     pub memory_limit: usize,
+    /// The `mlflow` executable for a server the backend starts (`SAPSAN_MLFLOW_BIN`; default
+    /// `mlflow` on `PATH`).
+    pub mlflow_bin: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -114,6 +117,7 @@ impl Default for Settings {
             exit_grace: Duration::from_secs(6),
             queue_capacity: 1 << 20,
             memory_limit: 256 << 20,
+            mlflow_bin: None,
         }
     }
 }
@@ -140,6 +144,7 @@ impl std::fmt::Debug for Settings {
             .field("exit_grace", &self.exit_grace)
             .field("queue_capacity", &self.queue_capacity)
             .field("memory_limit", &self.memory_limit)
+            .field("mlflow_bin", &self.mlflow_bin)
             .finish()
     }
 }
@@ -156,6 +161,8 @@ pub const OFFLINE_SCHEME: &str = "offline:";
 pub const FLUSH_TIMEOUT_ENV: &str = "SAPSAN_FLUSH_TIMEOUT";
 /// Environment variable with the exit grace in seconds.
 pub const EXIT_GRACE_ENV: &str = "SAPSAN_EXIT_GRACE";
+/// Environment variable naming the `mlflow` executable for servers the backend starts.
+pub const MLFLOW_BIN_ENV: &str = "SAPSAN_MLFLOW_BIN";
 /// The journal root when none is set (relative to the working directory).
 pub const DEFAULT_JOURNAL_ROOT: &str = ".sapsan-journal";
 
@@ -213,6 +220,7 @@ impl Settings {
                 s.offline_root = Some(s.journal_root.clone());
             }
         }
+        s.mlflow_bin = nonempty(MLFLOW_BIN_ENV).map(PathBuf::from);
         if let Some(v) = nonempty(FLUSH_TIMEOUT_ENV) {
             s.flush_timeout = seconds(FLUSH_TIMEOUT_ENV, &v)?;
         }

@@ -21,8 +21,6 @@ use crate::error::{Error, Result};
 mod process;
 pub use process::{MlflowServer, find_mlflow, stop_process_group};
 
-/// Environment variable naming the `mlflow` executable to start (default: `mlflow` on `PATH`).
-pub const MLFLOW_BIN_ENV: &str = "SAPSAN_MLFLOW_BIN";
 /// How long [`ensure_server`] gives a busy port to prove it is an MLflow server.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long [`MlflowServer::stop`] waits after SIGTERM before it sends SIGKILL.
@@ -71,13 +69,12 @@ impl std::fmt::Debug for ServerOptions {
 }
 
 impl Default for ServerOptions {
-    /// `mlflow` from `SAPSAN_MLFLOW_BIN` or else `PATH`, data in the current directory, one worker,
+    /// `mlflow` on `PATH` (the builder's settings may name another, `SAPSAN_MLFLOW_BIN`), data in
+    /// the current directory, one worker,
     /// 60 s to become ready, not quiet.
     fn default() -> Self {
         Self {
-            mlflow_bin: std::env::var_os(MLFLOW_BIN_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            mlflow_bin: None,
             data_dir: None,
             workers: Some(1),
             ready_timeout: Duration::from_secs(60),
@@ -198,7 +195,8 @@ pub fn ensure_server(host: &str, port: u16, opts: &ServerOptions) -> Result<Opti
         PortState::Free => {
             let server = MlflowServer::spawn_and_wait(host, port, opts)?;
             if !opts.quiet {
-                eprintln!(
+                log::info!(
+                    target: "sapsan::server",
                     "MLflow server started at {} (log: {})",
                     server.url(),
                     server.log_path().display()
