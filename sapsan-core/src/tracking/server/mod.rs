@@ -14,8 +14,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::client::HttpClient;
-use super::settings::Settings;
+use super::rest::client::HttpClient;
+use super::rest::settings::Settings;
 use crate::error::{Error, Result};
 
 mod process;
