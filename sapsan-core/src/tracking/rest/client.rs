@@ -27,6 +27,8 @@ pub struct HttpClient {
     client: Client,
     base: String,
     auth: Option<header::HeaderValue>,
+    /// Deadline of one attempt, from connecting to the last byte of the answer.
+    timeout: Duration,
     max_retries: u32,
     backoff_base: Duration,
     backoff_max: Duration,
@@ -92,6 +94,7 @@ impl HttpClient {
             client,
             base: base.trim_end_matches('/').to_owned(),
             auth: auth_header(&settings.auth)?,
+            timeout: settings.timeout,
             max_retries: settings.max_retries,
             backoff_base: settings.backoff_base,
             backoff_max: settings.backoff_max,
@@ -212,7 +215,11 @@ impl HttpClient {
     ) -> Result<Response> {
         let mut attempt = 0u32;
         loop {
-            let mut req = make(&self.client);
+            // One deadline for the whole attempt, connect to last body byte. The client-wide
+            // timeout of reqwest's blocking client only bounds each blocking call on its own (the
+            // wait for the headers, then again every body read) and arms no timer where the
+            // connection lives; a per-request timeout does both.
+            let mut req = make(&self.client).timeout(self.timeout);
             if let Some(a) = &self.auth {
                 req = req.header(header::AUTHORIZATION, a.clone());
             }
@@ -623,6 +630,84 @@ mod tests {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// A loopback server that accepts connections, reads nothing and never answers.
+    fn silent_server() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept() {
+                held.push(stream);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn a_server_that_accepts_and_never_answers_times_out() {
+        let s = Settings {
+            timeout: Duration::from_millis(500),
+            max_retries: 0,
+            ..Settings::default()
+        };
+        let c = HttpClient::new(&silent_server(), &s).unwrap();
+        let t = std::time::Instant::now();
+        let e = c.post(
+            "runs/log-batch",
+            &serde_json::json!({}),
+            Idempotency::Idempotent,
+        );
+        let took = t.elapsed();
+        match e {
+            Err(Error::Connection { reason, .. }) => {
+                assert!(reason.contains("timed out"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+    }
+
+    #[test]
+    fn the_timeout_covers_the_whole_request_body_included() {
+        use std::io::{BufRead, BufReader, Write};
+        // Headers after 700 ms, then a body that trickles in one byte per 100 ms.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            std::thread::sleep(Duration::from_millis(700));
+            let head =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            for _ in 0..1000 {
+                std::thread::sleep(Duration::from_millis(100));
+                if stream.write_all(b" ").is_err() {
+                    return;
+                }
+            }
+        });
+        let s = Settings {
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+            ..Settings::default()
+        };
+        let c = HttpClient::new(&format!("http://{addr}"), &s).unwrap();
+        let t = std::time::Instant::now();
+        let e = c.get("runs/get", &[("run_id", "r")]);
+        let took = t.elapsed();
+        assert!(matches!(e, Err(Error::Connection { .. })), "{e:?}");
+        // One deadline: about 1 s, not 0.7 s for the headers plus a fresh second for the body.
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
     }
 
     fn fast_retries() -> Settings {
