@@ -16,7 +16,7 @@ pub struct Shared<T> {
 
 impl<T> Shared<T> {
     /// Wraps `value`.
-    pub fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         Shared {
             value: Mutex::new(value),
             changed: Condvar::new(),

@@ -27,7 +27,7 @@ pub use store::{MemoryStore, Source, Store};
 
 /// Journal run key -> server run id, filled by the uploader as it creates runs (the backend
 /// resolves `local-...` ids with it; a compacted journal records the ids).
-pub type RunIds = Arc<Mutex<HashMap<String, String>>>;
+pub type RunIds = Arc<crate::shared::Shared<HashMap<String, String>>>;
 
 /// The journal's reader as its writer sees it (the uploader): told of every append, and asked
 /// before the file is compacted.
@@ -569,7 +569,7 @@ impl Writer {
     /// The compacted file: every run's `Create` record (with the server's id once the uploader
     /// knows it), then the last status of each run.
     fn compact(creates: &[Record], statuses: &[Record], ids: &RunIds) -> Vec<Record> {
-        let ids = ids.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = ids.lock();
         let mut out: Vec<Record> = creates
             .iter()
             .map(|c| match c {
@@ -1070,7 +1070,7 @@ mod tests {
         assert_eq!(n.offsets(), (0, shared.len()));
         // Delivered (the uploader created k1 lazily as s1): the next append compacts first.
         n.ack_for_test(shared.len());
-        ids.lock().unwrap().insert("k1".into(), "s1".into());
+        ids.lock().insert("k1".into(), "s1".into());
         shared.append(&[points("k2", 2)]).unwrap();
         let after = on_disk(&dir);
         assert_eq!(

@@ -20,10 +20,11 @@
 //!
 //! [`MlflowBackend`]: super::MlflowBackend
 //! [`OfflineBackend`]: super::OfflineBackend
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::shared::Shared;
 
 /// Longest time the signal path spends delivering queues and marking runs KILLED before the
 /// process dies of the signal anyway.
@@ -37,14 +38,14 @@ pub(crate) trait SignalTarget: Send + Sync + std::fmt::Debug {
 }
 
 /// Live backends, as weak references.
-static REGISTRY: Mutex<Vec<Weak<dyn SignalTarget>>> = Mutex::new(Vec::new());
+static REGISTRY: Shared<Vec<Weak<dyn SignalTarget>>> = Shared::new(Vec::new());
 
 /// Registers `target` with the signal path, installing the handlers on first use.
 ///
 /// The caller keeps the only strong reference; dropping it unregisters the target.
 pub(crate) fn register(target: &Arc<dyn SignalTarget>) -> Result<()> {
     imp::install()?;
-    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut reg = REGISTRY.lock();
     reg.retain(|w| w.strong_count() > 0);
     reg.push(Arc::downgrade(target));
     Ok(())
@@ -59,7 +60,6 @@ pub fn handlers_installed() -> bool {
 pub fn live_backends() -> usize {
     REGISTRY
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .iter()
         .filter(|w| w.strong_count() > 0)
         .count()
@@ -67,12 +67,8 @@ pub fn live_backends() -> usize {
 
 /// Ends the open runs of every live backend as KILLED, within [`KILL_GRACE`].
 fn kill_all(signal_name: &str) {
-    let targets: Vec<Arc<dyn SignalTarget>> = REGISTRY
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter_map(Weak::upgrade)
-        .collect();
+    let targets: Vec<Arc<dyn SignalTarget>> =
+        REGISTRY.lock().iter().filter_map(Weak::upgrade).collect();
     if targets.is_empty() {
         return;
     }

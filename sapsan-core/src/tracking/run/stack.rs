@@ -1,14 +1,15 @@
 //! [`RunStack`]: the runs a backend has started or resumed and not yet ended.
-use std::sync::Mutex;
+use std::sync::MutexGuard;
+
+use crate::shared::Shared;
 
 /// The stack of runs a backend has started or resumed and not yet ended (innermost last).
 #[derive(Debug, Default)]
-pub struct RunStack(Mutex<Vec<String>>);
+pub struct RunStack(Shared<Vec<String>>);
 
 impl RunStack {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<String>> {
+        self.0.lock()
     }
     /// Pushes a run on top.
     pub fn push(&self, run_id: &str) {

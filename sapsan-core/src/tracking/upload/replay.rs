@@ -4,11 +4,12 @@
 //! drops exact duplicate metric points, a param logged again with the same value is accepted,
 //! tags and statuses are set to the same values again.
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::shared::Shared;
 use crate::tracking::journal::{JMetric, RUN_KEY_TAG, Record, RunIds, RunRef, Source};
 use crate::tracking::rest::artifacts;
 use crate::tracking::rest::client::{HttpClient, Idempotency};
@@ -26,8 +27,8 @@ pub fn is_transient(e: &Error) -> bool {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Shared<T>) -> MutexGuard<'_, T> {
+    m.lock()
 }
 
 /// A run to create on the server now (see [`Replayer::create_now`]).
@@ -57,13 +58,13 @@ pub struct Replayer {
     /// Run key -> server run id.
     runs: RunIds,
     /// Experiment name -> id.
-    experiments: Mutex<HashMap<String, String>>,
+    experiments: Shared<HashMap<String, String>>,
     /// Server run id -> artifact root.
-    artifact_uris: Mutex<HashMap<String, String>>,
+    artifact_uris: Shared<HashMap<String, String>>,
     /// Trust the ids recorded in `Create` records (same server as when they were written).
     trust_ids: bool,
     /// Held while a run is looked up and created, so it is created once.
-    creating: Mutex<()>,
+    creating: Shared<()>,
 }
 
 impl Replayer {
@@ -75,10 +76,10 @@ impl Replayer {
             http,
             source,
             runs: RunIds::default(),
-            experiments: Mutex::new(HashMap::new()),
-            artifact_uris: Mutex::new(HashMap::new()),
+            experiments: Shared::new(HashMap::new()),
+            artifact_uris: Shared::new(HashMap::new()),
             trust_ids,
-            creating: Mutex::new(()),
+            creating: Shared::new(()),
         }
     }
 

@@ -133,7 +133,7 @@ pub fn sync_dir(
                 Err(e) => report.refused.push(format!("{}: {e}", d.display())),
             }
         }
-        report.runs += rep.ids().lock().unwrap_or_else(|e| e.into_inner()).len();
+        report.runs += rep.ids().lock().len();
         report.journals += 1;
         let left_open = open_runs(&records);
         if left_open.is_empty() {

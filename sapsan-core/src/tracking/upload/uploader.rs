@@ -97,7 +97,7 @@ pub enum Delivery {
 #[derive(Debug)]
 pub struct Uploader {
     shared: Arc<Up>,
-    worker: std::sync::Mutex<Option<JoinHandle<()>>>,
+    worker: Shared<Option<JoinHandle<()>>>,
     replayer: Arc<Replayer>,
 }
 
@@ -116,7 +116,7 @@ impl Uploader {
             })?;
         Ok(Uploader {
             shared,
-            worker: std::sync::Mutex::new(Some(worker)),
+            worker: Shared::new(Some(worker)),
             replayer,
         })
     }
@@ -142,7 +142,7 @@ impl Uploader {
     pub fn stop(&self, deadline: Instant) -> bool {
         self.shared.update(|g| g.stop = true);
         let gone = self.shared.wait_until(deadline, |g| g.gone).1;
-        let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let worker = self.worker.lock().take();
         if let Some(w) = worker
             && gone
         {
