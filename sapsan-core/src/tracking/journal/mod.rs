@@ -1,0 +1,156 @@
+//! The append-only journal: every run creation, status change and batch of metrics, params and
+//! tags is written to local disk (JSON lines, fsync at each append) before it goes to the server.
+//!
+//! One directory per backend instance (`<root>/<ms>-<pid>-<n>/journal.jsonl`), where the root is
+//! `SAPSAN_JOURNAL_DIR` or `./.sapsan-journal`. A backend removes its directory once everything in
+//! it has landed on the server; when the server stayed away, the directory stays and the program
+//! says so on exit. `sapsan sync <dir>` (see [`super::sync`]) uploads it later.
+//!
+//! Runs are named in the journal by a client-generated *key* (also stored on the run as the tag
+//! [`RUN_KEY_TAG`]), so a run is created on a server exactly once: before creating, the uploader
+//! looks for a run with that tag.
+//!
+//! The module is split by concern: [`Record`] and the line format (`record.rs`), the [`Journal`]
+//! file and [`read_records`] (`file.rs`), the [`SharedJournal`] with its held records and
+//! rotation (`shared.rs`), and the writer's [`Origin`] with [`leftovers`] (`origin.rs`).
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+mod file;
+mod origin;
+mod record;
+mod shared;
+
+pub use file::{Journal, read_records};
+pub use origin::{Origin, host_name, leftovers};
+pub use record::{JMetric, JsonF64, Record, RunRef};
+pub use shared::{JournalSink, SharedJournal};
+
+/// File name of the journal inside its directory.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// File beside the journal saying which program on which machine writes it ([`Origin`]).
+pub const ORIGIN_FILE: &str = "writer.json";
+/// Subdirectory of a journal directory holding the bytes of journaled artifacts.
+pub const BLOB_DIR: &str = "artifacts";
+/// Temporary file a compacted journal is written to before it replaces [`JOURNAL_FILE`].
+pub const ROTATE_TMP_FILE: &str = "journal.jsonl.tmp";
+/// Size above which a fully delivered journal is compacted by default (64 MiB; see
+/// [`SharedJournal::with_rotation`]).
+pub const DEFAULT_ROTATE_BYTES: u64 = 64 << 20;
+/// Name of the default journal root (relative to the working directory).
+pub const DEFAULT_ROOT: &str = ".sapsan-journal";
+/// Tag holding a run's client-generated key (exactly-once run creation).
+pub const RUN_KEY_TAG: &str = "sapsan.runKey";
+/// Environment variable naming the journal root directory.
+pub const JOURNAL_DIR_ENV: &str = "SAPSAN_JOURNAL_DIR";
+/// Environment variable that turns the journal of [`super::MlflowBackend`] off when `0`, `false`,
+/// `off` or `no` (it is on by default).
+pub const JOURNAL_ENV: &str = "SAPSAN_JOURNAL";
+
+/// The journal root: `SAPSAN_JOURNAL_DIR`, else `./.sapsan-journal`.
+pub fn journal_root() -> PathBuf {
+    match std::env::var_os(JOURNAL_DIR_ENV) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(DEFAULT_ROOT),
+    }
+}
+
+/// Whether the environment leaves the journal on (see [`JOURNAL_ENV`]).
+pub fn enabled_by_env() -> bool {
+    enabled(|k| std::env::var(k).ok())
+}
+
+/// Whether [`JOURNAL_ENV`], as `lookup` reads it, leaves the journal on.
+pub fn enabled(lookup: impl Fn(&str) -> Option<String>) -> bool {
+    !matches!(
+        lookup(JOURNAL_ENV)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref(),
+        Some("0" | "false" | "off" | "no")
+    )
+}
+
+/// Removes a journal instance directory (delivered, or never used), and the default root
+/// `.sapsan-journal` when that leaves it empty. Problems are reported on stderr, never fatal.
+pub fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!(
+            "sapsan: could not remove the journal {}: {e}",
+            dir.display()
+        );
+        return;
+    }
+    if let Some(root) = dir.parent()
+        && root.file_name() == Some(std::ffi::OsStr::new(DEFAULT_ROOT))
+    {
+        // Fails (and is meant to) while other journals are in it.
+        let _ = std::fs::remove_dir(root);
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, hard-to-guess key (run keys, directory names): time, pid, a counter and hashed entropy.
+pub fn fresh_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(t);
+    h.write_u64(n);
+    h.write_u32(std::process::id());
+    format!(
+        "{:012x}{:08x}{:016x}",
+        t as u64 & 0xffff_ffff_ffff,
+        n,
+        h.finish()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_root_goes_with_its_last_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join(DEFAULT_ROOT);
+        let a = Journal::create_in(&root).unwrap();
+        let b = Journal::create_in(&root).unwrap();
+        remove_dir(a.dir());
+        assert!(!a.dir().exists());
+        assert!(root.is_dir(), "another journal is still in it");
+        remove_dir(b.dir());
+        assert!(!root.exists(), "an empty default root is removed");
+        // A root the user named stays.
+        let named = tmp.path().join("mine");
+        let c = Journal::create_in(&named).unwrap();
+        remove_dir(c.dir());
+        assert!(named.is_dir());
+    }
+
+    #[test]
+    fn journal_is_on_unless_the_environment_says_off() {
+        let with = |v: &'static str| move |k: &str| (k == JOURNAL_ENV).then(|| v.to_owned());
+        assert!(enabled(|_| None));
+        for off in ["0", "false", "OFF", " no "] {
+            assert!(!enabled(with(off)), "{off}");
+        }
+        for on in ["1", "true", "yes", ""] {
+            assert!(enabled(with(on)), "{on}");
+        }
+    }
+
+    #[test]
+    fn keys_are_unique() {
+        let a = fresh_key();
+        let b = fresh_key();
+        assert_ne!(a, b);
+        assert!(crate::tracking::validate::tag_value(RUN_KEY_TAG, &a).is_ok());
+    }
+}
