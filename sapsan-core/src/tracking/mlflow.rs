@@ -227,7 +227,7 @@ impl Delivery {
             .iter()
             .map(|run| Record::Status {
                 run: self.journal.run_ref(run),
-                status: status.as_str().to_owned(),
+                status,
                 end_ms,
             })
             .collect();
@@ -1012,7 +1012,7 @@ impl Backend for MlflowBackend {
             let j = &d.delivery.journal;
             let journaled = j.append(&[Record::Status {
                 run: j.run_ref(run_id),
-                status: status.as_str().to_owned(),
+                status,
                 end_ms,
             }]);
             self.state().entry(run_id.to_owned()).or_default().open = status == RunStatus::Running;

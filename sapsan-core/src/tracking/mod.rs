@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 pub mod artifacts;
@@ -29,8 +31,9 @@ pub use offline::{OfflineBackend, backend_from_env};
 pub use server::{MlflowServer, ServerOptions, ensure_server};
 pub use settings::{Auth, Settings};
 
-/// Status of a run, as MLflow names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Status of a run, as MLflow names it (serialized as MLflow's names: `"RUNNING"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunStatus {
     /// Open.
     Running,

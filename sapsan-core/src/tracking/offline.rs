@@ -143,7 +143,7 @@ fn status_records(journal: &SharedJournal, runs: &[String], status: RunStatus) -
     runs.iter()
         .map(|r| Record::Status {
             run: journal.run_ref(r),
-            status: status.as_str().to_owned(),
+            status,
             end_ms,
         })
         .collect()
@@ -213,7 +213,7 @@ impl Backend for OfflineBackend {
         let flushed = self.queue.flush();
         let journaled = self.journal.append(&[Record::Status {
             run: self.journal.run_ref(run_id),
-            status: status.as_str().to_owned(),
+            status,
             end_ms: (status != RunStatus::Running).then(now_ms),
         }]);
         self.state().entry(run_id.to_owned()).or_default().open = status == RunStatus::Running;
@@ -355,7 +355,9 @@ mod tests {
         );
         let statuses = recs
             .iter()
-            .filter(|r| matches!(r, Record::Status { status, .. } if status == "FINISHED"))
+            .filter(
+                |r| matches!(r, Record::Status { status, .. } if *status == RunStatus::Finished),
+            )
             .count();
         assert_eq!(statuses, 2);
         let metrics: usize = recs

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::RunStatus;
 use super::artifacts;
 use super::client::{HttpClient, Idempotency};
 use super::journal::{self, JMetric, RUN_KEY_TAG, Record, RunRef};
@@ -336,7 +337,11 @@ fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
                 run,
                 status,
                 end_ms,
-            } => touch(run, Some(status == "RUNNING"), end_ms.unwrap_or(0)),
+            } => touch(
+                run,
+                Some(*status == RunStatus::Running),
+                end_ms.unwrap_or(0),
+            ),
             Record::Artifact { .. } => {}
         }
     }
@@ -395,7 +400,7 @@ pub fn sync_dir(
             for (run, last_ms) in left_open {
                 let rec = Record::Status {
                     run,
-                    status: "KILLED".into(),
+                    status: RunStatus::Killed,
                     end_ms: Some(last_ms),
                 };
                 match rep.apply(&rec) {
@@ -1005,7 +1010,7 @@ mod tests {
     fn coalesce_repacks_part_filled_batches_and_acks_whole_records_only() {
         let status = Record::Status {
             run: RunRef::Key("a".into()),
-            status: "FINISHED".into(),
+            status: RunStatus::Finished,
             end_ms: Some(1),
         };
         let with_param = Record::Batch {
@@ -1133,7 +1138,7 @@ mod tests {
     fn windows_hold_consecutive_batches_without_a_tag_set_twice() {
         let status = Record::Status {
             run: RunRef::Key("a".into()),
-            status: "FINISHED".into(),
+            status: RunStatus::Finished,
             end_ms: Some(1),
         };
         let recs = vec![

@@ -216,7 +216,7 @@ mod tests {
             },
             Record::Status {
                 run: RunRef::Id("abc".into()),
-                status: "FINISHED".into(),
+                status: crate::tracking::RunStatus::Finished,
                 end_ms: Some(9),
             },
         ];

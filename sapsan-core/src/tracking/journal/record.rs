@@ -1,7 +1,7 @@
 //! The journal's records: what one line holds.
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::tracking::Metric;
+use crate::tracking::{Metric, RunStatus};
 
 /// A run as the journal names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -102,8 +102,8 @@ pub enum Record {
     Status {
         /// The run.
         run: RunRef,
-        /// `RUNNING`, `FINISHED`, `FAILED` or `KILLED`.
-        status: String,
+        /// The new status (`"RUNNING"`, `"FINISHED"`, `"FAILED"` or `"KILLED"` in the file).
+        status: RunStatus,
         /// End time for a terminal status.
         end_ms: Option<i64>,
     },
@@ -130,5 +130,39 @@ impl Record {
             } => metrics.len() + params.len() + tags.len(),
             _ => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_written_with_mlflows_names() {
+        let rec = Record::Status {
+            run: RunRef::Key("k".into()),
+            status: RunStatus::Killed,
+            end_ms: Some(3),
+        };
+        let line = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            line,
+            r#"{"t":"status","run":{"key":"k"},"status":"KILLED","end_ms":3}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), rec);
+        let all = [
+            RunStatus::Running,
+            RunStatus::Finished,
+            RunStatus::Failed,
+            RunStatus::Killed,
+        ];
+        for s in all {
+            let json = serde_json::to_value(s).unwrap();
+            assert_eq!(json, s.as_str());
+            assert_eq!(serde_json::from_value::<RunStatus>(json).unwrap(), s);
+        }
+        // Not a status MLflow knows: the record does not parse.
+        let odd = r#"{"t":"status","run":{"key":"k"},"status":"PAUSED","end_ms":null}"#;
+        assert!(serde_json::from_str::<Record>(odd).is_err());
     }
 }

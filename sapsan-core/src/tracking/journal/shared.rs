@@ -352,6 +352,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::tracking::RunStatus;
     use crate::tracking::journal::{
         JMetric, JOURNAL_FILE, JsonF64, ROTATE_TMP_FILE, RUN_KEY_TAG, read_records,
     };
@@ -364,13 +365,13 @@ mod tests {
         // A read-only handle: every write fails, as on a full disk.
         j.file = File::open("/dev/null").unwrap();
         let shared = SharedJournal::new(j, None);
-        let status = |s: &str| Record::Status {
+        let status = |s: RunStatus| Record::Status {
             run: RunRef::Id("r".into()),
-            status: s.into(),
+            status: s,
             end_ms: None,
         };
-        shared.append(&[status("A")]).unwrap();
-        shared.append(&[status("B")]).unwrap();
+        shared.append(&[status(RunStatus::Running)]).unwrap();
+        shared.append(&[status(RunStatus::Finished)]).unwrap();
         assert_eq!(shared.held_items(), 2);
         assert!(shared.problem().unwrap().contains("writing the journal"));
         assert_eq!(shared.len(), 0, "nothing half-written");
@@ -379,10 +380,10 @@ mod tests {
             .append(true)
             .open(dir.join(JOURNAL_FILE))
             .unwrap();
-        shared.append(&[status("C")]).unwrap();
+        shared.append(&[status(RunStatus::Failed)]).unwrap();
         assert_eq!(shared.held_items(), 0);
         assert!(shared.problem().is_none());
-        let back: Vec<String> = read_records(&dir, 0, None)
+        let back: Vec<RunStatus> = read_records(&dir, 0, None)
             .unwrap()
             .into_iter()
             .map(|(r, _)| match r {
@@ -390,12 +391,13 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(back, ["A", "B", "C"]);
+        use RunStatus::{Failed, Finished, Running};
+        assert_eq!(back, [Running, Finished, Failed]);
         // What is still held at the end is handed over for direct delivery.
         shared.lock_journal().journal.file = File::open("/dev/null").unwrap();
-        shared.append(&[status("D")]).unwrap();
+        shared.append(&[status(RunStatus::Killed)]).unwrap();
         let (held, why) = shared.take_held();
-        assert_eq!(held, vec![status("D")]);
+        assert_eq!(held, vec![status(RunStatus::Killed)]);
         assert!(why.is_some());
     }
 
@@ -411,10 +413,10 @@ mod tests {
         }
     }
 
-    fn status(run: &str, s: &str) -> Record {
+    fn status(run: &str, s: RunStatus) -> Record {
         Record::Status {
             run: RunRef::Key(run.into()),
-            status: s.into(),
+            status: s,
             end_ms: None,
         }
     }
@@ -447,7 +449,7 @@ mod tests {
         let ids = RunIds::default();
         let shared = SharedJournal::new(j, Some(n.clone())).with_rotation(300, ids.clone());
         shared
-            .append(&[create("k1", None, None), status("k1", "RUNNING")])
+            .append(&[create("k1", None, None), status("k1", RunStatus::Running)])
             .unwrap();
         shared
             .append(&[create("k2", Some("k1"), Some("s2")), points("k1", 20)])
@@ -458,7 +460,7 @@ mod tests {
             .unwrap();
         let blob = dir.join(BLOB_DIR).join("1");
         assert!(blob.is_file());
-        shared.append(&[status("k1", "FINISHED")]).unwrap();
+        shared.append(&[status("k1", RunStatus::Finished)]).unwrap();
         // Bytes of an artifact not journaled yet (being written by another thread) must stay.
         let pending = dir.join(BLOB_DIR).join("99");
         std::fs::write(&pending, b"pending").unwrap();
@@ -479,7 +481,7 @@ mod tests {
             vec![
                 create("k1", None, Some("s1")),
                 create("k2", Some("k1"), Some("s2")),
-                status("k1", "FINISHED"),
+                status("k1", RunStatus::Finished),
                 points("k2", 2),
             ]
         );
@@ -513,11 +515,11 @@ mod tests {
         assert!(l1 > 100);
         // The disk refuses a write while delivery is behind: held.
         shared.lock_journal().journal.file = File::open("/dev/null").unwrap();
-        shared.append(&[status("k1", "A")]).unwrap();
+        shared.append(&[status("k1", RunStatus::Running)]).unwrap();
         assert_eq!(shared.held_items(), 1);
         // Everything on disk is delivered, but records are held: no compaction.
         n.ack_for_test(l1);
-        shared.append(&[status("k1", "B")]).unwrap();
+        shared.append(&[status("k1", RunStatus::Finished)]).unwrap();
         assert_eq!(shared.held_items(), 2);
         assert_eq!(on_disk(&dir).len(), 2, "the file is as it was");
         assert_eq!(n.offsets(), (l1, l1));
@@ -526,19 +528,19 @@ mod tests {
             .append(true)
             .open(dir.join(JOURNAL_FILE))
             .unwrap();
-        shared.append(&[status("k1", "C")]).unwrap();
+        shared.append(&[status("k1", RunStatus::Failed)]).unwrap();
         assert_eq!(shared.held_items(), 0);
         assert_eq!(on_disk(&dir).len(), 5);
         assert_eq!(n.offsets(), (l1, shared.len()));
         // Once those are delivered too, the next append compacts.
         n.ack_for_test(shared.len());
-        shared.append(&[status("k1", "D")]).unwrap();
+        shared.append(&[status("k1", RunStatus::Killed)]).unwrap();
         assert_eq!(
             on_disk(&dir),
             vec![
                 create("k1", None, None),
-                status("k1", "C"),
-                status("k1", "D")
+                status("k1", RunStatus::Failed),
+                status("k1", RunStatus::Killed)
             ]
         );
 
