@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::artifacts;
 use super::client::{HttpClient, Idempotency};
-use super::journal::{self, Journal, JournalSink, JsonF64, Record, SharedJournal};
+use super::journal::{self, Journal, JournalSink, Record, SharedJournal};
 use super::queue::{Deliver, LogQueue, RunBatch};
 use super::server::{MlflowServer, ServerOptions, ensure_server};
 use super::settings::Settings;
@@ -1390,28 +1390,18 @@ struct HttpSender {
     concurrency: usize,
 }
 
-/// One metric point of a log-batch request.
-#[derive(Serialize)]
-pub(crate) struct WireMetric<'a> {
-    pub(crate) key: &'a str,
-    /// A number, or MLflow's string for NaN and +-inf.
-    pub(crate) value: JsonF64,
-    pub(crate) timestamp: i64,
-    pub(crate) step: i64,
-}
-
 #[derive(Serialize)]
 struct WireKv<'a> {
     key: &'a str,
     value: &'a str,
 }
 
-/// A log-batch request body, serialized straight from borrowed data (no `serde_json::Value` per
-/// metric).
+/// A log-batch request body, serialized straight from borrowed data (no `serde_json::Value` and
+/// no copy per metric: [`Metric`] serializes as MLflow's metric).
 #[derive(Serialize)]
 pub(crate) struct BatchBody<'a> {
     run_id: &'a str,
-    metrics: Vec<WireMetric<'a>>,
+    metrics: &'a [Metric],
     params: Vec<WireKv<'a>>,
     tags: Vec<WireKv<'a>>,
 }
@@ -1420,7 +1410,7 @@ impl<'a> BatchBody<'a> {
     /// The body for `metrics`, `params` and `tags` of `run_id`.
     pub(crate) fn new(
         run_id: &'a str,
-        metrics: impl Iterator<Item = WireMetric<'a>>,
+        metrics: &'a [Metric],
         params: &'a [(String, String)],
         tags: &'a [(String, String)],
     ) -> Self {
@@ -1429,7 +1419,7 @@ impl<'a> BatchBody<'a> {
         };
         BatchBody {
             run_id,
-            metrics: metrics.collect(),
+            metrics,
             params: kv(params),
             tags: kv(tags),
         }
@@ -1438,13 +1428,7 @@ impl<'a> BatchBody<'a> {
 
 /// The log-batch request body for `b`.
 fn batch_body(b: &RunBatch) -> BatchBody<'_> {
-    let metrics = b.metrics.iter().map(|m| WireMetric {
-        key: &m.key,
-        value: JsonF64(m.value),
-        timestamp: m.timestamp_ms,
-        step: m.step,
-    });
-    BatchBody::new(&b.run_id, metrics, &b.params, &b.tags)
+    BatchBody::new(&b.run_id, &b.metrics, &b.params, &b.tags)
 }
 
 impl HttpSender {

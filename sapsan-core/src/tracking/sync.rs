@@ -15,15 +15,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::RunStatus;
 use super::artifacts;
 use super::client::{HttpClient, Idempotency};
-use super::journal::{self, JMetric, RUN_KEY_TAG, Record, RunRef};
-use super::mlflow::{
-    BatchBody, WireMetric, create_run_request, get_or_create_experiment, map_unknown_run,
-};
+use super::journal::{self, RUN_KEY_TAG, Record, RunRef};
+use super::mlflow::{BatchBody, create_run_request, get_or_create_experiment, map_unknown_run};
 use super::queue::MAX_METRICS;
 use super::settings::Settings;
+use super::{Metric, RunStatus};
 use crate::error::{Error, Result};
 
 /// Whether `e` may go away by itself (server down, frozen, overloaded): retry later.
@@ -188,7 +186,7 @@ impl Replayer {
                 tags,
             } => {
                 let run_id = self.resolve(run)?;
-                let body = batch_body(&run_id, metrics, params, tags);
+                let body = BatchBody::new(&run_id, metrics, params, tags);
                 self.http
                     .post("runs/log-batch", &body, Idempotency::Idempotent)
                     .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
@@ -238,22 +236,6 @@ impl Replayer {
         lock_ids(&self.artifact_uris).insert(run_id.to_owned(), uri.clone());
         Ok(uri)
     }
-}
-
-/// The log-batch request body of a journal batch record.
-fn batch_body<'a>(
-    run_id: &'a str,
-    metrics: &'a [JMetric],
-    params: &'a [(String, String)],
-    tags: &'a [(String, String)],
-) -> BatchBody<'a> {
-    let metrics = metrics.iter().map(|m| WireMetric {
-        key: &m.0,
-        value: m.1,
-        timestamp: m.2,
-        step: m.3,
-    });
-    BatchBody::new(run_id, metrics, params, tags)
 }
 
 fn lock_ids<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -330,7 +312,7 @@ fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
                 touch(&RunRef::Key(key.clone()), Some(true), *start_ms)
             }
             Record::Batch { run, metrics, .. } => {
-                let t = metrics.iter().map(|m| m.2).max().unwrap_or(0);
+                let t = metrics.iter().map(|m| m.timestamp_ms).max().unwrap_or(0);
                 touch(run, None, t)
             }
             Record::Status {
@@ -914,7 +896,7 @@ fn coalesce(recs: Vec<(Record, u64)>, from: u64) -> Vec<(Record, u64)> {
         let mut ends = ends.into_iter().peekable();
         let mut points = group.into_iter();
         loop {
-            let chunk: Vec<JMetric> = points.by_ref().take(MAX_METRICS).collect();
+            let chunk: Vec<Metric> = points.by_ref().take(MAX_METRICS).collect();
             if chunk.is_empty() {
                 break;
             }
@@ -986,13 +968,21 @@ fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: Upl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracking::journal::JsonF64;
+
+    fn metric(key: &str, value: f64, timestamp_ms: i64, step: i64) -> Metric {
+        Metric {
+            key: key.into(),
+            value,
+            timestamp_ms,
+            step,
+        }
+    }
 
     fn batch(run: &str, n: usize, first: usize) -> Record {
         Record::Batch {
             run: RunRef::Key(run.into()),
             metrics: (first..first + n)
-                .map(|i| JMetric("m".into(), JsonF64(i as f64), 1, i as i64))
+                .map(|i| metric("m", i as f64, 1, i as i64))
                 .collect(),
             params: vec![],
             tags: vec![],
@@ -1001,7 +991,7 @@ mod tests {
 
     fn values(rec: &Record) -> Vec<f64> {
         match rec {
-            Record::Batch { metrics, .. } => metrics.iter().map(|m| m.1.0).collect(),
+            Record::Batch { metrics, .. } => metrics.iter().map(|m| m.value).collect(),
             other => panic!("{other:?}"),
         }
     }
@@ -1055,15 +1045,29 @@ mod tests {
     }
 
     #[test]
-    fn batch_body_is_the_log_batch_wire_format() {
-        let metrics = vec![
-            JMetric("loss".into(), JsonF64(0.5), 7, 2),
-            JMetric("loss".into(), JsonF64(f64::NAN), 7, 3),
-            JMetric("loss".into(), JsonF64(f64::NEG_INFINITY), 7, 4),
-        ];
-        let params = vec![("lr".to_owned(), "0.1".to_owned())];
-        let tags = vec![("t".to_owned(), "v".to_owned())];
-        let v = serde_json::to_value(batch_body("r1", &metrics, &params, &tags)).unwrap();
+    fn a_journal_batch_goes_to_the_wire_in_the_log_batch_format() {
+        let rec = Record::Batch {
+            run: RunRef::Key("k".into()),
+            metrics: vec![
+                metric("loss", 0.5, 7, 2),
+                metric("loss", f64::NAN, 7, 3),
+                metric("loss", f64::NEG_INFINITY, 7, 4),
+            ],
+            params: vec![("lr".to_owned(), "0.1".to_owned())],
+            tags: vec![("t".to_owned(), "v".to_owned())],
+        };
+        // As the replayer gets it: written to the journal and read back.
+        let line = serde_json::to_vec(&rec).unwrap();
+        let Record::Batch {
+            metrics,
+            params,
+            tags,
+            ..
+        } = serde_json::from_slice(&line).unwrap()
+        else {
+            panic!("not a batch")
+        };
+        let v = serde_json::to_value(BatchBody::new("r1", &metrics, &params, &tags)).unwrap();
         assert_eq!(
             v,
             json!({
@@ -1127,7 +1131,7 @@ mod tests {
     fn tagged(run: &str, tags: &[&str]) -> (Record, u64) {
         let rec = Record::Batch {
             run: RunRef::Key(run.into()),
-            metrics: vec![JMetric("m".into(), JsonF64(1.0), 0, 0)],
+            metrics: vec![metric("m", 1.0, 0, 0)],
             params: vec![],
             tags: tags.iter().map(|t| (t.to_string(), "v".into())).collect(),
         };

@@ -188,7 +188,17 @@ pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Rec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracking::journal::{JMetric, JsonF64, RunRef};
+    use crate::tracking::Metric;
+    use crate::tracking::journal::RunRef;
+
+    fn metric(key: &str, value: f64, timestamp_ms: i64, step: i64) -> Metric {
+        Metric {
+            key: key.into(),
+            value,
+            timestamp_ms,
+            step,
+        }
+    }
 
     #[test]
     fn records_round_trip_and_torn_tail_is_ignored() {
@@ -207,9 +217,9 @@ mod tests {
             Record::Batch {
                 run: RunRef::Key("k1".into()),
                 metrics: vec![
-                    JMetric("m".into(), JsonF64(f64::NAN), 1, 0),
-                    JMetric("m".into(), JsonF64(f64::NEG_INFINITY), 1, 1),
-                    JMetric("m".into(), JsonF64(0.25), 1, 2),
+                    metric("m", f64::NAN, 1, 0),
+                    metric("m", f64::NEG_INFINITY, 1, 1),
+                    metric("m", 0.25, 1, 2),
                 ],
                 params: vec![("p".into(), "1".into())],
                 tags: vec![],
@@ -234,9 +244,9 @@ mod tests {
         assert_eq!(back[2].0, recs[2]);
         match &back[1].0 {
             Record::Batch { metrics, .. } => {
-                assert!(metrics[0].1.0.is_nan());
-                assert_eq!(metrics[1].1.0, f64::NEG_INFINITY);
-                assert_eq!(metrics[2].to_metric().value, 0.25);
+                assert!(metrics[0].value.is_nan());
+                assert_eq!(metrics[1].value, f64::NEG_INFINITY);
+                assert_eq!(metrics[2], metric("m", 0.25, 1, 2));
             }
             other => panic!("{other:?}"),
         }

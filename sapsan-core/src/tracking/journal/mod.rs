@@ -23,7 +23,7 @@ mod shared;
 
 pub use file::{Journal, read_records};
 pub use origin::{Origin, host_name, leftovers};
-pub use record::{JMetric, JsonF64, Record, RunRef};
+pub use record::{Record, RunRef};
 pub use shared::{JournalSink, SharedJournal};
 
 /// File name of the journal inside its directory.

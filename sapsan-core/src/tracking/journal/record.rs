@@ -1,5 +1,5 @@
 //! The journal's records: what one line holds.
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::tracking::{Metric, RunStatus};
 
@@ -11,56 +11,6 @@ pub enum RunRef {
     Key(String),
     /// A run that existed before (resumed by its server id).
     Id(String),
-}
-
-/// A metric value in JSON: a number, or `"NaN"`, `"Infinity"`, `"-Infinity"`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct JsonF64(pub f64);
-
-impl Serialize for JsonF64 {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let v = self.0;
-        if v.is_finite() {
-            s.serialize_f64(v)
-        } else if v.is_nan() {
-            s.serialize_str("NaN")
-        } else if v > 0.0 {
-            s.serialize_str("Infinity")
-        } else {
-            s.serialize_str("-Infinity")
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for JsonF64 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        crate::tracking::validate::decode_f64(&v)
-            .map(JsonF64)
-            .ok_or_else(|| serde::de::Error::custom(format!("not a metric value: {v}")))
-    }
-}
-
-/// One metric point in the journal: `[key, value, timestamp_ms, step]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JMetric(pub String, pub JsonF64, pub i64, pub i64);
-
-impl From<&Metric> for JMetric {
-    fn from(m: &Metric) -> Self {
-        JMetric(m.key.clone(), JsonF64(m.value), m.timestamp_ms, m.step)
-    }
-}
-
-impl JMetric {
-    /// Back to a [`Metric`].
-    pub fn to_metric(&self) -> Metric {
-        Metric {
-            key: self.0.clone(),
-            value: self.1.0,
-            timestamp_ms: self.2,
-            step: self.3,
-        }
-    }
 }
 
 /// One line of the journal.
@@ -90,7 +40,7 @@ pub enum Record {
         run: RunRef,
         /// Metric points.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        metrics: Vec<JMetric>,
+        metrics: Vec<Metric>,
         /// Params (key, value).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         params: Vec<(String, String)>,
@@ -164,5 +114,69 @@ mod tests {
         // Not a status MLflow knows: the record does not parse.
         let odd = r#"{"t":"status","run":{"key":"k"},"status":"PAUSED","end_ms":null}"#;
         assert!(serde_json::from_str::<Record>(odd).is_err());
+    }
+
+    #[test]
+    fn metrics_keep_nan_and_infinities_through_the_journal() {
+        let m = |value: f64, step: i64| Metric {
+            key: "loss".into(),
+            value,
+            timestamp_ms: 7,
+            step,
+        };
+        let rec = Record::Batch {
+            run: RunRef::Id("r".into()),
+            metrics: vec![
+                m(f64::NAN, 0),
+                m(f64::INFINITY, 1),
+                m(f64::NEG_INFINITY, 2),
+                m(-0.5, 3),
+            ],
+            params: vec![],
+            tags: vec![],
+        };
+        let line = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            line,
+            r#"{"t":"batch","run":{"id":"r"},"metrics":[{"key":"loss","value":"NaN","timestamp":7,"step":0},{"key":"loss","value":"Infinity","timestamp":7,"step":1},{"key":"loss","value":"-Infinity","timestamp":7,"step":2},{"key":"loss","value":-0.5,"timestamp":7,"step":3}]}"#
+        );
+        let Record::Batch { metrics, .. } = serde_json::from_str(&line).unwrap() else {
+            panic!("not a batch")
+        };
+        assert!(metrics[0].value.is_nan());
+        assert_eq!(
+            metrics[1..],
+            [m(f64::INFINITY, 1), m(f64::NEG_INFINITY, 2), m(-0.5, 3)]
+        );
+    }
+
+    #[test]
+    fn metrics_of_older_journals_and_mlflow_spellings_are_read() {
+        // Before metrics were `Metric`, the journal wrote `[key, value, timestamp, step]`.
+        let old = r#"{"t":"batch","run":{"key":"k"},"metrics":[["a","NaN",5,1],["b",2,5,2],["c","-Infinity",5,3]]}"#;
+        let Record::Batch { metrics, .. } = serde_json::from_str(old).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!(metrics.len(), 3);
+        assert!(metrics[0].value.is_nan() && metrics[0].key == "a" && metrics[0].step == 1);
+        assert_eq!((metrics[1].value, metrics[1].timestamp_ms), (2.0, 5));
+        assert_eq!(metrics[2].value, f64::NEG_INFINITY);
+        // What `validate::decode_f64` reads (MLflow's SQL store's stand-in for inf, `inf`, a
+        // number in a string), and a missing step (MLflow's default, 0).
+        let m: Vec<Metric> = serde_json::from_str(
+            r#"[{"key":"x","value":1.7976931348623157e308,"timestamp":1},
+                {"key":"x","value":"inf","timestamp":1},{"key":"x","value":"-inf","timestamp":1},
+                {"key":"x","value":"0.25","timestamp":1,"step":4}]"#,
+        )
+        .unwrap();
+        let values: Vec<f64> = m.iter().map(|m| m.value).collect();
+        assert_eq!(values, [f64::MAX, f64::INFINITY, f64::NEG_INFINITY, 0.25]);
+        assert_eq!((m[0].step, m[3].step), (0, 4));
+        assert!(
+            serde_json::from_str::<Metric>(r#"{"key":"x","value":"big","timestamp":1}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<Metric>(r#"{"key":"x","value":null,"timestamp":1}"#).is_err()
+        );
     }
 }

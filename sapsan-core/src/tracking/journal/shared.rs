@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{BLOB_DIR, JMetric, Journal, Record, RunRef};
+use super::{BLOB_DIR, Journal, Record, RunRef};
 use crate::error::{Error, Result};
 use crate::tracking::queue::{Deliver, RunBatch};
 use crate::tracking::sync::{Notifier, RunIds};
@@ -337,7 +337,7 @@ impl Deliver for JournalSink {
             .into_iter()
             .map(|b| Record::Batch {
                 run: self.0.run_ref(&b.run_id),
-                metrics: b.metrics.iter().map(JMetric::from).collect(),
+                metrics: b.metrics,
                 params: b.params,
                 tags: b.tags,
             })
@@ -352,10 +352,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::tracking::RunStatus;
-    use crate::tracking::journal::{
-        JMetric, JOURNAL_FILE, JsonF64, ROTATE_TMP_FILE, RUN_KEY_TAG, read_records,
-    };
+    use crate::tracking::journal::{JOURNAL_FILE, ROTATE_TMP_FILE, RUN_KEY_TAG, read_records};
+    use crate::tracking::{Metric, RunStatus};
 
     #[test]
     fn refused_writes_are_held_in_order_and_written_first_later() {
@@ -401,6 +399,15 @@ mod tests {
         assert!(why.is_some());
     }
 
+    fn metric(key: &str, value: f64, timestamp_ms: i64, step: i64) -> Metric {
+        Metric {
+            key: key.into(),
+            value,
+            timestamp_ms,
+            step,
+        }
+    }
+
     fn create(key: &str, parent: Option<&str>, id: Option<&str>) -> Record {
         Record::Create {
             key: key.into(),
@@ -424,9 +431,7 @@ mod tests {
     fn points(run: &str, n: i64) -> Record {
         Record::Batch {
             run: RunRef::Key(run.into()),
-            metrics: (0..n)
-                .map(|i| JMetric("loss".into(), JsonF64(0.5), 7, i))
-                .collect(),
+            metrics: (0..n).map(|i| metric("loss", 0.5, 7, i)).collect(),
             params: vec![],
             tags: vec![],
         }
