@@ -4,7 +4,8 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::{COUNTER, JOURNAL_FILE, ORIGIN_FILE, Origin, ROTATE_TMP_FILE, Record};
+use super::record::{decode_line, encode_line, run_of_damaged};
+use super::{COUNTER, JOURNAL_FILE, ORIGIN_FILE, Origin, ROTATE_TMP_FILE, Record, RunRef};
 use crate::error::{Error, Result};
 
 /// The append-only journal file of one backend instance.
@@ -83,12 +84,11 @@ impl Journal {
     fn encode(&self, records: &[Record]) -> Result<Vec<u8>> {
         let mut buf = Vec::with_capacity(256 * records.len());
         for r in records {
-            serde_json::to_writer(&mut buf, r).map_err(|e| Error::Io {
+            encode_line(r, &mut buf).map_err(|e| Error::Io {
                 action: "encoding a journal record",
                 path: self.dir.join(JOURNAL_FILE),
                 source: std::io::Error::other(e),
             })?;
-            buf.push(b'\n');
         }
         Ok(buf)
     }
@@ -146,16 +146,63 @@ impl Journal {
     }
 }
 
-/// Reads the records of the journal in `dir` from byte `from` up to byte `upto` (`None`: the end).
-/// Returns each record with the offset just after it. A torn last line (the program died while
-/// writing it) ends the reading; it was never acknowledged to anyone.
-pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Record, u64)>> {
+/// A journal line that could not be read back (its checksum or its JSON is bad): it is skipped,
+/// the lines around it are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRecord {
+    /// The journal file.
+    pub path: PathBuf,
+    /// Byte offset of the line in the file.
+    pub offset: u64,
+    /// Length of the line in bytes, its newline included.
+    pub len: u64,
+    /// The run the record belonged to, when that can still be read from the line's bytes.
+    pub run: Option<RunRef>,
+    /// What is wrong with the line.
+    pub reason: String,
+}
+
+impl std::fmt::Display for DamagedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at byte {} ({} bytes), ",
+            self.path.display(),
+            self.offset,
+            self.len
+        )?;
+        match &self.run {
+            Some(RunRef::Key(k)) => write!(f, "run key {k} (tag {}={k})", super::RUN_KEY_TAG)?,
+            Some(RunRef::Id(id)) => write!(f, "run {id}")?,
+            None => f.write_str("unknown run")?,
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// What [`read_journal`] read.
+#[derive(Debug, Default)]
+pub struct JournalRead {
+    /// The intact records, each with the offset just after it.
+    pub records: Vec<(Record, u64)>,
+    /// The damaged lines, skipped.
+    pub damaged: Vec<DamagedRecord>,
+    /// Offset just after the last whole line read (a torn last line is not counted).
+    pub end: u64,
+}
+
+/// Reads the journal in `dir` from byte `from` up to byte `upto` (`None`: the end): each intact
+/// record with the offset just after it, and each damaged line (bad checksum or JSON; skipped,
+/// reading goes on after it). A torn last line, with no newline (the program died while writing
+/// it, it was never acknowledged to anyone), is not yet written: reading ends before it and it is
+/// not reported. Fails only when the file cannot be opened or read.
+pub fn read_journal(dir: &Path, from: u64, upto: Option<u64>) -> Result<JournalRead> {
     let path = dir.join(JOURNAL_FILE);
     let mut f = File::open(&path).map_err(|e| Error::io("opening the journal", &path, e))?;
     f.seek(SeekFrom::Start(from))
         .map_err(|e| Error::io("reading the journal", &path, e))?;
     let mut r = BufReader::new(f);
-    let mut out = Vec::new();
+    let mut out = JournalRead::default();
     let mut off = from;
     let mut line = Vec::new();
     loop {
@@ -165,24 +212,31 @@ pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Rec
         line.clear();
         let n = r
             .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io("reading the journal", &path, e))?;
+            .map_err(|e| Error::io("reading the journal", &path, e))? as u64;
         if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        let rec: Record = match serde_json::from_slice(&line) {
-            Ok(rec) => rec,
-            Err(e) => {
-                return Err(Error::Io {
-                    action: "parsing the journal (corrupt line)",
-                    path: path.clone(),
-                    source: std::io::Error::other(format!("at byte {off}: {e}")),
-                });
-            }
-        };
-        off += n as u64;
-        out.push((rec, off));
+        let body = &line[..line.len() - 1];
+        match decode_line(body) {
+            Ok(rec) => out.records.push((rec, off + n)),
+            Err(reason) => out.damaged.push(DamagedRecord {
+                path: path.clone(),
+                offset: off,
+                len: n,
+                run: run_of_damaged(body),
+                reason,
+            }),
+        }
+        off += n;
     }
+    out.end = off;
     Ok(out)
+}
+
+/// The intact records of [`read_journal`] (damaged lines are skipped without a word: use
+/// [`read_journal`] where they must be reported).
+pub fn read_records(dir: &Path, from: u64, upto: Option<u64>) -> Result<Vec<(Record, u64)>> {
+    read_journal(dir, from, upto).map(|r| r.records)
 }
 
 #[cfg(test)]
@@ -263,5 +317,84 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let e = Journal::create_in(&file).unwrap_err();
         assert!(e.to_string().contains("SAPSAN_JOURNAL_DIR"), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_line_costs_that_record_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut j = Journal::create_in(tmp.path()).unwrap();
+        let batch = |run: &str, step: i64| Record::Batch {
+            run: RunRef::Key(run.into()),
+            metrics: vec![metric("loss", 0.5, 7, step)],
+            params: vec![],
+            tags: vec![],
+        };
+        let recs: Vec<Record> = (0..4).map(|i| batch("k1", i)).collect();
+        j.append(&recs).unwrap();
+        let path = j.dir().join(JOURNAL_FILE);
+        let intact = read_journal(j.dir(), 0, None).unwrap();
+        assert!(intact.damaged.is_empty());
+        let ends: Vec<u64> = intact.records.iter().map(|r| r.1).collect();
+        // Garble the second line (its newline stays), then add a line of the previous format
+        // and a torn last line.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = ends[0] as usize;
+        let step = second
+            + bytes[second..]
+                .windows(7)
+                .position(|w| w == b"\"step\":")
+                .unwrap();
+        bytes[step + 7] = b'9';
+        bytes.extend_from_slice(
+            br#"{"t":"status","run":{"key":"k1"},"status":"FINISHED","end_ms":9}"#,
+        );
+        bytes.push(b'\n');
+        let legacy_end = bytes.len() as u64;
+        bytes.extend_from_slice(&line_of(&batch("k1", 5))[..20]);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let read = read_journal(j.dir(), 0, None).unwrap();
+        let steps: Vec<Option<i64>> = read
+            .records
+            .iter()
+            .map(|(r, _)| match r {
+                Record::Batch { metrics, .. } => Some(metrics[0].step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, [Some(0), Some(2), Some(3), None]);
+        let offsets: Vec<u64> = read.records.iter().map(|r| r.1).collect();
+        assert_eq!(offsets, [ends[0], ends[2], ends[3], legacy_end]);
+        assert_eq!(read.end, legacy_end, "the torn line is not yet written");
+        assert_eq!(read.damaged.len(), 1, "{:?}", read.damaged);
+        let d = &read.damaged[0];
+        assert_eq!((d.offset, d.len), (ends[0], ends[1] - ends[0]));
+        assert_eq!(d.path, path);
+        assert_eq!(d.run, Some(RunRef::Key("k1".into())));
+        assert!(d.reason.contains("checksum mismatch"), "{}", d.reason);
+        let shown = d.to_string();
+        assert!(
+            shown.contains(&format!("{} at byte {}", path.display(), ends[0]))
+                && shown.contains("run key k1"),
+            "{shown}"
+        );
+        // Reading the damaged range alone, as the uploader does.
+        let part = read_journal(j.dir(), ends[0], Some(ends[2])).unwrap();
+        assert_eq!((part.records.len(), part.damaged.len()), (1, 1));
+        assert_eq!(part.end, ends[2]);
+        // `read_records` skips the damaged line.
+        assert_eq!(read_records(j.dir(), 0, None).unwrap().len(), 4);
+        // A line of plain garbage: no run to name.
+        std::fs::write(&path, b"\x00\x00\x00\n").unwrap();
+        let read = read_journal(j.dir(), 0, None).unwrap();
+        assert!(read.records.is_empty());
+        assert_eq!(read.damaged[0].run, None);
+        assert!(read.damaged[0].to_string().contains("unknown run"));
+    }
+
+    fn line_of(rec: &Record) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_line(rec, &mut buf).unwrap();
+        buf
     }
 }

@@ -10,6 +10,28 @@
 //! [`RUN_KEY_TAG`]), so a run is created on a server exactly once: before creating, the uploader
 //! looks for a run with that tag.
 //!
+//! # Line format
+//!
+//! Each [`Record`] is one line: its CRC-32 (IEEE, as `crc32fast` computes it) over the JSON
+//! bytes, as 8 lowercase hex digits, one space, the record as compact JSON, a newline:
+//!
+//! ```text
+//! 5f3b9332 {"t":"status","run":{"key":"k1"},"status":"FINISHED","end_ms":1732600000000}
+//! ```
+//!
+//! Reading ([`read_journal`]) checks every line on its own:
+//! - a line whose checksum does not match its bytes, or whose JSON is not a record, is *damaged*:
+//!   it is skipped and reported as a [`DamagedRecord`] (file, byte offset, length, and the run
+//!   when the bytes still name it), and the lines after it are read as usual. One damaged record
+//!   costs that record, not the journal.
+//! - a last line with no newline is *not yet written* (the program died while writing it; it was
+//!   never acknowledged): reading ends before it, and it is not damage.
+//! - a line that starts with `{` was written before lines had checksums (the previous format):
+//!   it is read as JSON alone, as it was then. The writer never produces such lines now.
+//!
+//! A metric point is a [`super::Metric`] in MLflow's form (`{"key","value","timestamp","step"}`,
+//! NaN and infinities as strings); the older `[key, value, timestamp, step]` form reads too.
+//!
 //! The module is split by concern: [`Record`] and the line format (`record.rs`), the [`Journal`]
 //! file and [`read_records`] (`file.rs`), the [`SharedJournal`] with its held records and
 //! rotation (`shared.rs`), and the writer's [`Origin`] with [`leftovers`] (`origin.rs`).
@@ -21,7 +43,7 @@ mod origin;
 mod record;
 mod shared;
 
-pub use file::{Journal, read_records};
+pub use file::{DamagedRecord, Journal, JournalRead, read_journal, read_records};
 pub use origin::{Origin, host_name, leftovers};
 pub use record::{Record, RunRef};
 pub use shared::{JournalSink, SharedJournal};

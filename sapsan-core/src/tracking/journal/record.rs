@@ -1,4 +1,4 @@
-//! The journal's records: what one line holds.
+//! The journal's records and the line format they are written in (see the module docs).
 use serde::{Deserialize, Serialize};
 
 use crate::tracking::{Metric, RunStatus};
@@ -81,6 +81,70 @@ impl Record {
             _ => 1,
         }
     }
+}
+
+/// Bytes before a record's JSON on a line: the checksum in 8 hex digits and a space.
+const CHECKSUM_LEN: usize = 9;
+
+/// Appends `rec` to `buf` as one journal line: `<crc32 of the JSON, 8 lowercase hex digits>
+/// <JSON>\n`. On an error `buf` is left as it was.
+pub(super) fn encode_line(rec: &Record, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+    let start = buf.len();
+    buf.extend_from_slice(b"00000000 ");
+    if let Err(e) = serde_json::to_writer(&mut *buf, rec) {
+        buf.truncate(start);
+        return Err(e);
+    }
+    let crc = crc32fast::hash(&buf[start + CHECKSUM_LEN..]);
+    buf[start..start + 8].copy_from_slice(format!("{crc:08x}").as_bytes());
+    buf.push(b'\n');
+    Ok(())
+}
+
+/// Reads one journal line (without its newline). A line starting with `{` was written before
+/// lines had checksums and is read as JSON alone. The error says what is wrong with the line.
+pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Record, String> {
+    if line.first() == Some(&b'{') {
+        return serde_json::from_slice(line)
+            .map_err(|e| format!("bad JSON in a line without checksum: {e}"));
+    }
+    let stored = match (line.get(..CHECKSUM_LEN - 1), line.get(CHECKSUM_LEN - 1)) {
+        (Some(hex), Some(b' ')) if hex.iter().all(u8::is_ascii_hexdigit) => {
+            // Eight hex digits always parse.
+            u32::from_str_radix(std::str::from_utf8(hex).unwrap_or_default(), 16).ok()
+        }
+        _ => None,
+    };
+    let Some(stored) = stored else {
+        return Err("no checksum at the start of the line".to_owned());
+    };
+    let json = &line[CHECKSUM_LEN..];
+    let actual = crc32fast::hash(json);
+    if actual != stored {
+        return Err(format!(
+            "checksum mismatch (line says {stored:08x}, its bytes give {actual:08x})"
+        ));
+    }
+    serde_json::from_slice(json).map_err(|e| format!("not a journal record (checksum intact): {e}"))
+}
+
+/// The run a damaged line belonged to, when its bytes still say: the `"run"` field of a batch,
+/// status or artifact record, or the key of a creation record.
+pub(super) fn run_of_damaged(line: &[u8]) -> Option<RunRef> {
+    let patterns: [(&[u8], fn(String) -> RunRef); 3] = [
+        (br#""run":{"key":""#, RunRef::Key),
+        (br#""run":{"id":""#, RunRef::Id),
+        (br#""t":"create","key":""#, RunRef::Key),
+    ];
+    patterns.into_iter().find_map(|(pattern, make)| {
+        let at = line.windows(pattern.len()).position(|w| w == pattern)?;
+        let rest = &line[at + pattern.len()..];
+        let name = &rest[..rest.iter().position(|&b| b == b'"')?];
+        // Keys and run ids are short and plain; anything else is not trusted.
+        let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+        (!name.is_empty() && name.len() <= 64 && name.iter().all(plain))
+            .then(|| make(String::from_utf8_lossy(name).into_owned()))
+    })
 }
 
 #[cfg(test)]
@@ -177,6 +241,98 @@ mod tests {
         );
         assert!(
             serde_json::from_str::<Metric>(r#"{"key":"x","value":null,"timestamp":1}"#).is_err()
+        );
+    }
+
+    fn line(rec: &Record) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_line(rec, &mut buf).unwrap();
+        buf
+    }
+
+    fn finished(run: RunRef) -> Record {
+        Record::Status {
+            run,
+            status: RunStatus::Finished,
+            end_ms: Some(1_732_600_000_000),
+        }
+    }
+
+    #[test]
+    fn a_line_is_the_checksum_then_the_json() {
+        let rec = finished(RunRef::Key("k1".into()));
+        let l = line(&rec);
+        // The example of the module docs.
+        let doc = br#"5f3b9332 {"t":"status","run":{"key":"k1"},"status":"FINISHED","end_ms":1732600000000}"#;
+        assert_eq!(l, [&doc[..], b"\n"].concat());
+        assert_eq!(decode_line(&l[..l.len() - 1]), Ok(rec));
+        // Appending to a buffer keeps what is in it.
+        let mut buf = b"before\n".to_vec();
+        encode_line(&finished(RunRef::Id("r".into())), &mut buf).unwrap();
+        assert!(buf.starts_with(b"before\n") && buf.ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn a_changed_byte_fails_the_checksum_and_the_run_is_still_named() {
+        let l = line(&finished(RunRef::Key("k1".into())));
+        let body = &l[..l.len() - 1];
+        // A flipped bit inside the JSON that still leaves valid JSON: only the checksum sees it.
+        let mut changed = body.to_vec();
+        let at = changed.windows(4).position(|w| w == b"1732").unwrap();
+        changed[at] = b'2';
+        let err = decode_line(&changed).unwrap_err();
+        assert!(err.starts_with("checksum mismatch"), "{err}");
+        assert_eq!(run_of_damaged(&changed), Some(RunRef::Key("k1".into())));
+        // A damaged checksum field.
+        let mut changed = body.to_vec();
+        changed[3] = b'x';
+        assert!(decode_line(&changed).unwrap_err().contains("no checksum"));
+        // The run of each kind of record.
+        let batch = line(&Record::Batch {
+            run: RunRef::Id("abc123".into()),
+            metrics: vec![],
+            params: vec![("run".into(), "x".into())],
+            tags: vec![],
+        });
+        assert_eq!(run_of_damaged(&batch), Some(RunRef::Id("abc123".into())));
+        let create = line(&Record::Create {
+            key: "k9".into(),
+            experiment: "e".into(),
+            name: "train".into(),
+            parent: Some(RunRef::Key("k0".into())),
+            start_ms: 1,
+            tags: vec![],
+            id: None,
+        });
+        assert_eq!(run_of_damaged(&create), Some(RunRef::Key("k9".into())));
+        assert_eq!(run_of_damaged(b"\x00\x00garbage"), None);
+        assert_eq!(run_of_damaged(br#"x "run":{"key":"a b"}"#), None);
+    }
+
+    #[test]
+    fn bad_json_with_a_good_checksum_is_damage_too() {
+        // Framed right (as a newer program's record type would be) but not a record we know.
+        for json in [
+            &br#"{"t":"rename","run":{"id":"r"}}"#[..],
+            b"{\"t\":\"status\",",
+            b"",
+        ] {
+            let l = [format!("{:08x} ", crc32fast::hash(json)).as_bytes(), json].concat();
+            let err = decode_line(&l).unwrap_err();
+            assert!(err.starts_with("not a journal record"), "{err}");
+        }
+        assert!(decode_line(b"").unwrap_err().contains("no checksum"));
+    }
+
+    #[test]
+    fn lines_of_the_previous_format_are_read_as_plain_json() {
+        let old =
+            br#"{"t":"status","run":{"key":"k1"},"status":"FINISHED","end_ms":1732600000000}"#;
+        assert_eq!(decode_line(old), Ok(finished(RunRef::Key("k1".into()))));
+        let err = decode_line(br#"{"t":"status","run":{"key":"k1"},"sta"#).unwrap_err();
+        assert!(
+            err.starts_with("bad JSON in a line without checksum"),
+            "{err}"
         );
     }
 }
