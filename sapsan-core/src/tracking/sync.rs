@@ -260,6 +260,9 @@ pub struct SyncReport {
     pub killed: usize,
     /// Journals whose open runs were left open, with the reason and what to do.
     pub left_open: Vec<String>,
+    /// Journal lines that could not be read back (bad checksum or JSON): skipped, everything
+    /// else was delivered. A run whose end was in one is treated as left open.
+    pub damaged: Vec<journal::DamagedRecord>,
 }
 
 /// The journal directories under `dir`: `dir` itself when it holds a journal, else its
@@ -338,7 +341,8 @@ fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
 /// the server does not have. Runs the journal leaves open are ended KILLED (at the last time
 /// anything was logged to them) as `open` says. Idempotent: a second call changes nothing on the
 /// server. Stops at the first transient error (server away: run it again later); records refused
-/// for good are listed in [`SyncReport::refused`] and skipped.
+/// for good are listed in [`SyncReport::refused`] and skipped, damaged journal lines in
+/// [`SyncReport::damaged`].
 pub fn sync_dir(
     dir: &Path,
     tracking_uri: &str,
@@ -359,7 +363,9 @@ pub fn sync_dir(
     let mut report = SyncReport::default();
     for d in dirs {
         let mut rep = Replayer::new(http.clone(), &d, false);
-        let records = journal::read_records(&d, 0, None)?;
+        let read = journal::read_journal(&d, 0, None)?;
+        report.damaged.extend(read.damaged);
+        let records = read.records;
         for (rec, _) in &records {
             match rep.apply(rec) {
                 Ok(()) => {
@@ -930,8 +936,18 @@ fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: Upl
             }
             (g.acked, g.written)
         };
-        let recs = match journal::read_records(&dir, from, Some(upto)) {
-            Ok(r) => r,
+        let (recs, end) = match journal::read_journal(&dir, from, Some(upto)) {
+            Ok(r) => {
+                // Skipped: waiting on a record that cannot be read would stall all after it.
+                if let Some(d) = r.damaged.into_iter().next() {
+                    lock(&shared.st).first_error.get_or_insert(Error::Io {
+                        action: "reading the journal (a damaged record was skipped)",
+                        path: d.path.clone(),
+                        source: std::io::Error::other(d.place_and_reason()),
+                    });
+                }
+                (r.records, r.end)
+            }
             Err(e) => {
                 let mut g = lock(&shared.st);
                 g.first_error.get_or_insert(e);
@@ -939,7 +955,8 @@ fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: Upl
             }
         };
         if recs.is_empty() {
-            // Nothing complete to read (cannot happen: the writer syncs whole lines first).
+            // Only damaged lines, or nothing complete to read (cannot happen: the writer syncs
+            // whole lines first).
             ack(&shared, upto);
             continue;
         }
@@ -960,6 +977,8 @@ fn upload_loop(shared: Arc<UpShared>, dir: PathBuf, mut rep: Replayer, opts: Upl
             }
             i = j;
         }
+        // Damaged lines after the last record.
+        ack(&shared, end);
     }
     lock(&shared.st).gone = true;
     shared.cv.notify_all();
@@ -1160,5 +1179,106 @@ mod tests {
         assert_eq!(window_end(&recs, 6), 7);
         let many: Vec<_> = (0..WINDOW + 5).map(|_| tagged("a", &[])).collect();
         assert_eq!(window_end(&many, 0), WINDOW);
+    }
+
+    /// A loopback stand-in for MLflow that answers `{}` to every request and keeps the bodies.
+    fn recording_server() -> (String, Arc<Mutex<Vec<Value>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream);
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    lock_ids(&seen).push(v);
+                }
+                let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                              Content-Length: 2\r\nConnection: close\r\n\r\n{}";
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        (format!("http://{addr}"), bodies)
+    }
+
+    #[test]
+    fn the_uploader_skips_a_damaged_record_and_reports_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut j = journal::Journal::create_in(tmp.path()).unwrap();
+        let batch = |step: i64| Record::Batch {
+            run: RunRef::Id("r1".into()),
+            metrics: vec![metric("loss", 0.5, 7, step)],
+            params: vec![("p".into(), step.to_string())],
+            tags: vec![],
+        };
+        let mut recs: Vec<Record> = (0..4).map(batch).collect();
+        recs.push(Record::Status {
+            run: RunRef::Id("r1".into()),
+            status: RunStatus::Finished,
+            end_ms: Some(9),
+        });
+        let len = j.append(&recs).unwrap();
+        // Damage the second record on disk (a changed digit; the newline stays).
+        let path = j.dir().join(journal::JOURNAL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = journal::read_records(j.dir(), 0, None).unwrap()[0].1 as usize;
+        let at = second
+            + bytes[second..]
+                .windows(7)
+                .position(|w| w == b"\"step\":")
+                .unwrap();
+        bytes[at + 7] = b'8';
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (url, bodies) = recording_server();
+        let http = Arc::new(HttpClient::new(&url, &Settings::default()).unwrap());
+        let rep = Replayer::new(http, j.dir(), true);
+        let up = Uploader::start(
+            j.dir(),
+            rep,
+            UploadOptions::from_settings(&Settings::default()),
+        )
+        .unwrap();
+        up.notifier().written(len);
+        let err = up.wait().unwrap_err().to_string();
+        assert!(
+            err.contains("damaged record was skipped")
+                && err.contains(&format!("at byte {second}"))
+                && err.contains("run r1")
+                && err.contains("checksum mismatch"),
+            "{err}"
+        );
+        assert!(
+            up.watch().drained(),
+            "delivery went on past the damaged record"
+        );
+        let mut steps: Vec<i64> = lock_ids(&bodies)
+            .iter()
+            .flat_map(|b| b["metrics"].as_array().cloned().unwrap_or_default())
+            .map(|m| m["step"].as_i64().unwrap())
+            .collect();
+        steps.sort(); // batches go out several at once
+        assert_eq!(steps, [0, 2, 3]);
+        let statuses: Vec<Value> = lock_ids(&bodies)
+            .iter()
+            .filter_map(|b| b.get("status").cloned())
+            .collect();
+        assert_eq!(statuses, [json!("FINISHED")]);
+        assert_eq!(up.stop().0, len);
     }
 }

@@ -162,21 +162,26 @@ pub struct DamagedRecord {
     pub reason: String,
 }
 
+impl DamagedRecord {
+    /// Where in the file, which run, and what is wrong: `at byte 120 (57 bytes), run key K
+    /// (tag sapsan.runKey=K): checksum mismatch ...` (the [`Display`](std::fmt::Display) form
+    /// without the path).
+    pub fn place_and_reason(&self) -> String {
+        let run = match &self.run {
+            Some(RunRef::Key(k)) => format!("run key {k} (tag {}={k})", super::RUN_KEY_TAG),
+            Some(RunRef::Id(id)) => format!("run {id}"),
+            None => "unknown run".to_owned(),
+        };
+        format!(
+            "at byte {} ({} bytes), {run}: {}",
+            self.offset, self.len, self.reason
+        )
+    }
+}
+
 impl std::fmt::Display for DamagedRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} at byte {} ({} bytes), ",
-            self.path.display(),
-            self.offset,
-            self.len
-        )?;
-        match &self.run {
-            Some(RunRef::Key(k)) => write!(f, "run key {k} (tag {}={k})", super::RUN_KEY_TAG)?,
-            Some(RunRef::Id(id)) => write!(f, "run {id}")?,
-            None => f.write_str("unknown run")?,
-        }
-        write!(f, ": {}", self.reason)
+        write!(f, "{} {}", self.path.display(), self.place_and_reason())
     }
 }
 
