@@ -131,19 +131,26 @@ pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Record, String> {
 /// The run a damaged line belonged to, when its bytes still say: the `"run"` field of a batch,
 /// status or artifact record, or the key of a creation record.
 pub(super) fn run_of_damaged(line: &[u8]) -> Option<RunRef> {
-    let patterns: [(&[u8], fn(String) -> RunRef); 3] = [
-        (br#""run":{"key":""#, RunRef::Key),
-        (br#""run":{"id":""#, RunRef::Id),
-        (br#""t":"create","key":""#, RunRef::Key),
+    // Each pattern, and whether what follows is a run key (else a server run id).
+    let patterns: [(&[u8], bool); 3] = [
+        (br#""run":{"key":""#, true),
+        (br#""run":{"id":""#, false),
+        (br#""t":"create","key":""#, true),
     ];
-    patterns.into_iter().find_map(|(pattern, make)| {
+    patterns.into_iter().find_map(|(pattern, is_key)| {
         let at = line.windows(pattern.len()).position(|w| w == pattern)?;
         let rest = &line[at + pattern.len()..];
         let name = &rest[..rest.iter().position(|&b| b == b'"')?];
         // Keys and run ids are short and plain; anything else is not trusted.
         let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
-        (!name.is_empty() && name.len() <= 64 && name.iter().all(plain))
-            .then(|| make(String::from_utf8_lossy(name).into_owned()))
+        (!name.is_empty() && name.len() <= 64 && name.iter().all(plain)).then(|| {
+            let name = String::from_utf8_lossy(name).into_owned();
+            if is_key {
+                RunRef::Key(name)
+            } else {
+                RunRef::Id(name)
+            }
+        })
     })
 }
 
