@@ -1,7 +1,8 @@
 //! The `sapsan` command. `sapsan sync <journal-dir> [--tracking-uri URI]` uploads a journal left
 //! on disk (server away at the end of a program, or offline mode) to an MLflow server. The URI
 //! defaults to `MLFLOW_TRACKING_URI`; credentials and TLS come from the usual `MLFLOW_*` variables.
-//! Running it twice changes nothing on the server.
+//! Running it twice changes nothing on the server. Exits non-zero when the server refused a
+//! record for good or a journal line was damaged (each is named on stderr; the rest is delivered).
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,12 +80,25 @@ fn run(args: &[String]) -> Result<(), String> {
     for r in &report.refused {
         eprintln!("sapsan sync: refused by the server (skipped): {r}");
     }
-    if report.refused.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
+    for d in &report.damaged {
+        eprintln!("sapsan sync: damaged journal record (skipped, lost): {d}");
+    }
+    let mut problems = Vec::new();
+    if !report.refused.is_empty() {
+        problems.push(format!(
             "{} record(s) refused by the server",
             report.refused.len()
-        ))
+        ));
+    }
+    if !report.damaged.is_empty() {
+        problems.push(format!(
+            "{} damaged journal record(s) could not be read (everything else was delivered)",
+            report.damaged.len()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
     }
 }

@@ -110,12 +110,7 @@ pub fn signal_group(server: &sapsan::tracking::MlflowServer, sig: i32) {
 
 /// Runs `sapsan sync <dir> --tracking-uri <uri>` (the workspace binary); its stdout.
 pub fn sapsan_sync(dir: &std::path::Path, uri: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sapsan"))
-        .args(["sync"])
-        .arg(dir)
-        .args(["--tracking-uri", uri])
-        .output()
-        .expect("cannot run the sapsan binary");
+    let out = sapsan_sync_output(dir, uri);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -123,6 +118,16 @@ pub fn sapsan_sync(dir: &std::path::Path, uri: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Runs `sapsan sync <dir> --tracking-uri <uri>`; its exit status and output, whatever they are.
+pub fn sapsan_sync_output(dir: &std::path::Path, uri: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sapsan"))
+        .args(["sync"])
+        .arg(dir)
+        .args(["--tracking-uri", uri])
+        .output()
+        .expect("cannot run the sapsan binary")
 }
 
 /// The journal instance directories under `root` (none when `root` does not exist).

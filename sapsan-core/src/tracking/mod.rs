@@ -27,6 +27,8 @@
 //! A backend owns its run stack: there is no process-global run state.
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 pub mod backend;
 pub mod journal;
 pub mod rest;
@@ -43,8 +45,9 @@ pub use rest::{Auth, Settings};
 pub use run::RunStack;
 pub use server::{MlflowServer, ServerOptions, ensure_server};
 
-/// Status of a run, as MLflow names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Status of a run, as MLflow names it (serialized as MLflow's names: `"RUNNING"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunStatus {
     /// Open.
     Running,
@@ -68,17 +71,74 @@ impl RunStatus {
     }
 }
 
-/// One metric point.
-#[derive(Debug, Clone, PartialEq)]
+/// One metric point, the same from the logging call through the journal to the log-batch
+/// request. Serialized with MLflow's field names, `{"key", "value", "timestamp", "step"}`, the
+/// value a JSON number or `"NaN"`, `"Infinity"`, `"-Infinity"` (bare NaN is not JSON). Read back
+/// from that, from the strings [`validate::decode_f64`] accepts, and from the older journal
+/// form `[key, value, timestamp, step]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     /// Key (checked against MLflow's key rules).
     pub key: String,
     /// Value; NaN and +-inf are allowed.
+    #[serde(with = "json_f64")]
     pub value: f64,
     /// Milliseconds since the Unix epoch.
+    #[serde(rename = "timestamp")]
     pub timestamp_ms: i64,
     /// Step (epoch, iteration); 0 when not given.
+    #[serde(default)]
     pub step: i64,
+}
+
+/// Serde adapter for metric values: a number, or MLflow's strings for NaN and +-inf.
+mod json_f64 {
+    use serde::{Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        let v = *v;
+        if v.is_finite() {
+            s.serialize_f64(v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if v > 0.0 {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        d.deserialize_any(Value)
+    }
+
+    /// Numbers as they are; strings as [`super::validate::decode_f64`] reads them.
+    struct Value;
+
+    impl de::Visitor<'_> for Value {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number, \"NaN\", \"Infinity\" or \"-Infinity\"")
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            super::validate::decode_f64(&serde_json::Value::from(v))
+                .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+    }
 }
 
 /// One item of the log queue.

@@ -184,7 +184,9 @@ mod tests {
         );
         let statuses = recs
             .iter()
-            .filter(|r| matches!(r, Record::Status { status, .. } if status == "FINISHED"))
+            .filter(
+                |r| matches!(r, Record::Status { status, .. } if *status == RunStatus::Finished),
+            )
             .count();
         assert_eq!(statuses, 2);
         let metrics: usize = recs

@@ -7,11 +7,11 @@
 //! `limit` bytes of undelivered records; past that its appends fail like a full disk, and the
 //! writer's policy for refused records applies (see `SharedJournal`).
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{BLOB_DIR, JOURNAL_FILE, Journal, Record};
+use super::file::{encode, read_lines};
+use super::{BLOB_DIR, Journal, JournalRead, Record};
 use crate::error::{Error, Result};
 use crate::shared::Shared;
 
@@ -85,7 +85,7 @@ impl Store {
         match self {
             Store::File(j) => j.append(records),
             Store::Memory(m) => {
-                let buf = super::encode(records, Path::new("memory"))?;
+                let buf = encode(records, Path::new("memory"))?;
                 let mut g = m.mem.lock();
                 if g.bytes.len() + g.blob_bytes + buf.len() > m.limit {
                     return Err(m.full(buf.len()));
@@ -169,10 +169,11 @@ pub enum Source {
 
 impl Source {
     /// The records from offset `from` up to `upto` (`None`: the end), each with the offset just
-    /// after it. A torn last line of a file (the program died while writing it) ends the reading.
-    pub fn read_records(&self, from: u64, upto: Option<u64>) -> Result<Vec<(Record, u64)>> {
+    /// after it, and the damaged lines (skipped). A torn last line of a file (the program died
+    /// while writing it) ends the reading.
+    pub fn read_journal(&self, from: u64, upto: Option<u64>) -> Result<JournalRead> {
         match self {
-            Source::Dir(dir) => super::read_records(dir, from, upto),
+            Source::Dir(dir) => super::read_journal(dir, from, upto),
             Source::Memory(m) => {
                 let g = m.mem.lock();
                 let start = from.saturating_sub(g.base) as usize;
@@ -183,6 +184,11 @@ impl Source {
                 read_lines(slice, g.base + start as u64, None, Path::new("memory"))
             }
         }
+    }
+
+    /// The intact records of [`Source::read_journal`].
+    pub fn read_records(&self, from: u64, upto: Option<u64>) -> Result<Vec<(Record, u64)>> {
+        self.read_journal(from, upto).map(|r| r.records)
     }
 
     /// The bytes of artifact `name`.
@@ -234,38 +240,6 @@ impl Source {
     }
 }
 
-/// Reads every complete line of `r` as a record, starting at journal offset `from`.
-pub(super) fn read_lines(
-    mut r: impl BufRead,
-    from: u64,
-    upto: Option<u64>,
-    path: &Path,
-) -> Result<Vec<(Record, u64)>> {
-    let mut out = Vec::new();
-    let mut off = from;
-    let mut line = Vec::new();
-    loop {
-        if upto.is_some_and(|u| off >= u) {
-            break;
-        }
-        line.clear();
-        let n = r
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io("reading the journal", path, e))?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
-        let rec: Record = serde_json::from_slice(&line).map_err(|e| Error::Io {
-            action: "parsing the journal (corrupt line)",
-            path: path.join(JOURNAL_FILE),
-            source: std::io::Error::other(format!("at byte {off}: {e}")),
-        })?;
-        off += n as u64;
-        out.push((rec, off));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,10 +247,9 @@ mod tests {
     use crate::tracking::{RunStatus, now_ms};
 
     fn status(run: &str) -> Record {
-        let _ = RunStatus::Finished;
         Record::Status {
             run: RunRef::Id(run.into()),
-            status: "FINISHED".into(),
+            status: RunStatus::Finished,
             end_ms: Some(now_ms()),
         }
     }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::client::{HttpClient, Idempotency};
 use crate::error::{Error, Result};
-use crate::tracking::journal::JsonF64;
+use crate::tracking::Metric;
 
 /// Sends `runs/create` (never re-sent on a lost answer); the new run's id and artifact URI.
 pub(crate) fn create_run_request<'t>(
@@ -114,28 +114,18 @@ pub(crate) fn get_or_create_experiment(http: &HttpClient, name: &str) -> Result<
     }
 }
 
-/// One metric point of a log-batch request.
-#[derive(Serialize)]
-pub(crate) struct WireMetric<'a> {
-    pub(crate) key: &'a str,
-    /// A number, or MLflow's string for NaN and +-inf.
-    pub(crate) value: JsonF64,
-    pub(crate) timestamp: i64,
-    pub(crate) step: i64,
-}
-
 #[derive(Serialize)]
 struct WireKv<'a> {
     key: &'a str,
     value: &'a str,
 }
 
-/// A log-batch request body, serialized straight from borrowed data (no `serde_json::Value` per
-/// metric).
+/// A log-batch request body, serialized straight from borrowed data (no `serde_json::Value` and
+/// no copy per metric: [`Metric`] serializes as MLflow's metric).
 #[derive(Serialize)]
 pub(crate) struct BatchBody<'a> {
     run_id: &'a str,
-    metrics: Vec<WireMetric<'a>>,
+    metrics: &'a [Metric],
     params: Vec<WireKv<'a>>,
     tags: Vec<WireKv<'a>>,
 }
@@ -144,7 +134,7 @@ impl<'a> BatchBody<'a> {
     /// The body for `metrics`, `params` and `tags` of `run_id`.
     pub(crate) fn new(
         run_id: &'a str,
-        metrics: impl Iterator<Item = WireMetric<'a>>,
+        metrics: &'a [Metric],
         params: &'a [(String, String)],
         tags: &'a [(String, String)],
     ) -> Self {
@@ -153,7 +143,7 @@ impl<'a> BatchBody<'a> {
         };
         BatchBody {
             run_id,
-            metrics: metrics.collect(),
+            metrics,
             params: kv(params),
             tags: kv(tags),
         }

@@ -24,7 +24,7 @@ use super::queue::{Deliver, LogQueue, RunBatch};
 use super::replay::{NewRun, Replayer, is_transient};
 use super::uploader::{Delivery, UploadOptions, Uploader, Watch};
 use crate::error::{Error, Result};
-use crate::tracking::journal::{self, JMetric, Reader, Record, RunIds, SharedJournal, Source};
+use crate::tracking::journal::{self, Reader, Record, RunIds, SharedJournal, Source};
 use crate::tracking::{LogItem, RunStatus, now_ms};
 
 /// Run ids handed out for runs created while the server was away (created on it later).
@@ -81,7 +81,7 @@ impl Deliver for StoreSink {
             .into_iter()
             .map(|b| Record::Batch {
                 run: self.0.run_ref(&b.run_id),
-                metrics: b.metrics.iter().map(JMetric::from).collect(),
+                metrics: b.metrics,
                 params: b.params,
                 tags: b.tags,
             })
@@ -239,7 +239,7 @@ impl Pipeline {
         let end_ms = (status != RunStatus::Running).then(now_ms);
         let rec = Record::Status {
             run: self.journal.run_ref(run_id),
-            status: status.as_str().to_owned(),
+            status,
             end_ms,
         };
         let appended = self.append(&[rec]);
@@ -389,7 +389,7 @@ impl Pipeline {
             .iter()
             .map(|run| Record::Status {
                 run: self.journal.run_ref(run),
-                status: status.as_str().to_owned(),
+                status,
                 end_ms,
             })
             .collect();
@@ -559,7 +559,7 @@ mod tests {
         assert!(matches!(recs[0], Record::Create { .. }));
         assert_eq!(recs[1].items(), 5);
         assert!(
-            matches!(&recs[2], Record::Status { run: RunRef::Key(_), status, .. } if status == "FINISHED")
+            matches!(&recs[2], Record::Status { run: RunRef::Key(_), status, .. } if *status == RunStatus::Finished)
         );
         assert!(p.server_id(&run.id).is_none());
         p.finish(&[], RunStatus::Finished, Duration::ZERO);

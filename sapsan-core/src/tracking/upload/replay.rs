@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::shared::Shared;
-use crate::tracking::journal::{JMetric, RUN_KEY_TAG, Record, RunIds, RunRef, Source};
+use crate::tracking::journal::{RUN_KEY_TAG, Record, RunIds, RunRef, Source};
 use crate::tracking::rest::artifacts;
 use crate::tracking::rest::client::{HttpClient, Idempotency};
 use crate::tracking::rest::wire::{
-    BatchBody, WireMetric, create_run_request, get_or_create_experiment, map_unknown_run,
+    BatchBody, create_run_request, get_or_create_experiment, map_unknown_run,
 };
 
 /// Whether `e` may go away by itself (server down, frozen, overloaded): retry later. Errors of
@@ -223,7 +223,7 @@ impl Replayer {
                 tags,
             } => {
                 let run_id = self.resolve(run)?;
-                let body = batch_body(&run_id, metrics, params, tags);
+                let body = BatchBody::new(&run_id, metrics, params, tags);
                 self.http
                     .post("runs/log-batch", &body, Idempotency::Idempotent)
                     .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
@@ -281,37 +281,40 @@ impl Replayer {
     }
 }
 
-/// The log-batch request body of a journal batch record.
-pub(crate) fn batch_body<'a>(
-    run_id: &'a str,
-    metrics: &'a [JMetric],
-    params: &'a [(String, String)],
-    tags: &'a [(String, String)],
-) -> BatchBody<'a> {
-    let metrics = metrics.iter().map(|m| WireMetric {
-        key: &m.0,
-        value: m.1,
-        timestamp: m.2,
-        step: m.3,
-    });
-    BatchBody::new(run_id, metrics, params, tags)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracking::journal::JsonF64;
 
     #[test]
-    fn batch_body_is_the_log_batch_wire_format() {
-        let metrics = vec![
-            JMetric("loss".into(), JsonF64(0.5), 7, 2),
-            JMetric("loss".into(), JsonF64(f64::NAN), 7, 3),
-            JMetric("loss".into(), JsonF64(f64::NEG_INFINITY), 7, 4),
-        ];
-        let params = vec![("lr".to_owned(), "0.1".to_owned())];
-        let tags = vec![("t".to_owned(), "v".to_owned())];
-        let v = serde_json::to_value(batch_body("r1", &metrics, &params, &tags)).unwrap();
+    fn a_journal_batch_goes_to_the_wire_in_the_log_batch_format() {
+        let metric = |value, step| crate::tracking::Metric {
+            key: "loss".into(),
+            value,
+            timestamp_ms: 7,
+            step,
+        };
+        let rec = Record::Batch {
+            run: RunRef::Key("k".into()),
+            metrics: vec![
+                metric(0.5, 2),
+                metric(f64::NAN, 3),
+                metric(f64::NEG_INFINITY, 4),
+            ],
+            params: vec![("lr".to_owned(), "0.1".to_owned())],
+            tags: vec![("t".to_owned(), "v".to_owned())],
+        };
+        // As the replayer gets it: written to the journal and read back.
+        let line = serde_json::to_vec(&rec).unwrap();
+        let Record::Batch {
+            metrics,
+            params,
+            tags,
+            ..
+        } = serde_json::from_slice(&line).unwrap()
+        else {
+            panic!("not a batch")
+        };
+        let v = serde_json::to_value(BatchBody::new("r1", &metrics, &params, &tags)).unwrap();
         assert_eq!(
             v,
             json!({

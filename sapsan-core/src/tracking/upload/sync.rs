@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::replay::{Replayer, is_transient};
 use crate::error::{Error, Result};
+use crate::tracking::RunStatus;
 use crate::tracking::journal::{self, Record, RunRef, Source};
 use crate::tracking::rest::client::HttpClient;
 use crate::tracking::rest::settings::Settings;
@@ -27,6 +28,9 @@ pub struct SyncReport {
     pub killed: usize,
     /// Journals whose open runs were left open, with the reason and what to do.
     pub left_open: Vec<String>,
+    /// Journal lines that could not be read back (bad checksum or JSON): skipped, everything
+    /// else was delivered. A run whose end was in one is treated as left open.
+    pub damaged: Vec<journal::DamagedRecord>,
 }
 
 /// The journal directories under `dir`: `dir` itself when it holds a journal, else its
@@ -79,14 +83,18 @@ fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
                 touch(&RunRef::Key(key.clone()), Some(true), *start_ms)
             }
             Record::Batch { run, metrics, .. } => {
-                let t = metrics.iter().map(|m| m.2).max().unwrap_or(0);
+                let t = metrics.iter().map(|m| m.timestamp_ms).max().unwrap_or(0);
                 touch(run, None, t)
             }
             Record::Status {
                 run,
                 status,
                 end_ms,
-            } => touch(run, Some(status == "RUNNING"), end_ms.unwrap_or(0)),
+            } => touch(
+                run,
+                Some(*status == RunStatus::Running),
+                end_ms.unwrap_or(0),
+            ),
             Record::Artifact { .. } => {}
         }
     }
@@ -101,7 +109,8 @@ fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
 /// the server does not have. Runs the journal leaves open are ended KILLED (at the last time
 /// anything was logged to them) as `open` says. Idempotent: a second call changes nothing on the
 /// server. Stops at the first transient error (server away: run it again later); records refused
-/// for good are listed in [`SyncReport::refused`] and skipped.
+/// for good are listed in [`SyncReport::refused`] and skipped, damaged journal lines in
+/// [`SyncReport::damaged`].
 pub fn sync_dir(
     dir: &Path,
     tracking_uri: &str,
@@ -122,7 +131,9 @@ pub fn sync_dir(
     let mut report = SyncReport::default();
     for d in dirs {
         let rep = Replayer::new(http.clone(), Source::Dir(d.clone()), false);
-        let records = journal::read_records(&d, 0, None)?;
+        let read = journal::read_journal(&d, 0, None)?;
+        report.damaged.extend(read.damaged);
+        let records = read.records;
         for (rec, _) in &records {
             match rep.apply(rec) {
                 Ok(()) => {
@@ -145,7 +156,7 @@ pub fn sync_dir(
             for (run, last_ms) in left_open {
                 let rec = Record::Status {
                     run,
-                    status: "KILLED".into(),
+                    status: RunStatus::Killed,
                     end_ms: Some(last_ms),
                 };
                 match rep.apply(&rec) {

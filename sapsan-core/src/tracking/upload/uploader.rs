@@ -13,7 +13,8 @@ use super::queue::MAX_METRICS;
 use super::replay::{Replayer, is_transient};
 use crate::error::{Error, Result};
 use crate::shared::Shared;
-use crate::tracking::journal::{JMetric, Reader, Record, Source};
+use crate::tracking::Metric;
+use crate::tracking::journal::{Reader, Record, Source};
 use crate::tracking::rest::settings::Settings;
 
 /// How the [`Uploader`] retries, and how many requests it keeps in flight.
@@ -468,7 +469,7 @@ fn coalesce(recs: Vec<(Record, u64)>, from: u64) -> Vec<(Record, u64)> {
         let mut ends = ends.into_iter().peekable();
         let mut points = group.into_iter();
         loop {
-            let chunk: Vec<JMetric> = points.by_ref().take(MAX_METRICS).collect();
+            let chunk: Vec<Metric> = points.by_ref().take(MAX_METRICS).collect();
             if chunk.is_empty() {
                 break;
             }
@@ -500,8 +501,21 @@ fn upload_loop(shared: Arc<Up>, source: Source, rep: Arc<Replayer>, opts: Upload
             }
             (g.acked, g.written)
         };
-        let recs = match source.read_records(from, Some(upto)) {
-            Ok(r) => r,
+        let recs = match source.read_journal(from, Some(upto)) {
+            Ok(r) => {
+                // Skipped: waiting on a record that cannot be read would stall all after it.
+                if let Some(d) = r.damaged.into_iter().next() {
+                    log::warn!(target: "sapsan::upload", "skipping a damaged journal record: {d}");
+                    shared.update(|g| {
+                        g.first_error.get_or_insert(Error::Io {
+                            action: "reading the journal (a damaged record was skipped)",
+                            path: d.path.clone(),
+                            source: std::io::Error::other(d.place_and_reason()),
+                        });
+                    });
+                }
+                r.records
+            }
             Err(e) => {
                 shared.update(|g| {
                     g.first_error.get_or_insert(e);
@@ -510,7 +524,9 @@ fn upload_loop(shared: Arc<Up>, source: Source, rep: Arc<Replayer>, opts: Upload
             }
         };
         if recs.is_empty() {
-            // Nothing complete to read (cannot happen: the writer stores whole lines first).
+            // Only damaged lines, or nothing complete (cannot happen: the writer stores whole
+            // lines first). No compaction can have come between: that needs everything
+            // acknowledged.
             ack(&shared, upto);
             continue;
         }
@@ -539,13 +555,24 @@ fn upload_loop(shared: Arc<Up>, source: Source, rep: Arc<Replayer>, opts: Upload
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracking::journal::{JsonF64, RunRef};
+    use crate::tracking::RunStatus;
+    use crate::tracking::journal::{self, RunRef};
+    use crate::tracking::rest::client::HttpClient;
+
+    fn metric(key: &str, value: f64, timestamp_ms: i64, step: i64) -> Metric {
+        Metric {
+            key: key.into(),
+            value,
+            timestamp_ms,
+            step,
+        }
+    }
 
     fn batch(run: &str, n: usize, first: usize) -> Record {
         Record::Batch {
             run: RunRef::Key(run.into()),
             metrics: (first..first + n)
-                .map(|i| JMetric("m".into(), JsonF64(i as f64), 1, i as i64))
+                .map(|i| metric("m", i as f64, 1, i as i64))
                 .collect(),
             params: vec![],
             tags: vec![],
@@ -554,7 +581,7 @@ mod tests {
 
     fn values(rec: &Record) -> Vec<f64> {
         match rec {
-            Record::Batch { metrics, .. } => metrics.iter().map(|m| m.1.0).collect(),
+            Record::Batch { metrics, .. } => metrics.iter().map(|m| m.value).collect(),
             other => panic!("{other:?}"),
         }
     }
@@ -563,7 +590,7 @@ mod tests {
     fn coalesce_repacks_part_filled_batches_and_acks_whole_records_only() {
         let status = Record::Status {
             run: RunRef::Key("a".into()),
-            status: "FINISHED".into(),
+            status: RunStatus::Finished,
             end_ms: Some(1),
         };
         let with_param = Record::Batch {
@@ -655,7 +682,7 @@ mod tests {
     fn tagged(run: &str, tags: &[&str]) -> (Record, u64) {
         let rec = Record::Batch {
             run: RunRef::Key(run.into()),
-            metrics: vec![JMetric("m".into(), JsonF64(1.0), 0, 0)],
+            metrics: vec![metric("m", 1.0, 0, 0)],
             params: vec![],
             tags: tags.iter().map(|t| (t.to_string(), "v".into())).collect(),
         };
@@ -666,7 +693,7 @@ mod tests {
     fn windows_hold_consecutive_batches_without_a_tag_set_twice() {
         let status = Record::Status {
             run: RunRef::Key("a".into()),
-            status: "FINISHED".into(),
+            status: RunStatus::Finished,
             end_ms: Some(1),
         };
         let recs = vec![
@@ -684,5 +711,115 @@ mod tests {
         assert_eq!(window_end(&recs, 6), 7);
         let many: Vec<_> = (0..WINDOW + 5).map(|_| tagged("a", &[])).collect();
         assert_eq!(window_end(&many, 0), WINDOW);
+    }
+
+    /// A loopback stand-in for MLflow that answers `{}` to every request and keeps the bodies.
+    fn recording_server() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream);
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    seen.lock().unwrap().push(v);
+                }
+                let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                              Content-Length: 2\r\nConnection: close\r\n\r\n{}";
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        (format!("http://{addr}"), bodies)
+    }
+
+    #[test]
+    fn the_uploader_skips_a_damaged_record_and_reports_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut j = journal::Journal::create_in(tmp.path()).unwrap();
+        let batch = |step: i64| Record::Batch {
+            run: RunRef::Id("r1".into()),
+            metrics: vec![metric("loss", 0.5, 7, step)],
+            params: vec![("p".into(), step.to_string())],
+            tags: vec![],
+        };
+        let mut recs: Vec<Record> = (0..4).map(batch).collect();
+        recs.push(Record::Status {
+            run: RunRef::Id("r1".into()),
+            status: RunStatus::Finished,
+            end_ms: Some(9),
+        });
+        let len = j.append(&recs).unwrap();
+        // Damage the second record on disk (a changed digit; the newline stays), and the last.
+        let path = j.dir().join(journal::JOURNAL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = journal::read_records(j.dir(), 0, None).unwrap()[0].1 as usize;
+        let at = second
+            + bytes[second..]
+                .windows(7)
+                .position(|w| w == b"\"step\":")
+                .unwrap();
+        bytes[at + 7] = b'8';
+        let at = bytes.windows(8).position(|w| w == b"FINISHED").unwrap();
+        bytes[at] = b'X';
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (url, bodies) = recording_server();
+        let http = Arc::new(HttpClient::new(&url, &Settings::default()).unwrap());
+        let source = Source::Dir(j.dir().to_owned());
+        let rep = Arc::new(Replayer::new(http, source.clone(), true));
+        let up = Uploader::start(
+            source,
+            rep,
+            UploadOptions::from_settings(&Settings::default()),
+        )
+        .unwrap();
+        up.notifier().written(len);
+        let soon = Instant::now() + Duration::from_secs(30);
+        let err = up.watch().wait(soon).unwrap_err().to_string();
+        assert!(
+            err.contains("damaged record was skipped")
+                && err.contains(&format!("at byte {second}"))
+                && err.contains("run r1")
+                && err.contains("checksum mismatch"),
+            "{err}"
+        );
+        assert!(
+            up.watch().drained(),
+            "delivery went on past the damaged records"
+        );
+        let mut steps: Vec<i64> = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["metrics"].as_array().cloned().unwrap_or_default())
+            .map(|m| m["step"].as_i64().unwrap())
+            .collect();
+        steps.sort(); // batches go out several at once
+        assert_eq!(steps, [0, 2, 3]);
+        let statuses = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b.get("status").is_some())
+            .count();
+        assert_eq!(statuses, 0, "the status record was the damaged last one");
+        assert_eq!(up.watch().progress().0, len);
+        assert!(up.stop(soon));
     }
 }
