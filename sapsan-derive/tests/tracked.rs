@@ -1,10 +1,13 @@
-//! `#[tracked]`: what the expansion does, proven with a backend that records every call.
+//! `#[tracked]`: what the expansion does, proven with a backend that records every call. The run
+//! ids come back with the calls, from the `<fn>_tracked` companions.
 mod support;
 
 use std::sync::Arc;
 
 use sapsan_core::config::Kwargs;
-use sapsan_core::tracking::scope::{self, ERROR_TAG, Mode, Report, RunScope, TrackedOutput};
+use sapsan_core::tracking::scope::{
+    self, ERROR_TAG, Mode, Report, RunScope, Tracked, TrackedOutput,
+};
 use sapsan_core::tracking::{Backend, FakeBackend, RunStatus};
 use sapsan_core::{Error, ModelConfig, tracked};
 use support::{Call, RecordingBackend};
@@ -102,8 +105,20 @@ fn train_then_evaluate_nests_logs_and_copies() {
     let data = DataConfig {
         path: "train.h5".into(),
     };
-    train(&model(), &data, &b).unwrap();
-    let train_id = scope::last_run_id().unwrap();
+    let trained = train_tracked(&model(), &data, &b);
+    assert_eq!(trained.output.unwrap().loss, [0.5, 0.25]);
+    assert_eq!(
+        (trained.mode, trained.name.as_str()),
+        (Mode::Train, "train")
+    );
+    assert_eq!(trained.status, RunStatus::Running);
+    assert_eq!((trained.error, trained.tracking_error), (None, None));
+    let train_id = trained.run_id.unwrap();
+    assert_eq!(
+        b.created()[0].2,
+        train_id,
+        "the id of the run the backend created"
+    );
     assert_eq!(
         b.active_run_id().as_deref(),
         Some(train_id.as_str()),
@@ -137,8 +152,10 @@ fn train_then_evaluate_nests_logs_and_copies() {
     let eval_data = DataConfig {
         path: "eval.h5".into(),
     };
-    evaluate(&eval_data, &b).unwrap();
-    let eval_id = scope::last_run_id().unwrap();
+    let evaluated = evaluate_tracked(&eval_data, &b);
+    assert!(evaluated.output.is_ok());
+    assert_eq!(evaluated.status, RunStatus::Finished);
+    let eval_id = evaluated.run_id.unwrap();
     assert_ne!(eval_id, train_id);
     assert_eq!(
         b.created(),
@@ -176,9 +193,15 @@ fn err_marks_failed_with_the_error_text() {
     let b = RecordingBackend::new();
     let mut cfg = model();
     cfg.n_epochs = 0;
-    let err = train(&cfg, &DataConfig { path: "x".into() }, &b).unwrap_err();
-    assert!(matches!(err, Error::Estimator(_)));
-    let id = scope::last_run_id().unwrap();
+    let failed = train_tracked(&cfg, &DataConfig { path: "x".into() }, &b);
+    assert!(matches!(failed.output, Err(Error::Estimator(_))));
+    assert_eq!(
+        (failed.mode, failed.status),
+        (Mode::Train, RunStatus::Failed)
+    );
+    assert_eq!(failed.error.as_deref(), Some("estimator: no epochs"));
+    assert_eq!(failed.tracking_error, None);
+    let id = failed.run_id.unwrap();
     assert_eq!(b.status(&id), Some(RunStatus::Failed));
     assert_eq!(b.data(&id).tags[ERROR_TAG], "estimator: no epochs");
     assert_eq!(
@@ -187,9 +210,10 @@ fn err_marks_failed_with_the_error_text() {
         "a failed train run is not left open"
     );
     assert_eq!(b.calls().last(), Some(&Call::Flush));
-    let rec = scope::last_run().unwrap();
-    assert_eq!((rec.mode, rec.status), (Mode::Train, RunStatus::Failed));
-    assert_eq!(rec.error.as_deref(), Some("estimator: no epochs"));
+
+    // The function itself returns the output alone.
+    let err = train(&cfg, &DataConfig { path: "x".into() }, &b).unwrap_err();
+    assert!(matches!(err, Error::Estimator(_)));
 }
 
 #[tracked(train)]
@@ -198,16 +222,57 @@ fn explodes(backend: &RecordingBackend) {
     panic!("boom");
 }
 
+#[tracked(evaluate)]
+fn explodes_with(what: u32, backend: &RecordingBackend) -> Result<(), Error> {
+    let _ = backend;
+    if what == 0 {
+        std::panic::panic_any(what);
+    }
+    panic!("diverged after {what} epochs");
+}
+
+/// Runs `f`, which must panic, and returns the payload and the one run it created.
+fn panicking(b: &RecordingBackend, f: impl FnOnce()) -> (Box<dyn std::any::Any + Send>, String) {
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+    let created = b.created();
+    assert_eq!(created.len(), 1);
+    (payload, created[0].2.clone())
+}
+
 #[test]
-fn panic_marks_failed_and_keeps_unwinding() {
+fn panic_marks_failed_with_its_message_and_keeps_unwinding() {
     let b = RecordingBackend::new();
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| explodes(&b)));
-    let payload = caught.unwrap_err();
+    let (payload, id) = panicking(&b, || explodes(&b));
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom"));
-    let id = scope::last_run_id().unwrap();
     assert_eq!(b.status(&id), Some(RunStatus::Failed));
-    assert_eq!(b.data(&id).tags[ERROR_TAG], "panicked");
+    assert_eq!(b.data(&id).tags[ERROR_TAG], "panicked: boom");
     assert_eq!(b.active_run_id(), None);
+    assert_eq!(
+        b.calls().last(),
+        Some(&Call::Flush),
+        "flushed before unwinding"
+    );
+
+    // A formatted message (a `String` payload), through the companion.
+    let b = RecordingBackend::new();
+    let (payload, id) = panicking(&b, || {
+        let _ = explodes_with_tracked(3, &b);
+    });
+    let text = "diverged after 3 epochs";
+    assert_eq!(
+        payload.downcast_ref::<String>().map(String::as_str),
+        Some(text)
+    );
+    assert_eq!(b.status(&id), Some(RunStatus::Failed));
+    assert_eq!(b.data(&id).tags[ERROR_TAG], format!("panicked: {text}"));
+
+    // Any other payload.
+    let b = RecordingBackend::new();
+    let (payload, id) = panicking(&b, || {
+        let _ = explodes_with(0, &b);
+    });
+    assert_eq!(payload.downcast_ref::<u32>(), Some(&0));
+    assert_eq!(b.data(&id).tags[ERROR_TAG], "panicked (non-string payload)");
 }
 
 #[test]
@@ -220,9 +285,10 @@ fn parent_option_and_arc_backend() {
     let b = Arc::new(RecordingBackend::new());
     let p = b.start("manual", false, None).unwrap();
     b.end().unwrap();
-    eval_under(&p, b.clone()).unwrap();
+    let run = eval_under_tracked(&p, b.clone());
     let created = b.created();
     assert_eq!(created[1].1.as_deref(), Some(p.as_str()));
+    assert_eq!(run.run_id.as_ref(), Some(&created[1].2));
 }
 
 #[test]
@@ -234,17 +300,28 @@ fn tracking_error_becomes_the_result() {
         *ran = true;
         Ok(())
     }
-    let err = fit(&mut ran, &b).unwrap_err();
-    assert!(matches!(err, Error::Connection { .. }), "{err}");
+    let run = fit_tracked(&mut ran, &b);
+    assert!(
+        matches!(run.output, Err(Error::Connection { .. })),
+        "{:?}",
+        run.output
+    );
     assert!(!ran, "the body does not run when the run cannot start");
+    assert_eq!((run.run_id, run.status), (None, RunStatus::Failed));
+    assert!(run.tracking_error.unwrap().contains("connection refused"));
 
     // A bad kwarg key is a tracking error too: the run ends FAILED, the error is returned.
     let ok = RecordingBackend::new();
     let mut cfg = model();
     cfg.kwargs.insert("bad@key", 1);
-    let err = train(&cfg, &DataConfig { path: "x".into() }, &ok).unwrap_err();
-    assert!(matches!(err, Error::Config { .. }), "{err}");
-    let id = scope::last_run_id().unwrap();
+    let run = train_tracked(&cfg, &DataConfig { path: "x".into() }, &ok);
+    assert!(
+        matches!(run.output, Err(Error::Config { .. })),
+        "{:?}",
+        run.output
+    );
+    assert!(run.tracking_error.is_some());
+    let id = run.run_id.unwrap();
     assert_eq!(ok.status(&id), Some(RunStatus::Failed));
     assert!(ok.data(&id).tags[ERROR_TAG].starts_with("tracking failed: config Cnn3dConfig"));
 }
@@ -261,9 +338,10 @@ fn unit_output_keeps_its_value_on_tracking_errors() {
     impl TrackedOutput for u8mark {}
     let b = RecordingBackend::refusing();
     assert_eq!(quiet(&b), u8mark(3));
-    let rec = scope::last_run().unwrap();
-    assert_eq!(rec.run_id, None);
-    assert!(rec.tracking_error.unwrap().contains("connection refused"));
+    let run = quiet_tracked(&b);
+    assert_eq!(run.output, u8mark(3));
+    assert_eq!(run.run_id, None);
+    assert!(run.tracking_error.unwrap().contains("connection refused"));
 }
 
 struct Trainer<B> {
@@ -280,7 +358,19 @@ impl<B: Backend + 'static> Trainer<B> {
         self.backend.log_parameter("label", label)?;
         Ok(())
     }
+
+    /// An associated function without `self` (reached as `Self::...`), its companion renamed.
+    #[tracked(train, backend = backend, params(config), companion = build_with_run)]
+    fn build(backend: Arc<B>, config: Cnn3dConfig) -> Self {
+        Trainer {
+            backend,
+            config,
+            epochs_run: 0,
+        }
+    }
 }
+
+impl<B: Backend> TrackedOutput for Trainer<B> {}
 
 #[test]
 fn methods_generics_and_backend_expressions() {
@@ -291,10 +381,19 @@ fn methods_generics_and_backend_expressions() {
     };
     t.run("x").unwrap();
     assert_eq!(t.epochs_run, 2);
-    let id = scope::last_run_id().unwrap();
-    assert_eq!(t.backend.created()[0].0, "trainer");
-    assert_eq!(t.backend.data(&id).params["label"], "x");
+    let run = t.run_tracked("y");
+    assert_eq!(t.epochs_run, 4);
+    let id = run.run_id.unwrap();
+    assert_eq!(t.backend.created()[1], ("trainer".into(), None, id.clone()));
+    assert_eq!(t.backend.data(&id).params["label"], "y");
     assert_eq!(t.backend.data(&id).params["model - n_epochs"], "2");
+
+    let run: Tracked<Trainer<RecordingBackend>> =
+        Trainer::build_with_run(Arc::new(RecordingBackend::new()), model());
+    let trainer = run.output;
+    assert_eq!(trainer.backend.created()[0].2, run.run_id.unwrap());
+    let plain = Trainer::build(Arc::new(FakeBackend::new()), model());
+    assert_eq!(plain.epochs_run, 0);
 }
 
 #[test]
@@ -309,8 +408,9 @@ fn generic_backend_and_impl_trait_args() {
         Ok(r)
     }
     let b = FakeBackend::new();
-    eval_generic(vec![1, 2, 3], &b).unwrap();
-    assert!(scope::last_run_id().unwrap().starts_with("fake"));
+    let run = eval_generic_tracked(vec![1, 2, 3], &b);
+    assert!(run.output.is_ok());
+    assert!(run.run_id.unwrap().starts_with("fake"));
     assert_eq!(
         b.active_run_id(),
         None,
@@ -329,4 +429,63 @@ fn run_scope_by_hand() {
     let eid = e.run_id().unwrap().to_owned();
     drop(e); // dropped without finish: FAILED, never left RUNNING
     assert_eq!(b.status(&eid), Some(RunStatus::Failed));
+}
+
+#[test]
+fn arguments_of_any_pattern_and_explicit_generics_reach_the_companion() {
+    /// `T` is named by no argument: the function passes it on explicitly.
+    #[tracked(evaluate)]
+    fn sized<T, const N: usize>(
+        mut count: u32,
+        (a, b): (u32, u32),
+        backend: &FakeBackend,
+    ) -> Result<Report<'static>, Error> {
+        count += a + b;
+        let mut r = Report::new();
+        r.metric("bytes", (std::mem::size_of::<T>() * N) as f64)
+            .metric("count", f64::from(count));
+        Ok(r)
+    }
+    let b = FakeBackend::new();
+    let r = sized::<u64, 3>(1, (2, 3), &b).unwrap();
+    let metrics: Vec<_> = r.metrics().collect();
+    assert_eq!(metrics, [("bytes", 24.0, None), ("count", 6.0, None)]);
+    let run = sized_tracked::<u16, 1>(0, (0, 0), &b);
+    assert!(run.run_id.is_some());
+    assert_eq!(
+        run.output.unwrap().metrics().next(),
+        Some(("bytes", 2.0, None))
+    );
+}
+
+/// A method of a trait impl cannot have a companion: `companion = false`.
+trait Fit {
+    fn fit(&self, backend: &RecordingBackend) -> Result<(), Error>;
+}
+
+struct Model;
+
+impl Fit for Model {
+    #[tracked(train, companion = false)]
+    fn fit(&self, backend: &RecordingBackend) -> Result<(), Error> {
+        Err(Error::Estimator("not today".into()))
+    }
+}
+
+#[test]
+fn without_a_companion_the_function_is_tracked_alone() {
+    let b = RecordingBackend::new();
+    assert!(Model.fit(&b).is_err());
+    let id = b.created()[0].2.clone();
+    assert_eq!(b.data(&id).tags[ERROR_TAG], "estimator: not today");
+}
+
+#[test]
+fn last_run_is_a_convenience_copy_of_the_returned_record() {
+    let b = RecordingBackend::new();
+    let run = train_tracked(&model(), &DataConfig { path: "x".into() }, &b);
+    let last = scope::last_run().unwrap();
+    assert_eq!(last.run_id, run.run_id);
+    assert_eq!((last.status, last.error), (run.status, run.error));
+    assert_eq!(scope::last_run_id(), run.run_id);
 }

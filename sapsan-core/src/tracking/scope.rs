@@ -13,14 +13,18 @@
 //!   parent's params (those the evaluation did not log itself) and its `train - ` metrics, and
 //!   ends the run FINISHED.
 //! - **failure**: [`RunScope::fail`], an output whose [`TrackedOutput::failure`] is set (an `Err`),
-//!   or a panic while the scope is alive (its `Drop`) ends the run FAILED with the error text in the
-//!   tag [`ERROR_TAG`] and flushes. A failed train run is removed from the run stack, so it is never
-//!   left RUNNING.
+//!   or a panic while the scope is alive ends the run FAILED with the error text in the tag
+//!   [`ERROR_TAG`] and flushes. A `#[tracked]` function catches its body's panic and records
+//!   `panicked: <message>` ([`panic_message`]) before the panic goes on unwinding; a hand-written
+//!   scope dropped during a panic (its `Drop`) records `panicked`. A failed train run is removed
+//!   from the run stack, so it is never left RUNNING.
 //!
-//! The id of the run of the last scope that ended on this thread is [`last_run_id`] (and
-//! [`last_run`] has its status and errors): that is how a caller of a `#[tracked]` function gets the
-//! run id without the function's signature changing. This record is informational only; no
-//! tracking logic reads it.
+//! **The run id comes back with the call.** `#[tracked]` keeps the function as written and adds a
+//! companion, `<fn>_tracked`, with the same arguments, that returns [`Tracked`]: the function's
+//! output together with its run's id, status and errors. Hand-written scopes return the run id
+//! from [`RunScope::finish`]. As a convenience on top, the record of the last scope that ended on
+//! this thread is also kept ([`last_run`], [`last_run_id`]); no tracking logic reads it.
+use std::any::Any;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::Display;
@@ -195,8 +199,8 @@ impl<'a> Report<'a> {
 /// `Result<T, E>` where `T: TrackedOutput` and `E: Display + From<sapsan::Error>`: `Ok` reports
 /// what `T` reports; `Err` marks the run FAILED with the error's text; and an error of the tracking
 /// itself (the server cannot create the run, a metric key is invalid, ...) becomes an `Err` too.
-/// For other types a tracking error is kept in [`last_run`] and written to stderr once, and the
-/// function's value is returned unchanged.
+/// For other types a tracking error is kept in [`Tracked::tracking_error`] and written to stderr
+/// once, and the function's value is returned unchanged.
 ///
 /// ```
 /// use sapsan_core::tracking::scope::{Report, TrackedOutput};
@@ -264,11 +268,33 @@ impl<T: TrackedOutput, E: Display + From<Error>> TrackedOutput for Result<T, E> 
     }
 }
 
-// ---- the last run of this thread ----------------------------------------------------------
+// ---- how a run ended ------------------------------------------------------------------------
 
-/// How the last scope on this thread ended.
+/// What a tracked call returns: the function's output with how its run ended. `#[tracked]`
+/// generates `<fn>_tracked`, which returns this (the function itself returns `output` alone).
+///
+/// ```
+/// use sapsan_core::tracking::{Backend, FakeBackend, RunStatus};
+/// use sapsan_core::{Error, tracked};
+///
+/// #[tracked(train)]
+/// fn fit(epochs: u32, backend: &impl Backend) -> Result<(), Error> {
+///     backend.log_metric("lr", 1e-3 * f64::from(epochs))?;
+///     Ok(())
+/// }
+///
+/// let backend = FakeBackend::new();
+/// let run = fit_tracked(10, &backend); // what `fit(10, &backend)` does, and its run
+/// assert!(run.output.is_ok());
+/// assert_eq!(run.run_id, backend.active_run_id()); // the train run stays open
+/// assert_eq!(run.status, RunStatus::Running);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunRecord {
+#[must_use = "a tracked call's output is in `.output`; its run id in `.run_id`"]
+pub struct Tracked<R> {
+    /// What the function returned (or, when the tracking failed and the output type can hold
+    /// that error, the error: see [`TrackedOutput`]).
+    pub output: R,
     /// The run's id; `None` when the run could not be created.
     pub run_id: Option<String>,
     /// Train or evaluate.
@@ -277,11 +303,44 @@ pub struct RunRecord {
     pub name: String,
     /// RUNNING (a finished train run stays open), FINISHED or FAILED.
     pub status: RunStatus,
-    /// The function's error (the `Err` text, or `panicked`), when it failed.
+    /// Why the run FAILED, also the text of its [`ERROR_TAG`] tag: the `Err` text,
+    /// `tracking failed: ...`, or `panicked: <message>` (seen in [`last_run`] only: a call that
+    /// panics returns nothing).
     pub error: Option<String>,
     /// The first error of the tracking itself, when there was one.
     pub tracking_error: Option<String>,
 }
+
+/// How a run scope ended, without the output: what [`last_run`] keeps.
+pub type RunRecord = Tracked<()>;
+
+impl RunRecord {
+    fn with_output<R>(self, output: R) -> Tracked<R> {
+        Tracked {
+            output,
+            run_id: self.run_id,
+            mode: self.mode,
+            name: self.name,
+            status: self.status,
+            error: self.error,
+            tracking_error: self.tracking_error,
+        }
+    }
+}
+
+/// The error text a panic leaves on its run: `panicked: <message>` for a `&str` or `String`
+/// payload (what `panic!` makes), `panicked (non-string payload)` otherwise.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked (non-string payload)".to_owned()
+    }
+}
+
+// ---- convenience: the last run of this thread ----------------------------------------------
 
 thread_local! {
     static LAST_RUN: RefCell<Option<RunRecord>> = const { RefCell::new(None) };
@@ -289,12 +348,18 @@ thread_local! {
 
 /// How the last run scope that ended on this thread ended (for a `#[tracked]` function: the call
 /// that just returned or panicked).
+///
+/// A convenience kept beside the value each call returns: prefer `<fn>_tracked` (see
+/// [`Tracked`]), which hands the same record back with the output and cannot be confused by
+/// another call in between.
 pub fn last_run() -> Option<RunRecord> {
     LAST_RUN.with(|r| r.borrow().clone())
 }
 
-/// The id of the run of the last scope that ended on this thread: call it right after a
-/// `#[tracked]` function returns to get its run id (e.g. to `resume` it and log more).
+/// The id of the run of the last scope that ended on this thread, e.g. right after a `#[tracked]`
+/// function returns (to `resume` it and log more).
+///
+/// A convenience, like [`last_run`]: `<fn>_tracked(...).run_id` returns the id with the call.
 pub fn last_run_id() -> Option<String> {
     LAST_RUN.with(|r| r.borrow().as_ref().and_then(|r| r.run_id.clone()))
 }
@@ -457,8 +522,16 @@ impl<'b> RunScope<'b> {
         Ok(())
     }
 
-    fn record(&self, status: RunStatus, error: Option<String>, tracking_error: Option<String>) {
+    /// Marks the scope ended and returns how (also kept as this thread's [`last_run`]).
+    fn ended(
+        &mut self,
+        status: RunStatus,
+        error: Option<String>,
+        tracking_error: Option<String>,
+    ) -> RunRecord {
+        self.done = true;
         let record = RunRecord {
+            output: (),
             run_id: self.run_id.clone(),
             mode: self.mode,
             name: self.name.clone(),
@@ -466,7 +539,8 @@ impl<'b> RunScope<'b> {
             error,
             tracking_error,
         };
-        LAST_RUN.with(|r| *r.borrow_mut() = Some(record));
+        LAST_RUN.with(|r| *r.borrow_mut() = Some(record.clone()));
+        record
     }
 
     fn log_output(&mut self, run: &str, output: &impl TrackedOutput) -> Result<()> {
@@ -495,29 +569,31 @@ impl<'b> RunScope<'b> {
     /// FAILED and is returned. Returns the run id.
     pub fn finish(mut self, output: &impl TrackedOutput) -> Result<String> {
         let run = self.run_id.clone().unwrap_or_default();
+        self.end_with(output).1.map(|()| run)
+    }
+
+    /// [`RunScope::finish`]: how the run ended, and the first error of the tracking.
+    fn end_with(&mut self, output: &impl TrackedOutput) -> (RunRecord, Result<()>) {
         if let Some(message) = output.failure() {
-            return self.fail_inner(&message, None).map(|()| run);
+            return self.fail_inner(&message, None);
         }
-        if self.run_id.is_none() {
-            self.done = true;
-            self.record(RunStatus::Failed, None, self.start_error.clone());
-            return Ok(run);
-        }
+        let Some(run) = self.run_id.clone() else {
+            let start_error = self.start_error.clone();
+            return (self.ended(RunStatus::Failed, None, start_error), Ok(()));
+        };
         match self.log_output(&run, output) {
             Ok(()) => {
-                self.done = true;
                 let status = match self.mode {
                     Mode::Train => RunStatus::Running,
                     Mode::Evaluate => RunStatus::Finished,
                 };
-                self.record(status, None, None);
-                Ok(run)
+                (self.ended(status, None, None), Ok(()))
             }
             Err(e) => {
                 let text = format!("tracking failed: {e}");
                 // Best effort: the run must not stay RUNNING after a failure.
-                let _ = self.fail_inner(&text, Some(e.to_string()));
-                Err(e)
+                let (record, _) = self.fail_inner(&text, Some(e.to_string()));
+                (record, Err(e))
             }
         }
     }
@@ -525,16 +601,23 @@ impl<'b> RunScope<'b> {
     /// Ends the run FAILED with `message` in the tag [`ERROR_TAG`], removes it from the run stack
     /// and flushes.
     pub fn fail(mut self, message: &str) -> Result<()> {
-        self.fail_inner(message, None)
+        self.fail_inner(message, None).1
     }
 
-    fn fail_inner(&mut self, message: &str, tracking_error: Option<String>) -> Result<()> {
-        self.done = true;
-        self.record(
-            RunStatus::Failed,
-            Some(message.to_owned()),
-            tracking_error.or_else(|| self.start_error.clone()),
-        );
+    /// [`RunScope::fail`]: how the run ended, and the first error on the way.
+    fn fail_inner(
+        &mut self,
+        message: &str,
+        tracking_error: Option<String>,
+    ) -> (RunRecord, Result<()>) {
+        let tracking_error = tracking_error.or_else(|| self.start_error.clone());
+        let record = self.ended(RunStatus::Failed, Some(message.to_owned()), tracking_error);
+        let result = self.fail_run(message);
+        (record, result)
+    }
+
+    /// Copies the parent's data, tags the error, ends the run FAILED and flushes.
+    fn fail_run(&mut self, message: &str) -> Result<()> {
         let Some(run) = self.run_id.clone() else {
             return Ok(());
         };
@@ -560,15 +643,16 @@ impl<'b> RunScope<'b> {
     // ---- what `#[tracked]` calls ------------------------------------------------------------
 
     /// Used by `#[tracked]`: starts a run. When that fails, either stops the function with the
-    /// error as its return value (`Err(r)`, for outputs that can hold it) or continues with an inert
-    /// scope that logs nothing; the error is written to stderr and kept in [`last_run`].
+    /// error as its output (`Err(tracked)`, for outputs that can hold it) or continues with an inert
+    /// scope that logs nothing; the error is written to stderr and kept in
+    /// [`Tracked::tracking_error`].
     #[doc(hidden)]
     pub fn start_tracked<R: TrackedOutput>(
         backend: BackendHandle<'b>,
         mode: Mode,
         name: &str,
         parent: Option<String>,
-    ) -> std::result::Result<TrackedScope<'b, R>, R> {
+    ) -> std::result::Result<TrackedScope<'b, R>, Tracked<R>> {
         let tracked = |scope| TrackedScope {
             scope,
             finish: RunScope::finish_tracked::<R>,
@@ -591,9 +675,8 @@ impl<'b> RunScope<'b> {
                 };
                 match R::from_tracking_error(e) {
                     Some(r) => {
-                        inert.done = true;
-                        inert.record(RunStatus::Failed, None, Some(text));
-                        Err(r)
+                        let record = inert.ended(RunStatus::Failed, None, Some(text));
+                        Err(record.with_output(r))
                     }
                     None => {
                         eprintln!(
@@ -616,21 +699,31 @@ impl<'b> RunScope<'b> {
         }
     }
 
-    /// Used by `#[tracked]`: ends the scope with the function's return value and returns it (or,
-    /// when the tracking failed and the value can hold the error, that error).
+    /// Used by `#[tracked]`: ends the scope with the function's return value and returns it with
+    /// how the run ended (the value is replaced by the tracking's error when the tracking failed
+    /// and the value can hold it).
     #[doc(hidden)]
-    pub fn finish_tracked<R: TrackedOutput>(mut self, output: R) -> R {
+    pub fn finish_tracked<R: TrackedOutput>(mut self, output: R) -> Tracked<R> {
         if output.failure().is_none()
             && let Some(e) = self.tracking_error.take()
         {
             let text = e.to_string();
-            let _ = self.fail_inner(&format!("tracking failed: {text}"), Some(text));
-            return tracking_error_into(e, output);
+            let (record, _) = self.fail_inner(&format!("tracking failed: {text}"), Some(text));
+            return record.with_output(tracking_error_into(e, output));
         }
-        match self.finish(&output) {
-            Ok(_) => output,
+        let (record, result) = self.end_with(&output);
+        let output = match result {
+            Ok(()) => output,
             Err(e) => tracking_error_into(e, output),
-        }
+        };
+        record.with_output(output)
+    }
+
+    /// Used by `#[tracked]`: ends the run FAILED with the [`panic_message`] of `payload` (a panic
+    /// of the function's body, caught) and flushes; the caller then resumes the unwinding.
+    #[doc(hidden)]
+    pub fn fail_panicked(mut self, payload: &(dyn Any + Send)) -> RunRecord {
+        self.fail_inner(&panic_message(payload), None).0
     }
 }
 
@@ -639,7 +732,7 @@ impl<'b> RunScope<'b> {
 #[doc(hidden)]
 pub struct TrackedScope<'b, R> {
     scope: RunScope<'b>,
-    finish: fn(RunScope<'b>, R) -> R,
+    finish: fn(RunScope<'b>, R) -> Tracked<R>,
 }
 
 impl<'b, R> TrackedScope<'b, R> {
@@ -647,14 +740,24 @@ impl<'b, R> TrackedScope<'b, R> {
     pub fn params_tracked(&mut self, config: &(impl ModelConfig + ?Sized)) {
         self.scope.params_tracked(config);
     }
-    /// Ends the scope with the function's return value (see [`RunScope::finish_tracked`]).
-    pub fn finish_tracked(self, output: R) -> R {
-        (self.finish)(self.scope, output)
+
+    /// Ends the scope with what the function's body did, caught with
+    /// [`std::panic::catch_unwind`]: its value ([`RunScope::finish_tracked`]), or its panic, which
+    /// ends the run FAILED with `panicked: <message>` ([`RunScope::fail_panicked`]) and then
+    /// unwinds on to the caller.
+    pub fn finish_tracked(self, body: std::thread::Result<R>) -> Tracked<R> {
+        match body {
+            Ok(output) => (self.finish)(self.scope, output),
+            Err(payload) => {
+                let _ = self.scope.fail_panicked(&*payload);
+                std::panic::resume_unwind(payload)
+            }
+        }
     }
 }
 
 /// The tracking error as the function's value when its type can hold one; else the value itself,
-/// with the error on stderr (it is also in [`last_run`]).
+/// with the error on stderr (it is also in [`Tracked::tracking_error`]).
 fn tracking_error_into<R: TrackedOutput>(error: Error, output: R) -> R {
     let text = error.to_string();
     match R::from_tracking_error(error) {
@@ -678,5 +781,151 @@ impl Drop for RunScope<'_> {
         };
         // Nothing to propagate to from a destructor: failures here are best effort.
         let _ = self.fail_inner(message, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::tracked;
+    use crate::tracking::{FakeBackend, RunStack};
+
+    /// A [`FakeBackend`] that also keeps the tags it is sent (the fake stores nothing).
+    #[derive(Default)]
+    struct SpyBackend {
+        fake: FakeBackend,
+        tags: Mutex<Vec<(String, String, String)>>,
+    }
+
+    impl SpyBackend {
+        fn tag(&self, run: &str, key: &str) -> Option<String> {
+            let tags = self.tags.lock().unwrap();
+            tags.iter()
+                .find(|(r, k, _)| r == run && k == key)
+                .map(|(_, _, v)| v.clone())
+        }
+    }
+
+    impl Backend for SpyBackend {
+        fn create_run(&self, name: &str, parent: Option<&str>) -> Result<String> {
+            self.fake.create_run(name, parent)
+        }
+        fn enqueue(&self, run: &str, item: LogItem) -> Result<()> {
+            if let LogItem::Tag { key, value } = &item {
+                let tag = (run.to_owned(), key.clone(), value.clone());
+                self.tags.lock().unwrap().push(tag);
+            }
+            self.fake.enqueue(run, item)
+        }
+        fn upload_artifact(&self, run: &str, name: &str, bytes: &[u8]) -> Result<()> {
+            self.fake.upload_artifact(run, name, bytes)
+        }
+        fn set_status(&self, run: &str, status: RunStatus) -> Result<()> {
+            self.fake.set_status(run, status)
+        }
+        fn flush(&self) -> Result<()> {
+            self.fake.flush()
+        }
+        fn run_data(&self, run: &str) -> Result<RunData> {
+            self.fake.run_data(run)
+        }
+        fn runs(&self) -> &RunStack {
+            self.fake.runs()
+        }
+    }
+
+    #[tracked(train)]
+    fn fit(epochs: u32, backend: &FakeBackend) -> Result<Report<'static>, Error> {
+        let mut r = Report::new();
+        r.final_epoch(u64::from(epochs));
+        Ok(r)
+    }
+
+    #[tracked(evaluate)]
+    fn score(backend: &impl Backend) -> Result<(), Error> {
+        Err(Error::Estimator("no target".into()))
+    }
+
+    #[test]
+    fn the_run_id_comes_back_with_the_output() {
+        let b = FakeBackend::new();
+        let train = fit_tracked(3, &b);
+        assert!(train.output.is_ok());
+        assert_eq!((train.mode, train.name.as_str()), (Mode::Train, "fit"));
+        assert_eq!(train.status, RunStatus::Running);
+        let train_id = train.run_id.expect("a run id");
+        assert_eq!(
+            b.active_run_id(),
+            Some(train_id.clone()),
+            "the open train run"
+        );
+
+        let eval = score_tracked(&b);
+        assert!(eval.output.is_err());
+        assert_eq!(
+            (eval.status, eval.error.as_deref()),
+            (RunStatus::Failed, Some("estimator: no target"))
+        );
+        let eval_id = eval.run_id.expect("a run id");
+        assert_ne!(eval_id, train_id);
+        assert_eq!(
+            b.active_run_id(),
+            Some(train_id),
+            "the train run is still open"
+        );
+    }
+
+    #[tracked(train)]
+    fn diverge(lr: f64, backend: &SpyBackend) -> Result<(), Error> {
+        if lr > 1.0 {
+            panic!("loss is NaN at lr {lr}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_panic_fails_the_run_with_its_message_and_unwinds_on() {
+        let b = SpyBackend::default();
+        let payload = catch_unwind(AssertUnwindSafe(|| diverge(2.5, &b))).unwrap_err();
+        assert_eq!(
+            payload.downcast_ref::<String>().map(String::as_str),
+            Some("loss is NaN at lr 2.5"),
+            "the caller sees the panic itself"
+        );
+        let run = last_run().unwrap();
+        assert_eq!(run.status, RunStatus::Failed);
+        assert_eq!(
+            run.error.as_deref(),
+            Some("panicked: loss is NaN at lr 2.5")
+        );
+        let id = run.run_id.unwrap();
+        let tag = b.tag(&id, ERROR_TAG).unwrap();
+        assert!(tag.contains("loss is NaN at lr 2.5"), "{tag}");
+        assert_eq!(b.active_run_id(), None, "not left open");
+    }
+
+    #[test]
+    fn panic_messages() {
+        let text = |p: Box<dyn Any + Send>| panic_message(&*p);
+        assert_eq!(text(Box::new("boom")), "panicked: boom");
+        assert_eq!(text(Box::new(String::from("x = 1"))), "panicked: x = 1");
+        assert_eq!(text(Box::new(7_u8)), "panicked (non-string payload)");
+    }
+
+    #[test]
+    fn a_hand_written_scope_still_fails_when_dropped_in_a_panic() {
+        let b = SpyBackend::default();
+        let run = Mutex::new(String::new());
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let scope = RunScope::train(&b, "manual").unwrap();
+            *run.lock().unwrap() = scope.run_id().unwrap().to_owned();
+            panic!("inside");
+        }));
+        let run = run.into_inner().unwrap();
+        assert_eq!(b.tag(&run, ERROR_TAG).as_deref(), Some("panicked"));
+        assert_eq!(b.active_run_id(), None);
     }
 }

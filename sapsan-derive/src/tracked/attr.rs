@@ -6,7 +6,14 @@ use syn::punctuated::Punctuated;
 use crate::common::{Errors, did_you_mean, list, skip_value};
 
 pub const OPTIONS: &[&str] = &[
-    "train", "evaluate", "name", "params", "backend", "parent", "crate",
+    "train",
+    "evaluate",
+    "name",
+    "params",
+    "backend",
+    "parent",
+    "companion",
+    "crate",
 ];
 
 /// Train or evaluate, with the span it was written at.
@@ -16,6 +23,16 @@ pub enum Mode {
     Evaluate,
 }
 
+/// The `<fn>_tracked` companion: its name, or none (`companion = false`).
+pub enum Companion {
+    /// `<fn>_tracked`.
+    Default,
+    /// `companion = name`.
+    Named(syn::Ident),
+    /// `companion = false`: no companion (a method of a trait impl cannot have one).
+    None,
+}
+
 /// The parsed options.
 pub struct Args {
     pub mode: Option<(Mode, Span)>,
@@ -23,6 +40,7 @@ pub struct Args {
     pub params: Vec<syn::Expr>,
     pub backend: Option<syn::Expr>,
     pub parent: Option<(syn::Expr, Span)>,
+    pub companion: Companion,
     pub krate: Option<syn::Path>,
 }
 
@@ -34,6 +52,7 @@ pub fn parse(args: TokenStream, errors: &mut Errors) -> Args {
         params: Vec::new(),
         backend: None,
         parent: None,
+        companion: Companion::Default,
         krate: None,
     };
     let mut seen: Vec<String> = Vec::new();
@@ -78,6 +97,24 @@ pub fn parse(args: TokenStream, errors: &mut Errors) -> Args {
             }
             "backend" => a.backend = Some(meta.value()?.parse()?),
             "parent" => a.parent = Some((meta.value()?.parse()?, span)),
+            "companion" => {
+                let value: syn::Expr = meta.value()?.parse()?;
+                match &value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Bool(b),
+                        ..
+                    }) if !b.value => a.companion = Companion::None,
+                    syn::Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some() => {
+                        a.companion = Companion::Named(p.path.segments[0].ident.clone());
+                    }
+                    _ => errors.push(syn::Error::new_spanned(
+                        &value,
+                        "`companion` takes a function name (`companion = fit_with_run`) or `false` \
+                         (no companion, e.g. for a method of a trait impl); without it the companion \
+                         is `<fn>_tracked`",
+                    )),
+                }
+            }
             "crate" => {
                 let v = meta.value()?;
                 a.krate = Some(if v.peek(syn::LitStr) {
