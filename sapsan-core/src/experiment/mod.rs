@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::estimator::{self, Cnn3d, Cnn3dConfig, TrainReport};
 use crate::tracked;
 use crate::tracking::MlflowBackend;
-use crate::tracking::scope::{BackendArg, BackendHandle, Report, TrackedOutput, last_run_id};
+use crate::tracking::scope::{BackendArg, BackendHandle, Report, TrackedOutput};
 
 #[cfg(test)]
 mod params;
@@ -117,14 +117,14 @@ impl<'b> Train<'b> {
     /// epoch's losses and learning rate as it ends), then logs `train - final epoch`, the
     /// artifacts and `train - runtime`. An error ends the run FAILED and is returned.
     pub fn run(&mut self) -> Result<TrainOutput> {
-        let out = train_run(
+        let run = train_run_tracked(
             &mut self.model,
             &self.dataset,
             self.loaded.as_ref(),
             self.backend.clone(),
         );
-        self.run_id = last_run_id();
-        out.map(|mut o| {
+        self.run_id = run.run_id;
+        run.output.map(|mut o| {
             o.run_id = self.run_id.clone();
             o
         })
@@ -300,14 +300,14 @@ impl<'m, 'b> Evaluate<'m, 'b> {
     /// `eval - KS Stat`, `eval - MSE Loss`, `eval - runtime`, the plots and the copied train
     /// metrics, and ends the run. An error ends the run FAILED and is returned.
     pub fn run(&mut self) -> Result<EvalOutput> {
-        let out = evaluate_run(
+        let run = evaluate_run_tracked(
             self.model,
             &self.dataset,
             self.samples.as_ref().map(|(s, l)| (s, l)),
             self.backend.clone(),
         );
-        self.run_id = last_run_id();
-        out.map(|mut o| {
+        self.run_id = run.run_id;
+        run.output.map(|mut o| {
             o.run_id = self.run_id.clone();
             o
         })
