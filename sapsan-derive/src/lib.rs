@@ -68,7 +68,9 @@ pub fn derive_model_config(input: TokenStream) -> TokenStream {
     model_config::expand(input.into()).into()
 }
 
-/// Wraps a train or evaluate function in MLflow run bookkeeping; its signature stays as written.
+/// Wraps a train or evaluate function in MLflow run bookkeeping; its signature stays as written,
+/// and a companion `<fn>_tracked` with the same arguments returns the output together with the
+/// run id: `sapsan::tracking::scope::Tracked { output, run_id, status, error, .. }`.
 ///
 /// The expansion, in plain words:
 /// 1. Start a run on the backend argument. `train`: end the backend's other open runs, start a
@@ -78,33 +80,42 @@ pub fn derive_model_config(input: TokenStream) -> TokenStream {
 ///    logs to it.
 /// 2. Log the parameters of each argument in `params(a, b)` (types implementing `ModelConfig`).
 /// 3. Run the body (in a closure with the function's return type, so `return` and `?` work as
-///    before) and time it.
-/// 4. If the value is an `Err`, or the body panics: end the run FAILED with the error text in the
-///    tag `sapsan.error`, flush, and return the `Err` (the panic keeps unwinding).
+///    before, under `catch_unwind`) and time it.
+/// 4. If the value is an `Err`: end the run FAILED with the error text in the tag `sapsan.error`,
+///    flush, and return the `Err`. If the body panics: the same with `panicked: <message>`, then
+///    the panic goes on unwinding to the caller.
 /// 5. Otherwise log what the value reports (trait `TrackedOutput`: metrics with optional steps, the
 ///    final epoch, artifacts), prefixed `train - ` or `eval - `, plus `train - runtime` /
 ///    `eval - runtime` in seconds. `evaluate` also copies the parent's params (those it did not log
 ///    itself) and `train - ` metrics, then ends its run FINISHED; `train` leaves its run open.
 ///
-/// The run id: right after the call, `sapsan::tracking::scope::last_run_id()` (this thread's last
-/// tracked run); a train run is also `backend.active_run_id()`. Resume it with
-/// `backend.resume(&id)`, log more, `backend.end()`.
+/// The run id comes back with the call: `fit(a, b)` returns the function's value as written;
+/// `fit_tracked(a, b)` runs the very same code and returns `Tracked<R>`, the value in `.output`
+/// beside `.run_id` (`None` only when the run could not be created), `.status`, `.error` (the
+/// failure text) and `.tracking_error`. Resume a run with `backend.resume(&id)`, log more,
+/// `backend.end()`. For a method the companion is a method too (`self.fit_tracked(..)`).
+/// (`scope::last_run_id()` remains as a convenience: this thread's last tracked run.)
 ///
 /// If the tracking itself fails (server down, invalid metric key) and the function returns
 /// `Result<T, E>` with `E: From<sapsan::Error>`, that error is returned (before the body runs when
 /// the run cannot be started); other return types get their value back and the error goes to
-/// stderr and `scope::last_run()`.
+/// stderr and `Tracked::tracking_error`.
 ///
 /// Options: `train` | `evaluate` (required), `name = "..."`, `params(arg, ...)` (arguments or
 /// expressions such as `self.config`), `backend = <expr>` (default: the one argument whose type is a
 /// backend: `&B` with `B: Backend`, `&dyn Backend`, `&impl Backend`, `&MlflowBackend`,
 /// `&FakeBackend`, `Arc<...>`), `parent = <expr>` (evaluate only; a `&str`/`String` run id),
-/// `crate = path`. Generics, lifetimes, `impl Trait` arguments, `self` methods, doc comments and
-/// other attributes are kept. `async fn`, `const fn` and `impl Trait` return types are rejected.
+/// `companion = name` (name the companion other than `<fn>_tracked`) or `companion = false` (no
+/// companion: needed for a method of a trait impl, which cannot gain one), `crate = path`.
+/// Generics, lifetimes, `impl Trait` arguments, `self` methods, doc comments and other attributes
+/// are kept. `async fn`, `const fn` and `impl Trait` return types are rejected. The companion of an
+/// associated function is reached as `Self::<fn>_tracked` when the function takes `self` or names
+/// `Self`, else as a free function. The function itself is marked `#[allow(dead_code)]`, so code
+/// that calls only the companion gets no warning.
 ///
 /// ```
-/// use sapsan_core::tracking::{Backend, FakeBackend};
-/// use sapsan_core::tracking::scope::{Report, TrackedOutput, last_run_id};
+/// use sapsan_core::tracking::{Backend, FakeBackend, RunStatus};
+/// use sapsan_core::tracking::scope::{Report, TrackedOutput};
 /// use sapsan_core::{Error, ModelConfig, tracked};
 ///
 /// #[derive(ModelConfig)]
@@ -129,11 +140,14 @@ pub fn derive_model_config(input: TokenStream) -> TokenStream {
 /// }
 ///
 /// let backend = FakeBackend::new();
-/// let model = train(&Config { lr: 1e-3 }, &backend).unwrap();
-/// let train_id = last_run_id().unwrap();
+/// let trained = train_tracked(&Config { lr: 1e-3 }, &backend); // `train` with its run
+/// let (model, train_id) = (trained.output.unwrap(), trained.run_id.unwrap());
 /// assert_eq!(backend.active_run_id(), Some(train_id.clone())); // the train run stays open
-/// evaluate(&model, &backend).unwrap();
-/// assert_ne!(last_run_id(), Some(train_id));
+///
+/// let evaluated = evaluate_tracked(&model, &backend);
+/// assert_eq!(evaluated.status, RunStatus::Finished);
+/// assert_ne!(evaluated.run_id, Some(train_id));
+/// evaluate(&model, &backend).unwrap(); // the function as written: its output alone
 /// ```
 #[proc_macro_attribute]
 pub fn tracked(args: TokenStream, item: TokenStream) -> TokenStream {
