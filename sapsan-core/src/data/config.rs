@@ -53,17 +53,6 @@ impl DataConfig {
         self.target = Some(target.into_iter().map(Into::into).collect());
         self
     }
-
-    /// Settings for the files [`generate`](super::generate) writes into `dir` for grid size `n`:
-    /// feature `u` (filtered velocity), target `tn` (subgrid stress tau_11).
-    pub fn synthetic(dir: impl AsRef<std::path::Path>, n: usize) -> Self {
-        let path = dir
-            .as_ref()
-            .join(super::synthetic::path_template(n))
-            .to_string_lossy()
-            .into_owned();
-        DataConfig::new(path, ["u"]).with_target(["tn"])
-    }
 }
 
 impl Default for DataConfig {

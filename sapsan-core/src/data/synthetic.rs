@@ -25,6 +25,7 @@ use ndarray::{Array3, Array4, ArrayView3, ArrayView4, Axis, Zip};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
+use super::config::DataConfig;
 use super::dataset::read_cube;
 use super::fft::{C64, fft3, freq};
 use crate::{Error, Result};
@@ -44,6 +45,22 @@ pub const TARGET_DATASET: &str = "tn00000";
 /// `t{checkpoint:1.0f}/{feature}_dim{n}_fm15.h5`.
 pub fn path_template(n: usize) -> String {
     format!("t{{checkpoint:1.0f}}/{{feature}}_dim{n}_fm15.h5")
+}
+
+impl DataConfig {
+    /// Settings for the files [`generate`] writes into `dir` for grid size `n`: feature `u`
+    /// (filtered velocity), target `tn` (subgrid stress tau_11).
+    ///
+    /// Defined here, beside the layout it names, so the settings module needs nothing from the
+    /// generator.
+    pub fn synthetic(dir: impl AsRef<Path>, n: usize) -> Self {
+        let path = dir
+            .as_ref()
+            .join(path_template(n))
+            .to_string_lossy()
+            .into_owned();
+        DataConfig::new(path, [FEATURE]).with_target([TARGET])
+    }
 }
 
 /// The file of `feature` at `checkpoint` for grid size `n` under `dir`:
