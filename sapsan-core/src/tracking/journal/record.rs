@@ -61,7 +61,7 @@ pub enum Record {
     Artifact {
         /// The run.
         run: RunRef,
-        /// Artifact path inside the run (already checked by [`crate::tracking::artifacts::check_name`]).
+        /// Artifact path inside the run (already checked by [`crate::tracking::rest::artifacts::check_name`]).
         name: String,
         /// The file holding the bytes, relative to the journal directory.
         file: String,

@@ -278,13 +278,14 @@ impl<T: TrackedOutput, E: Display + From<Error>> TrackedOutput for Result<T, E> 
 /// use sapsan_core::{Error, tracked};
 ///
 /// #[tracked(train)]
-/// fn fit(backend: &impl Backend) -> Result<f64, Error> {
-///     Ok(0.5)
+/// fn fit(epochs: u32, backend: &impl Backend) -> Result<(), Error> {
+///     backend.log_metric("lr", 1e-3 * f64::from(epochs))?;
+///     Ok(())
 /// }
 ///
 /// let backend = FakeBackend::new();
-/// let run = fit_tracked(&backend);
-/// assert_eq!(run.output.unwrap(), 0.5);
+/// let run = fit_tracked(10, &backend); // what `fit(10, &backend)` does, and its run
+/// assert!(run.output.is_ok());
 /// assert_eq!(run.run_id, backend.active_run_id()); // the train run stays open
 /// assert_eq!(run.status, RunStatus::Running);
 /// ```
