@@ -278,8 +278,11 @@ impl Pipeline {
             return Ok(());
         };
         let started = Instant::now();
-        let outcome = o.watch.wait(deadline)?;
-        if self.journal.dir().is_some() {
+        // On disk the data is safe whatever the server does; in memory only the server makes it
+        // safe, so a server found away earlier gets one more attempt now.
+        let on_disk = self.journal.dir().is_some();
+        let outcome = o.watch.wait(deadline, !on_disk)?;
+        if on_disk {
             return Ok(());
         }
         match outcome {

@@ -168,12 +168,20 @@ pub struct Watch(Arc<Up>);
 
 impl Watch {
     /// Waits until everything stored so far landed, the server is found unreachable, or
-    /// `deadline` passed. Returns how it ended, or the first permanent delivery error since the
-    /// last call.
-    pub fn wait(&self, deadline: Instant) -> Result<Delivery> {
-        let (mut g, _) = self
-            .0
-            .wait_until(deadline, |g| g.drained() || !g.healthy || g.gone);
+    /// `deadline` passed. `retry_now`: a server found away before this call gets one more attempt
+    /// at once (its backoff cut short), and only a failure of that attempt counts; otherwise a
+    /// server already known to be away ends the wait at once. Returns how it ended, or the first
+    /// permanent delivery error since the last call.
+    pub fn wait(&self, deadline: Instant, retry_now: bool) -> Result<Delivery> {
+        let failures = self.0.update(|g| {
+            if retry_now {
+                g.nudges += 1;
+            }
+            g.failures
+        });
+        let (mut g, _) = self.0.wait_until(deadline, |g| {
+            g.drained() || g.gone || (!g.healthy && (!retry_now || g.failures != failures))
+        });
         if let Some(e) = g.first_error.take() {
             return Err(e);
         }
@@ -791,7 +799,7 @@ mod tests {
         .unwrap();
         up.notifier().written(len);
         let soon = Instant::now() + Duration::from_secs(30);
-        let err = up.watch().wait(soon).unwrap_err().to_string();
+        let err = up.watch().wait(soon, false).unwrap_err().to_string();
         assert!(
             err.contains("damaged record was skipped")
                 && err.contains(&format!("at byte {second}"))
