@@ -408,7 +408,7 @@ mod tests {
             "{out}"
         );
         // The companion: same arguments, `Tracked<R>` back, the body caught in it.
-        assert!(out.contains("pub fn fit_tracked < 'a > (cfg : & 'a Cfg , backend : & FakeBackend) -> :: sapsan_core :: tracking :: scope :: Tracked < Result < Out , Error > >"), "{out}");
+        assert!(out.contains("pub fn fit_tracked < 'a > (cfg : & 'a Cfg , backend : & FakeBackend) -> :: sapsan_core :: tracking :: run :: scope :: Tracked < Result < Out , Error > >"), "{out}");
         assert!(out.contains(":: std :: panic :: catch_unwind (:: core :: panic :: AssertUnwindSafe (|| -> Result < Out , Error > { body () }))"), "{out}");
         assert!(out.contains("finish_tracked (__sapsan_body)"), "{out}");
         // The doc comment stays on the function; the companion has its own.

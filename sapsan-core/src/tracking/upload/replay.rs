@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::shared::Shared;
 use crate::tracking::journal::{RUN_KEY_TAG, Record, RunIds, RunRef, Source};
 use crate::tracking::rest::artifacts;
-use crate::tracking::rest::client::{HttpClient, Idempotency};
+use crate::tracking::rest::client::{HttpClient, Idempotency, TLS_HINT};
 use crate::tracking::rest::wire::{
     BatchBody, create_run_request, get_or_create_experiment, map_unknown_run,
 };
@@ -21,7 +21,8 @@ use crate::tracking::rest::wire::{
 /// the library itself ([`Error::Internal`]) and answers that refuse the request are not.
 pub fn is_transient(e: &Error) -> bool {
     match e {
-        Error::Connection { .. } => true,
+        // An untrusted certificate stays untrusted.
+        Error::Connection { reason, .. } => !reason.contains(TLS_HINT),
         Error::Mlflow { status, .. } => *status == 429 || *status >= 500,
         _ => false,
     }
@@ -337,6 +338,11 @@ mod tests {
             reason: "connection failed".into(),
         };
         assert!(is_transient(&conn));
+        let tls = Error::Connection {
+            url: "u".into(),
+            reason: format!("invalid peer certificate; {TLS_HINT}"),
+        };
+        assert!(!is_transient(&tls), "a certificate does not become trusted by waiting");
         let http = |status| Error::Mlflow {
             method: "POST".into(),
             url: "u".into(),
