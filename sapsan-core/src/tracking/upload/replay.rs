@@ -342,7 +342,10 @@ mod tests {
             url: "u".into(),
             reason: format!("invalid peer certificate; {TLS_HINT}"),
         };
-        assert!(!is_transient(&tls), "a certificate does not become trusted by waiting");
+        assert!(
+            !is_transient(&tls),
+            "a certificate does not become trusted by waiting"
+        );
         let http = |status| Error::Mlflow {
             method: "POST".into(),
             url: "u".into(),
