@@ -457,7 +457,11 @@ impl Pipeline {
     /// sent, and why the store refused them.
     fn tell_online(&self, o: &Online, delivered: bool, lost: u64, why: Option<String>) {
         let (acked, last_error) = o.watch.progress();
-        let reason = last_error.unwrap_or_else(|| "not answering".into());
+        // No error: the server answered, but did not take everything within the exit grace.
+        let why = match last_error {
+            Some(e) => format!("is unreachable ({e})"),
+            None => "did not take everything before the program ended".to_owned(),
+        };
         match self.journal.dir() {
             Some(dir) if delivered => journal::remove_dir(&dir),
             Some(dir) => {
@@ -468,9 +472,9 @@ impl Pipeline {
                 crate::diag::notice(
                     "sapsan::journal",
                     &format!(
-                        "the MLflow server at {url} is unreachable ({reason}); {items} logged \
-                         items ({records} journal records) are kept in {d}. Upload them when it \
-                         is back with:\n    sapsan sync {d} --tracking-uri {url}",
+                        "the MLflow server at {url} {why}; {items} logged items ({records} \
+                         journal records) are kept in {d}. Upload them when it is back with:\n    \
+                         sapsan sync {d} --tracking-uri {url}",
                         url = o.url,
                         d = dir.display(),
                     ),
@@ -487,9 +491,9 @@ impl Pipeline {
                 crate::diag::notice(
                     "sapsan::upload",
                     &format!(
-                        "the MLflow server at {url} is unreachable ({reason}); {items} logged \
-                         items could not be delivered and are lost: the journal is off \
-                         (SAPSAN_JOURNAL=0). Leave it on to keep such data on disk.",
+                        "the MLflow server at {url} {why}; {items} logged items could not be \
+                         delivered and are lost: the journal is off (SAPSAN_JOURNAL=0). Leave it \
+                         on to keep such data on disk.",
                         url = o.url,
                     ),
                 );
