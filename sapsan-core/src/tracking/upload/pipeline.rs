@@ -458,7 +458,7 @@ impl Pipeline {
     fn tell_online(&self, o: &Online, delivered: bool, lost: u64, why: Option<String>) {
         let (acked, last_error) = o.watch.progress();
         // No error: the server answered, but did not take everything within the exit grace.
-        let why = match last_error {
+        let state = match last_error {
             Some(e) => format!("is unreachable ({e})"),
             None => "did not take everything before the program ended".to_owned(),
         };
@@ -472,7 +472,7 @@ impl Pipeline {
                 crate::diag::notice(
                     "sapsan::journal",
                     &format!(
-                        "the MLflow server at {url} {why}; {items} logged items ({records} \
+                        "the MLflow server at {url} {state}; {items} logged items ({records} \
                          journal records) are kept in {d}. Upload them when it is back with:\n    \
                          sapsan sync {d} --tracking-uri {url}",
                         url = o.url,
@@ -491,7 +491,7 @@ impl Pipeline {
                 crate::diag::notice(
                     "sapsan::upload",
                     &format!(
-                        "the MLflow server at {url} {why}; {items} logged items could not be \
+                        "the MLflow server at {url} {state}; {items} logged items could not be \
                          delivered and are lost: the journal is off (SAPSAN_JOURNAL=0). Leave it \
                          on to keep such data on disk.",
                         url = o.url,
