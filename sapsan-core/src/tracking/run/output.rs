@@ -6,9 +6,27 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::Display;
 
-use super::scope::Mode;
 use crate::error::Error;
 use crate::tracking::RunStatus;
+
+/// Which kind of run a scope is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// A top-level training run that stays open for evaluations.
+    Train,
+    /// An evaluation run nested under a training run, ended when the scope finishes.
+    Evaluate,
+}
+
+impl Mode {
+    /// Prefix of the metrics this mode logs: `train - ` or `eval - `.
+    pub fn metric_prefix(self) -> &'static str {
+        match self {
+            Mode::Train => "train - ",
+            Mode::Evaluate => "eval - ",
+        }
+    }
+}
 
 // ---- outputs ------------------------------------------------------------------------------
 

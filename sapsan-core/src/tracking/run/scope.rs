@@ -37,25 +37,6 @@ use crate::tracking::{Backend, LogItem, Metric, RunData, RunStatus, now_ms};
 /// Tag that holds the error text of a FAILED run.
 pub const ERROR_TAG: &str = "sapsan.error";
 
-/// Which kind of run a scope is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// A top-level training run that stays open for evaluations.
-    Train,
-    /// An evaluation run nested under a training run, ended when the scope finishes.
-    Evaluate,
-}
-
-impl Mode {
-    /// Prefix of the metrics this mode logs: `train - ` or `eval - `.
-    pub fn metric_prefix(self) -> &'static str {
-        match self {
-            Mode::Train => "train - ",
-            Mode::Evaluate => "eval - ",
-        }
-    }
-}
-
 // ---- backends -----------------------------------------------------------------------------
 
 /// A backend a scope holds: borrowed, or shared through an `Arc` (so the scope does not borrow the
@@ -142,7 +123,7 @@ impl<'b> BackendArg<'b> for BackendHandle<'b> {
 }
 
 pub use super::output::{
-    Report, RunRecord, Tracked, TrackedOutput, last_run, last_run_id, panic_message,
+    Mode, Report, RunRecord, Tracked, TrackedOutput, last_run, last_run_id, panic_message,
 };
 
 // ---- the scope ----------------------------------------------------------------------------
