@@ -499,7 +499,7 @@ mod tests {
             tags: vec![],
         };
         shared.append(&[create("a", None, None)]).unwrap();
-        shared.append(&[with_param.clone()]).unwrap();
+        shared.append(std::slice::from_ref(&with_param)).unwrap();
         for _ in 0..10 {
             shared.append(&[points("a", 100)]).unwrap();
         }

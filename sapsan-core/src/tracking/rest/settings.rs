@@ -215,10 +215,10 @@ impl Settings {
         if let Some(v) = nonempty(JOURNAL_ENV) {
             s.journal = parse_bool(JOURNAL_ENV, &v)?;
         }
-        if let Some(v) = nonempty(OFFLINE_ENV) {
-            if parse_bool(OFFLINE_ENV, &v)? {
-                s.offline_root = Some(s.journal_root.clone());
-            }
+        if let Some(v) = nonempty(OFFLINE_ENV)
+            && parse_bool(OFFLINE_ENV, &v)?
+        {
+            s.offline_root = Some(s.journal_root.clone());
         }
         s.mlflow_bin = nonempty(MLFLOW_BIN_ENV).map(PathBuf::from);
         if let Some(v) = nonempty(FLUSH_TIMEOUT_ENV) {
