@@ -21,7 +21,7 @@ use crate::tracking::run::RunStack;
 use crate::tracking::server::MlflowServer;
 use crate::tracking::{LogItem, RunData, RunStatus, validate};
 
-/// The MLflow tracking backend. See the [module docs](self).
+/// The MLflow tracking backend. See the [backend docs](super).
 ///
 /// Dropping it ends the runs it left open as FINISHED, waits (bounded: the exit grace while the
 /// server is away, plus one request timeout) for delivery, and stops a server it owns.

@@ -18,7 +18,7 @@ use crate::tracking::upload::{Limits, Pipeline};
 use crate::tracking::{LogItem, RunData, RunStatus};
 
 /// A backend that journals everything to local disk and never talks to a server.
-/// See the [module docs](self).
+/// See the [backend docs](super).
 ///
 /// SIGINT and SIGTERM (a batch scheduler ending the job) journal KILLED for its open runs before
 /// the process dies of the signal, as for [`super::MlflowBackend`] (see

@@ -187,7 +187,7 @@ pub struct Tracked<R> {
     pub name: String,
     /// RUNNING (a finished train run stays open), FINISHED or FAILED.
     pub status: RunStatus,
-    /// Why the run FAILED, also the text of its [`ERROR_TAG`] tag: the `Err` text,
+    /// Why the run FAILED, also the text of its [`ERROR_TAG`](super::scope::ERROR_TAG) tag: the `Err` text,
     /// `tracking failed: ...`, or `panicked: <message>` (seen in [`last_run`] only: a call that
     /// panics returns nothing).
     pub error: Option<String>,

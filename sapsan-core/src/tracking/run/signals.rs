@@ -18,8 +18,8 @@
 //! `handle_signals(false)`), and only for signals whose disposition is still the default: a program
 //! that ignores SIGINT (`nohup`, background jobs) or has its own handler keeps it.
 //!
-//! [`MlflowBackend`]: super::MlflowBackend
-//! [`OfflineBackend`]: super::OfflineBackend
+//! [`MlflowBackend`]: crate::tracking::MlflowBackend
+//! [`OfflineBackend`]: crate::tracking::OfflineBackend
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
