@@ -45,23 +45,9 @@ impl<T> Shared<T> {
     pub fn wait_until<'a>(
         &'a self,
         deadline: Instant,
-        mut done: impl FnMut(&T) -> bool,
+        done: impl FnMut(&T) -> bool,
     ) -> (MutexGuard<'a, T>, bool) {
-        let mut g = self.lock();
-        loop {
-            if done(&g) {
-                return (g, true);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return (g, false);
-            }
-            g = self
-                .changed
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_guard_until(self.lock(), deadline, done)
     }
 
     /// Waits, with the lock held by `g`, until `done` holds or `deadline` passes.
