@@ -18,6 +18,7 @@
 //!   SIGINT/SIGTERM path.
 //! - [`upload`]: the log queue, the uploader that replays stored records to a server, and
 //!   `sapsan sync` for journals left on disk.
+//! - [`inputs`]: MLflow 3's dataset inputs and logged models.
 //! - [`journal`]: the record format and the journal file (rotation, compaction, writer origin).
 //! - [`rest`]: the one HTTP client, its settings (auth, TLS, timeouts, retries), the wire types
 //!   and artifact transfer.
@@ -30,6 +31,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod backend;
+pub mod inputs;
 pub mod journal;
 pub mod rest;
 pub mod run;
@@ -41,6 +43,7 @@ pub use backend::{
     ArtifactFile, Backend, FakeBackend, MlflowBackend, MlflowBackendBuilder, OfflineBackend,
     RunInfo, backend_from_env,
 };
+pub use inputs::{DataContext, Dataset, DatasetInput, LoggedModel};
 pub use rest::{Auth, Settings};
 pub use run::RunStack;
 pub use server::{MlflowServer, ServerOptions, ensure_server};
@@ -89,6 +92,23 @@ pub struct Metric {
     /// Step (epoch, iteration); 0 when not given.
     #[serde(default)]
     pub step: i64,
+    /// The logged model the value measures (MLflow 3: the model page lists it), if any: its id
+    /// as the backend handed it out (see [`Backend::log_model`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+}
+
+impl Metric {
+    /// A point of `key` at `step`, measuring no model.
+    pub fn new(key: impl Into<String>, value: f64, timestamp_ms: i64, step: i64) -> Self {
+        Metric {
+            key: key.into(),
+            value,
+            timestamp_ms,
+            step,
+            model_id: None,
+        }
+    }
 }
 
 /// Serde adapter for metric values: a number, or MLflow's strings for NaN and +-inf.

@@ -154,6 +154,7 @@ mod tests {
                 value: 1.0,
                 timestamp_ms: ts,
                 step: 0,
+                model_id: None,
             })
         };
         item(&m("loss", 0)).unwrap();

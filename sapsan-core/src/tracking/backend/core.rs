@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::RunState;
 use crate::error::Result;
 use crate::shared::Shared;
+use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::run::RunStack;
 use crate::tracking::run::signals::{self, KILL_GRACE, SignalTarget};
 use crate::tracking::upload::pipeline::{Pipeline, RunRequest};
@@ -138,6 +139,21 @@ impl Core {
         self.pipeline.artifact(run_id, name, bytes)
     }
 
+    /// See [`Pipeline::log_model`] (in this backend's experiment).
+    pub(crate) fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<String> {
+        self.pipeline.log_model(&self.experiment, run_id, model)
+    }
+
+    /// See [`Pipeline::log_inputs`].
+    pub(crate) fn log_inputs(
+        &self,
+        run_id: &str,
+        datasets: &[DatasetInput],
+        models: &[String],
+    ) -> Result<()> {
+        self.pipeline.log_inputs(run_id, datasets, models)
+    }
+
     /// Stores a status change behind everything logged to the run.
     pub(crate) fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
         self.state.lock().entry(run_id.to_owned()).or_default().open = status == RunStatus::Running;
@@ -236,6 +252,7 @@ mod tests {
                 value: 1.0,
                 timestamp_ms: 1,
                 step: 0,
+                model_id: None,
             });
             let r = c2.enqueue("run-from-elsewhere", m);
             let _ = tx.send(r.is_ok());

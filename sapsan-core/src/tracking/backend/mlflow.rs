@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::Backend;
 use super::core::Core;
 use crate::error::{Error, Result};
+use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::rest::client::HttpClient;
 use crate::tracking::rest::wire::map_unknown_run;
 use crate::tracking::run::RunStack;
@@ -141,6 +142,14 @@ impl Backend for MlflowBackend {
 
     fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
         self.core.set_status(run_id, status)
+    }
+
+    fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<String> {
+        self.core.log_model(run_id, model)
+    }
+
+    fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput], models: &[String]) -> Result<()> {
+        self.core.log_inputs(run_id, datasets, models)
     }
 
     fn flush(&self) -> Result<()> {

@@ -9,6 +9,7 @@
 //! - [`FakeBackend`]: in memory, for tests.
 use std::path::Path;
 
+use super::inputs::{DatasetInput, LoggedModel};
 use super::run::RunStack;
 use super::{LogItem, Metric, RunData, RunStatus, now_ms};
 use crate::error::{Error, Result};
@@ -53,6 +54,23 @@ pub trait Backend: Send + Sync {
     /// This backend's run stack.
     fn runs(&self) -> &RunStack;
 
+    /// Logs `model` as an MLflow 3 logged model produced by `run_id` (its files under the
+    /// model's own artifact location, finalized READY, an output of the run); returns the
+    /// model's id, which [`Metric::model_id`] and [`Backend::log_inputs`] may name. A backend
+    /// that keeps nothing (a fake) need not implement it: the default keeps nothing and returns
+    /// an id that names no model.
+    fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<String> {
+        let _ = (run_id, model);
+        Ok(String::from("m-unrecorded"))
+    }
+    /// Records what `run_id` read: `datasets` with their context, and logged `models` by the ids
+    /// [`Backend::log_model`] returned. The default (for backends that keep nothing) does
+    /// nothing.
+    fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput], models: &[String]) -> Result<()> {
+        let _ = (run_id, datasets, models);
+        Ok(())
+    }
+
     // ---- the seed's API --------------------------------------------------------------------
     /// Starts a run and makes it the active one. `run_id` given: resumes that run instead.
     /// `nested`: the new run's parent is the active run (an error when there is none).
@@ -89,12 +107,7 @@ pub trait Backend: Send + Sync {
     /// Logs a metric at `step` to the active run.
     fn log_metric_step(&self, key: &str, value: f64, step: i64) -> Result<()> {
         let run = self.active_run_id().ok_or(Error::NoActiveRun)?;
-        let m = Metric {
-            key: key.to_owned(),
-            value,
-            timestamp_ms: now_ms(),
-            step,
-        };
+        let m = Metric::new(key, value, now_ms(), step);
         self.enqueue(&run, LogItem::Metric(m))
     }
     /// Logs a param to the active run.

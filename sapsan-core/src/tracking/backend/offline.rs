@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use super::core::Core;
 use super::{Backend, DEFAULT_EXPERIMENT, MlflowBackendBuilder};
 use crate::error::{Error, Result};
+use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::journal::{Journal, SharedJournal};
 use crate::tracking::rest::settings::{OFFLINE_SCHEME, Settings};
 use crate::tracking::run::RunStack;
@@ -89,6 +90,14 @@ impl Backend for OfflineBackend {
 
     fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
         self.core.set_status(run_id, status)
+    }
+
+    fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<String> {
+        self.core.log_model(run_id, model)
+    }
+
+    fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput], models: &[String]) -> Result<()> {
+        self.core.log_inputs(run_id, datasets, models)
     }
 
     fn flush(&self) -> Result<()> {

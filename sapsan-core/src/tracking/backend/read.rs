@@ -189,6 +189,7 @@ fn parse_metric(m: &Value) -> Metric {
             .unwrap_or(f64::NAN),
         timestamp_ms: m.get("timestamp").and_then(as_i64).unwrap_or(0),
         step: m.get("step").and_then(as_i64).unwrap_or(0),
+        model_id: m.get("model_id").and_then(as_string),
     }
 }
 

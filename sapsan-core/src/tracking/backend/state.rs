@@ -114,6 +114,7 @@ mod tests {
             value,
             timestamp_ms: ts,
             step,
+            model_id: None,
         };
         assert!(l.replaced_by(&m(3, 0, 0.0)));
         assert!(!l.replaced_by(&m(1, 99, 0.0)));

@@ -266,6 +266,7 @@ mod tests {
             value,
             timestamp_ms,
             step,
+            model_id: None,
         }
     }
 

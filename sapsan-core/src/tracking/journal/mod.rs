@@ -85,6 +85,9 @@ pub const ROTATE_TMP_FILE: &str = "journal.jsonl.tmp";
 pub const DEFAULT_ROTATE_BYTES: u64 = 64 << 20;
 /// Tag holding a run's client-generated key (exactly-once run creation).
 pub const RUN_KEY_TAG: &str = "sapsan.runKey";
+
+/// Tag holding a logged model's journal key, so the model is created on a server exactly once.
+pub const MODEL_KEY_TAG: &str = "sapsan.modelKey";
 /// Removes a journal instance directory (delivered, or never used), and the default root
 /// `.sapsan-journal` when that leaves it empty. Problems are reported on stderr, never fatal.
 pub fn remove_dir(dir: &Path) {

@@ -1,9 +1,10 @@
 //! The journal's records and the line format they are written in (see the module docs).
 use serde::{Deserialize, Serialize};
 
+use crate::tracking::inputs::DatasetInput;
 use crate::tracking::{Metric, RunStatus};
 
-/// A run as the journal names it.
+/// A run (or a logged model) as the journal names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunRef {
@@ -57,14 +58,63 @@ pub enum Record {
         /// End time for a terminal status.
         end_ms: Option<i64>,
     },
-    /// An artifact of a run; its bytes are in `file` (relative to the journal directory).
+    /// An artifact of a run, or a file of a logged model; its bytes are in `file` (relative to
+    /// the journal directory).
     Artifact {
-        /// The run.
+        /// The run, or the logged model.
         run: RunRef,
         /// Artifact path inside the run (already checked by [`crate::tracking::rest::artifacts::check_name`]).
         name: String,
         /// The file holding the bytes, relative to the journal directory.
         file: String,
+    },
+    /// A logged model was created (MLflow 3). Named by its key like a run; its files follow as
+    /// [`Record::Artifact`]s, then [`Record::ModelReady`].
+    CreateModel {
+        /// Client-generated key of the model.
+        key: String,
+        /// Experiment name.
+        experiment: String,
+        /// Model name.
+        name: String,
+        /// The run that produced it.
+        source: Option<RunRef>,
+        /// Model type, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_type: Option<String>,
+        /// Params (key, value).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        params: Vec<(String, String)>,
+        /// Tags (key, value), the model key among them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tags: Vec<(String, String)>,
+        /// The id the server gave the model, when it was created at once.
+        id: Option<String>,
+    },
+    /// A logged model's files are all uploaded: it is finalized READY.
+    ModelReady {
+        /// The model.
+        model: RunRef,
+    },
+    /// Inputs of a run: datasets it read, models it used.
+    Inputs {
+        /// The run.
+        run: RunRef,
+        /// Datasets with their context.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        datasets: Vec<DatasetInput>,
+        /// Logged models.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        models: Vec<RunRef>,
+    },
+    /// A logged model is an output of a run (the runs table's Models column).
+    Outputs {
+        /// The run.
+        run: RunRef,
+        /// The model.
+        model: RunRef,
+        /// Step it was logged at.
+        step: i64,
     },
 }
 
@@ -194,6 +244,7 @@ mod tests {
             value,
             timestamp_ms: 7,
             step,
+            model_id: None,
         };
         let rec = Record::Batch {
             run: RunRef::Id("r".into()),

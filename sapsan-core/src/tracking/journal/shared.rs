@@ -97,7 +97,7 @@ impl Writer {
         }
         for r in records {
             match r {
-                Record::Create { .. } => self.creates.push(r.clone()),
+                Record::Create { .. } | Record::CreateModel { .. } => self.creates.push(r.clone()),
                 Record::Status { run, .. } => {
                     let same = |s: &Record| matches!(s, Record::Status { run: x, .. } if x == run);
                     match self.statuses.iter_mut().find(|s| same(s)) {
@@ -122,21 +122,20 @@ impl Writer {
         }
     }
 
-    /// The compacted file: every run's `Create` record (with the server's id once the uploader
-    /// knows it), then the last status of each run.
+    /// The compacted file: every run's `Create` and every model's `CreateModel` record (with the
+    /// server's id once the uploader knows it), then the last status of each run.
     fn compact(creates: &[Record], statuses: &[Record], ids: &RunIds) -> Vec<Record> {
         let ids = ids.lock();
         let mut out: Vec<Record> = creates
             .iter()
-            .map(|c| match c {
-                Record::Create { key, .. } if ids.contains_key(key) => {
-                    let mut c = c.clone();
-                    if let Record::Create { id, .. } = &mut c {
-                        *id = ids.get(key).cloned();
-                    }
-                    c
+            .map(|c| {
+                let mut c = c.clone();
+                if let Record::Create { key, id, .. } | Record::CreateModel { key, id, .. } = &mut c
+                    && let Some(known) = ids.get(key.as_str())
+                {
+                    *id = Some(known.clone());
                 }
-                _ => c.clone(),
+                c
             })
             .collect();
         out.extend(statuses.iter().cloned());
@@ -456,6 +455,7 @@ mod tests {
             value,
             timestamp_ms,
             step,
+            model_id: None,
         }
     }
 

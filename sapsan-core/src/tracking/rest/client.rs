@@ -133,17 +133,38 @@ impl HttpClient {
         body: &T,
         idem: Idempotency,
     ) -> Result<Value> {
+        self.send_json(Method::POST, path, body, idem)
+    }
+
+    /// PATCH JSON `body` to `api/2.0/mlflow/{path}` (MLflow 3's logged models); the JSON answer.
+    pub fn patch<T: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+        idem: Idempotency,
+    ) -> Result<Value> {
+        self.send_json(Method::PATCH, path, body, idem)
+    }
+
+    /// Sends JSON `body` to `api/2.0/mlflow/{path}` with `method`; the JSON answer.
+    fn send_json<T: serde::Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &T,
+        idem: Idempotency,
+    ) -> Result<Value> {
         let url = self.api_url(path);
         let bytes = serde_json::to_vec(body).map_err(|e| Error::Internal {
-            what: format!("encoding the body of POST {url}"),
+            what: format!("encoding the body of {method} {url}"),
             reason: e.to_string(),
         })?;
-        let resp = self.send(Method::POST, &url, idem, |c| {
-            c.post(&url)
+        let resp = self.send(method.clone(), &url, idem, |c| {
+            c.request(method.clone(), &url)
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(bytes.clone())
         })?;
-        read_json(resp, "POST", &url)
+        read_json(resp, method.as_str(), &url)
     }
 
     /// PUT raw bytes to a full URL (artifact upload).

@@ -262,6 +262,7 @@ impl<'b> RunScope<'b> {
                 value,
                 timestamp_ms: now_ms(),
                 step,
+                model_id: None,
             }),
         )
     }

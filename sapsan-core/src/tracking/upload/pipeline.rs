@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::queue::{Deliver, LogQueue, RunBatch};
-use super::replay::{NewRun, Replayer, is_transient};
+use super::replay::{NewModelRequest, NewRun, Replayer, is_transient};
 use super::uploader::{Delivery, UploadOptions, Uploader, Watch};
 use crate::error::{Error, Result};
+use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::journal::{self, Reader, Record, RunIds, SharedJournal, Source};
 use crate::tracking::{LogItem, RunStatus, now_ms};
 
@@ -263,6 +264,85 @@ impl Pipeline {
                 o.uploader.replayer().put_artifact(&server_id, name, bytes)
             }
         }
+    }
+
+    /// Logs `model` as an MLflow 3 logged model produced by run `run_id` of `experiment`: created
+    /// on the server at once when it answers (and the run is there), else with a local id and
+    /// created by the uploader later; its files follow as artifacts of the model, then it is
+    /// finalized READY and recorded as an output of the run. Returns the model's id (the
+    /// server's `m-...`, or `local-<key>`), which metrics may name ([`crate::tracking::Metric::model_id`]).
+    pub fn log_model(&self, experiment: &str, run_id: &str, model: &LoggedModel) -> Result<String> {
+        for (name, _) in &model.files {
+            crate::tracking::rest::artifacts::check_name(name)?;
+        }
+        let key = journal::fresh_key();
+        let mut tags = model.tags.clone();
+        tags.push((journal::MODEL_KEY_TAG.to_owned(), key.clone()));
+        let source_on_server = self.server_id(run_id);
+        let created = match (&self.online, &source_on_server) {
+            (Some(o), Some(source)) => {
+                let req = NewModelRequest {
+                    experiment,
+                    name: &model.name,
+                    source_run: Some(source),
+                    model_type: model.model_type.as_deref(),
+                    params: &model.params,
+                    tags: &tags,
+                };
+                match o.uploader.replayer().create_model_now(&key, req) {
+                    Ok(id) => Some(id),
+                    Err(e) if is_transient(&e) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => None,
+        };
+        let id = created
+            .clone()
+            .unwrap_or_else(|| format!("{LOCAL_RUN_PREFIX}{key}"));
+        let j = &self.journal;
+        self.append(&[Record::CreateModel {
+            key: key.clone(),
+            experiment: experiment.to_owned(),
+            name: model.name.clone(),
+            source: Some(j.run_ref(run_id)),
+            model_type: model.model_type.clone(),
+            params: model.params.clone(),
+            tags,
+            id: created,
+        }])?;
+        j.set_key(&id, &key);
+        for (name, bytes) in &model.files {
+            j.append_artifact(&id, name, bytes)?;
+        }
+        j.append(&[
+            Record::ModelReady {
+                model: j.run_ref(&id),
+            },
+            Record::Outputs {
+                run: j.run_ref(run_id),
+                model: j.run_ref(&id),
+                step: 0,
+            },
+        ])?;
+        self.flush()?;
+        Ok(id)
+    }
+
+    /// Stores the inputs of run `run_id` (datasets with their context, logged models by the ids
+    /// [`Pipeline::log_model`] returned) behind everything logged to it.
+    pub fn log_inputs(
+        &self,
+        run_id: &str,
+        datasets: &[DatasetInput],
+        models: &[String],
+    ) -> Result<()> {
+        let j = &self.journal;
+        self.append(&[Record::Inputs {
+            run: j.run_ref(run_id),
+            datasets: datasets.to_vec(),
+            models: models.iter().map(|m| j.run_ref(m)).collect(),
+        }])
     }
 
     /// Waits until everything logged so far is safe, at most `flush_timeout`: on the server, or
@@ -534,6 +614,7 @@ mod tests {
             value: step as f64,
             timestamp_ms: 1,
             step,
+            model_id: None,
         })
     }
 

@@ -328,6 +328,7 @@ mod tests {
             value: step as f64,
             timestamp_ms: 1,
             step,
+            model_id: None,
         })
     }
     fn q(run: &str, item: LogItem) -> Queued {

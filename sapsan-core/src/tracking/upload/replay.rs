@@ -3,14 +3,18 @@
 //! [`RUN_KEY_TAG`] before creating), so a journal may be replayed any number of times: the server
 //! drops exact duplicate metric points, a param logged again with the same value is accepted,
 //! tags and statuses are set to the same values again.
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
 use serde_json::{Value, json};
 
+use super::pipeline::LOCAL_RUN_PREFIX;
 use crate::error::{Error, Result};
 use crate::shared::Shared;
-use crate::tracking::journal::{RUN_KEY_TAG, Record, RunIds, RunRef, Source};
+use crate::tracking::Metric;
+use crate::tracking::inputs::CONTEXT_TAG;
+use crate::tracking::journal::{MODEL_KEY_TAG, RUN_KEY_TAG, Record, RunIds, RunRef, Source};
 use crate::tracking::rest::artifacts;
 use crate::tracking::rest::client::{HttpClient, Idempotency, TLS_HINT};
 use crate::tracking::rest::wire::{
@@ -46,6 +50,33 @@ pub struct NewRun<'a> {
     /// Start time, ms since the Unix epoch.
     pub start_ms: i64,
     /// Tags set at creation.
+    pub tags: &'a [(String, String)],
+}
+
+/// A logged model as the server is asked to create it.
+struct NewModel<'a> {
+    experiment_id: &'a str,
+    name: &'a str,
+    source_run: Option<&'a str>,
+    model_type: Option<&'a str>,
+    params: &'a [(String, String)],
+    tags: &'a [(String, String)],
+}
+
+/// A logged model to create on the server now (see [`Replayer::create_model_now`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewModelRequest<'a> {
+    /// Experiment name.
+    pub experiment: &'a str,
+    /// Model name.
+    pub name: &'a str,
+    /// Server id of the run that produced it.
+    pub source_run: Option<&'a str>,
+    /// Model type.
+    pub model_type: Option<&'a str>,
+    /// Params.
+    pub params: &'a [(String, String)],
+    /// Tags (the model key among them).
     pub tags: &'a [(String, String)],
 }
 
@@ -161,8 +192,12 @@ impl Replayer {
         Ok((rid, uri))
     }
 
-    /// Applies one record (any kind; a `Create` is looked up by key before it is created).
+    /// Applies one record (any kind; a `Create` or `CreateModel` is looked up by key before it
+    /// is created).
     pub fn apply(&self, rec: &Record) -> Result<()> {
+        if let Record::CreateModel { .. } = rec {
+            return self.create_model(rec);
+        }
         let Record::Create {
             key,
             experiment,
@@ -213,8 +248,8 @@ impl Replayer {
     /// several threads at once. A `Create` record is refused here (use [`Replayer::apply`]).
     pub fn apply_shared(&self, rec: &Record) -> Result<()> {
         match rec {
-            Record::Create { key, .. } => Err(Error::Internal {
-                what: format!("replaying the creation of journal run {key}"),
+            Record::Create { key, .. } | Record::CreateModel { key, .. } => Err(Error::Internal {
+                what: format!("replaying the creation of journal run or model {key}"),
                 reason: "creations go through Replayer::apply".into(),
             }),
             Record::Batch {
@@ -224,7 +259,8 @@ impl Replayer {
                 tags,
             } => {
                 let run_id = self.resolve(run)?;
-                let body = BatchBody::new(&run_id, metrics, params, tags);
+                let metrics = self.with_server_model_ids(metrics)?;
+                let body = BatchBody::new(&run_id, &metrics, params, tags);
                 self.http
                     .post("runs/log-batch", &body, Idempotency::Idempotent)
                     .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
@@ -252,7 +288,215 @@ impl Replayer {
                 self.source.release_blob(file);
                 Ok(())
             }
+            Record::ModelReady { model } => {
+                let id = self.resolve(model)?;
+                let body = json!({"model_id": id, "status": "LOGGED_MODEL_READY"});
+                self.http.patch(
+                    &format!("logged-models/{id}"),
+                    &body,
+                    Idempotency::Idempotent,
+                )?;
+                Ok(())
+            }
+            Record::Inputs {
+                run,
+                datasets,
+                models,
+            } => {
+                let run_id = self.resolve(run)?;
+                let datasets: Vec<Value> = datasets
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "tags": [{"key": CONTEXT_TAG, "value": d.context.as_str()}],
+                            "dataset": d.dataset,
+                        })
+                    })
+                    .collect();
+                let models = models
+                    .iter()
+                    .map(|m| Ok(json!({"model_id": self.resolve(m)?})))
+                    .collect::<Result<Vec<Value>>>()?;
+                let body = json!({"run_id": run_id, "datasets": datasets, "models": models});
+                self.http
+                    .post("runs/log-inputs", &body, Idempotency::Idempotent)
+                    .map_err(|e| map_unknown_run(e, &run_id, self.http.base()))?;
+                Ok(())
+            }
+            Record::Outputs { run, model, step } => {
+                let run_id = self.resolve(run)?;
+                let model_id = self.resolve(model)?;
+                let body = json!({
+                    "run_id": run_id,
+                    "models": [{"model_id": model_id, "step": step}],
+                });
+                match self
+                    .http
+                    .post("runs/outputs", &body, Idempotency::Idempotent)
+                {
+                    Ok(_) => Ok(()),
+                    // Not idempotent on the server (a second insert breaks a unique key): sent
+                    // before (a lost answer, a journal synced again) is done.
+                    Err(e @ Error::Mlflow { status: 400, .. }) => {
+                        if self.has_output(&run_id, &model_id)? {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    }
+                    Err(e) => Err(map_unknown_run(e, &run_id, self.http.base())),
+                }
+            }
         }
+    }
+
+    /// Whether run `run_id` already lists model `model_id` among its outputs.
+    fn has_output(&self, run_id: &str, model_id: &str) -> Result<bool> {
+        let v = self
+            .http
+            .get("runs/get", &[("run_id", run_id)])
+            .map_err(|e| map_unknown_run(e, run_id, self.http.base()))?;
+        let outputs = v
+            .pointer("/run/outputs/model_outputs")
+            .and_then(Value::as_array);
+        Ok(outputs.is_some_and(|o| {
+            o.iter()
+                .any(|m| m.get("model_id").and_then(Value::as_str) == Some(model_id))
+        }))
+    }
+
+    /// `metrics` with every model id the backend handed out (`local-<key>` while the model was
+    /// not on the server) replaced by the server's.
+    fn with_server_model_ids<'m>(&self, metrics: &'m [Metric]) -> Result<Cow<'m, [Metric]>> {
+        let local = |m: &Metric| {
+            m.model_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with(LOCAL_RUN_PREFIX))
+        };
+        if !metrics.iter().any(local) {
+            return Ok(Cow::Borrowed(metrics));
+        }
+        let mut out = metrics.to_vec();
+        for m in out.iter_mut().filter(|m| local(m)) {
+            let key =
+                m.model_id.as_deref().unwrap_or_default()[LOCAL_RUN_PREFIX.len()..].to_owned();
+            m.model_id = Some(self.resolve(&RunRef::Key(key))?);
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    /// Creates a logged model once: found again by its [`MODEL_KEY_TAG`] before creating (a lost
+    /// answer is harmless), or taken from the record when it was created at once on this server.
+    fn create_model(&self, rec: &Record) -> Result<()> {
+        let Record::CreateModel {
+            key,
+            experiment,
+            name,
+            source,
+            model_type,
+            params,
+            tags,
+            id,
+        } = rec
+        else {
+            return self.apply(rec);
+        };
+        let _once = lock(&self.creating);
+        if self.run_id(key).is_some() {
+            return Ok(());
+        }
+        if self.trust_ids
+            && let Some(id) = id
+        {
+            lock(&self.runs).insert(key.clone(), id.clone());
+            return Ok(());
+        }
+        let exp_id = self.experiment(experiment)?;
+        let found = self.http.post(
+            "logged-models/search",
+            &json!({
+                "experiment_ids": [exp_id],
+                "filter": format!("tags.`{MODEL_KEY_TAG}` = '{key}'"),
+                "max_results": 1,
+            }),
+            Idempotency::Idempotent,
+        )?;
+        let info = match found.pointer("/models/0/info") {
+            Some(info) => info.clone(),
+            None => {
+                let source = source.as_ref().map(|r| self.resolve(r)).transpose()?;
+                let created = self.post_model(&NewModel {
+                    experiment_id: &exp_id,
+                    name,
+                    source_run: source.as_deref(),
+                    model_type: model_type.as_deref(),
+                    params,
+                    tags,
+                })?;
+                created.pointer("/model/info").cloned().unwrap_or_default()
+            }
+        };
+        self.remember_model(key, &info)
+    }
+
+    /// `logged-models` create; the answer.
+    fn post_model(&self, m: &NewModel<'_>) -> Result<Value> {
+        let kv = |v: &[(String, String)]| -> Vec<Value> {
+            v.iter()
+                .map(|(k, v)| json!({"key": k, "value": v}))
+                .collect()
+        };
+        let mut body = json!({
+            "experiment_id": m.experiment_id,
+            "name": m.name,
+            "params": kv(m.params),
+            "tags": kv(m.tags),
+        });
+        if let Some(r) = m.source_run {
+            body["source_run_id"] = json!(r);
+        }
+        if let Some(t) = m.model_type {
+            body["model_type"] = json!(t);
+        }
+        self.http
+            .post("logged-models", &body, Idempotency::CreatesOnce)
+    }
+
+    /// Records the id and artifact location of model `key` from the server's `info`.
+    fn remember_model(&self, key: &str, info: &Value) -> Result<()> {
+        let id = info
+            .get("model_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::Internal {
+                what: format!("creating logged model {key}"),
+                reason: format!("the server's answer has no model id: {info}"),
+            })?
+            .to_owned();
+        if let Some(uri) = info.get("artifact_uri").and_then(Value::as_str) {
+            lock(&self.artifact_uris).insert(id.clone(), uri.to_owned());
+        }
+        lock(&self.runs).insert(key.to_owned(), id);
+        Ok(())
+    }
+
+    /// Creates a logged model that no record names yet (its `CreateModel` record is written
+    /// after, with the id this returns). The server id.
+    pub fn create_model_now(&self, key: &str, model: NewModelRequest<'_>) -> Result<String> {
+        let exp_id = self.experiment(model.experiment)?;
+        let created = self.post_model(&NewModel {
+            experiment_id: &exp_id,
+            name: model.name,
+            source_run: model.source_run,
+            model_type: model.model_type,
+            params: model.params,
+            tags: model.tags,
+        })?;
+        let info = created.pointer("/model/info").cloned().unwrap_or_default();
+        self.remember_model(key, &info)?;
+        self.run_id(key).ok_or_else(|| Error::Internal {
+            what: format!("creating logged model {key}"),
+            reason: "its id was not recorded".into(),
+        })
     }
 
     /// Uploads artifact `name` of server run `run_id` (through the server's proxy, or into a
@@ -268,12 +512,19 @@ impl Replayer {
         if let Some(u) = lock(&self.artifact_uris).get(run_id) {
             return Ok(u.clone());
         }
-        let v = self
-            .http
-            .get("runs/get", &[("run_id", run_id)])
-            .map_err(|e| map_unknown_run(e, run_id, self.http.base()))?;
+        // Logged models have ids `m-<hex>`, runs plain hex.
+        let (v, at) = if run_id.starts_with("m-") {
+            let v = self.http.get(&format!("logged-models/{run_id}"), &[])?;
+            (v, "/model/info/artifact_uri")
+        } else {
+            let v = self
+                .http
+                .get("runs/get", &[("run_id", run_id)])
+                .map_err(|e| map_unknown_run(e, run_id, self.http.base()))?;
+            (v, "/run/info/artifact_uri")
+        };
         let uri = v
-            .pointer("/run/info/artifact_uri")
+            .pointer(at)
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
@@ -288,12 +539,7 @@ mod tests {
 
     #[test]
     fn a_journal_batch_goes_to_the_wire_in_the_log_batch_format() {
-        let metric = |value, step| crate::tracking::Metric {
-            key: "loss".into(),
-            value,
-            timestamp_ms: 7,
-            step,
-        };
+        let metric = |value, step| crate::tracking::Metric::new("loss", value, 7, step);
         let rec = Record::Batch {
             run: RunRef::Key("k".into()),
             metrics: vec![

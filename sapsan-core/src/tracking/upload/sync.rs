@@ -95,7 +95,12 @@ fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
                 Some(*status == RunStatus::Running),
                 end_ms.unwrap_or(0),
             ),
-            Record::Artifact { .. } => {}
+            // Not about a run's status, or (models) not a run at all.
+            Record::Artifact { .. }
+            | Record::CreateModel { .. }
+            | Record::ModelReady { .. }
+            | Record::Inputs { .. }
+            | Record::Outputs { .. } => {}
         }
     }
     runs.into_iter()

@@ -645,6 +645,7 @@ mod tests {
             value,
             timestamp_ms,
             step,
+            model_id: None,
         }
     }
 
