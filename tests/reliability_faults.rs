@@ -379,12 +379,7 @@ fn eight_threads_80000_metrics_one_run_all_present_once() {
             let (b, run) = (b.clone(), run.clone());
             std::thread::spawn(move || {
                 for i in 0..10_000i64 {
-                    let m = sapsan::tracking::Metric {
-                        key: "x".into(),
-                        value: i as f64,
-                        timestamp_ms: 1,
-                        step: t * 10_000 + i,
-                    };
+                    let m = sapsan::tracking::Metric::new("x", i as f64, 1, t * 10_000 + i);
                     b.enqueue(&run, sapsan::tracking::LogItem::Metric(m))
                         .unwrap();
                 }
