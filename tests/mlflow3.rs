@@ -173,3 +173,76 @@ print(json.dumps({r.info.run_name: r.info.run_id for r in runs}))
     assert_eq!(again["models"], 1, "{again}");
     assert_eq!(again["model_id"], seen["model_id"]);
 }
+
+/// Burns CPU for `d` (the work of a training loop), so samples have something to see.
+fn work_for(d: std::time::Duration) -> f64 {
+    let end = std::time::Instant::now() + d;
+    let mut x = 0.0f64;
+    while std::time::Instant::now() < end {
+        for i in 0..10_000 {
+            x = (x + i as f64).sqrt();
+        }
+    }
+    x
+}
+
+#[test]
+fn system_metrics_use_mlflows_names_count_steps_and_stop_with_the_run() {
+    let b = MlflowBackend::builder()
+        .tracking_uri(common::tracking_uri())
+        .experiment(&common::unique("sysmetrics"))
+        .system_metrics(Some(std::time::Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    let first = b.start("first", false, None).unwrap();
+    work_for(std::time::Duration::from_millis(1300));
+    b.end().unwrap();
+    let second = b.start("second", false, None).unwrap();
+    work_for(std::time::Duration::from_millis(1300));
+    b.end().unwrap();
+    drop(b);
+    let seen = common::judge(
+        r#"
+out = {}
+for run in args:
+    r = client.get_run(run)
+    keys = sorted(k for k in r.data.metrics if k.startswith("system/"))
+    hist = client.get_metric_history(run, "system/cpu_utilization_percentage")
+    out[run] = {"keys": keys, "steps": sorted(m.step for m in hist),
+                "cpu": [m.value for m in hist], "end": r.info.end_time,
+                "last": max((m.timestamp for m in hist), default=0)}
+print(json.dumps(out))
+"#,
+        &[&first, &second],
+    );
+    let names: Vec<String> = [
+        "cpu_utilization_percentage",
+        "disk_available_megabytes",
+        "disk_usage_megabytes",
+        "disk_usage_percentage",
+        "network_receive_megabytes",
+        "network_transmit_megabytes",
+        "system_memory_usage_megabytes",
+        "system_memory_usage_percentage",
+    ]
+    .iter()
+    .map(|n| format!("system/{n}"))
+    .collect();
+    for run in [&first, &second] {
+        let r = &seen[run.as_str()];
+        assert_eq!(r["keys"], serde_json::json!(names), "{seen}");
+        // 1.3 s of work at 0.5 s from the run's start: samples at 0.5 s and 1.0 s (one, when
+        // the box is so busy that the second came after the end), steps counted from 0 for
+        // each run, none after the run ended although the sampler went on for the next run.
+        let steps: Vec<i64> = serde_json::from_value(r["steps"].clone()).unwrap();
+        assert!(steps == [0, 1] || steps == [0], "steps {steps:?}: {seen}");
+        assert!(
+            r["last"].as_i64().unwrap() <= r["end"].as_i64().unwrap(),
+            "a sample after the end of the run: {seen}"
+        );
+        for v in r["cpu"].as_array().unwrap() {
+            let v = v.as_f64().unwrap();
+            assert!(v > 0.0 && v <= 100.0, "cpu {v} while busy: {seen}");
+        }
+    }
+}

@@ -23,6 +23,7 @@
 //! - [`rest`]: the one HTTP client, its settings (auth, TLS, timeouts, retries), the wire types
 //!   and artifact transfer.
 //! - [`server`]: probing a port and starting a local MLflow server.
+//! - [`system_metrics`]: CPU, memory, disk and network samples under MLflow's `system/` names.
 //! - [`validate`]: MLflow's key and value rules, shared with the derive macro.
 //!
 //! A backend owns its run stack: there is no process-global run state.
@@ -36,6 +37,7 @@ pub mod journal;
 pub mod rest;
 pub mod run;
 pub mod server;
+pub mod system_metrics;
 pub mod upload;
 pub mod validate;
 

@@ -12,6 +12,7 @@ use crate::tracking::rest::client::HttpClient;
 use crate::tracking::rest::settings::Settings;
 use crate::tracking::rest::wire::get_or_create_experiment;
 use crate::tracking::server::{ServerOptions, ensure_server};
+use crate::tracking::system_metrics::SystemMetricsOptions;
 use crate::tracking::upload::{Limits, Pipeline, Replayer, UploadOptions, is_transient};
 
 /// Experiment name used when none is given (the seed's default).
@@ -110,6 +111,17 @@ impl MlflowBackendBuilder {
     /// journal whose data has not all reached the server (server away) is never compacted.
     pub fn journal_rotate_bytes(mut self, bytes: u64) -> Self {
         self.journal_rotate_bytes = Some(bytes);
+        self
+    }
+
+    /// Logs system metrics (CPU, memory, disk, network under `system/`) to every open run every
+    /// `interval` ([`Settings::system_metrics`]; `MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true` turns
+    /// them on from the environment). `None` turns them off.
+    pub fn system_metrics(mut self, interval: Option<std::time::Duration>) -> Self {
+        self.settings.system_metrics = interval.map(|i| SystemMetricsOptions {
+            interval: i,
+            ..self.settings.system_metrics.clone().unwrap_or_default()
+        });
         self
     }
 
@@ -239,6 +251,10 @@ impl MlflowBackendBuilder {
                 settings.exit_grace,
                 !no_signal_handlers,
             )
+        });
+        let core = core.and_then(|c| {
+            c.sample_system(settings.system_metrics.clone())?;
+            Ok(c)
         });
         let core = match core {
             Ok(c) => c,

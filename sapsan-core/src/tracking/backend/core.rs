@@ -11,6 +11,7 @@ use crate::shared::Shared;
 use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::run::RunStack;
 use crate::tracking::run::signals::{self, KILL_GRACE, SignalTarget};
+use crate::tracking::system_metrics::{Sampler, SystemMetricsOptions};
 use crate::tracking::upload::pipeline::{Pipeline, RunRequest};
 use crate::tracking::{LogItem, RunData, RunStatus, now_ms, validate};
 
@@ -29,6 +30,8 @@ pub(crate) struct Core {
     exit_grace: Duration,
     /// What the SIGINT/SIGTERM path reaches through a weak reference.
     _signal_hook: Option<Arc<dyn SignalTarget>>,
+    /// System metrics of the open runs, when on.
+    sampler: Shared<Option<Sampler>>,
 }
 
 /// The parts of a backend the signal path needs; held strongly by the backend only.
@@ -92,7 +95,16 @@ impl Core {
             system_tags: super::system_tags(),
             exit_grace,
             _signal_hook: signal_hook,
+            sampler: Shared::new(None),
         })
+    }
+
+    /// Logs system metrics to every open run from now on (see [`crate::tracking::system_metrics`]).
+    pub(crate) fn sample_system(&self, opts: Option<SystemMetricsOptions>) -> Result<()> {
+        if let Some(o) = opts {
+            *self.sampler.lock() = Some(Sampler::start(self.pipeline.clone(), o)?);
+        }
+        Ok(())
     }
 
     /// The experiment runs go to.
@@ -115,6 +127,9 @@ impl Core {
         let mut state = RunState::created(run.tags.into_iter());
         state.artifact_uri = run.artifact_uri;
         self.state.lock().insert(run.id.clone(), state);
+        if let Some(s) = &*self.sampler.lock() {
+            s.watch(&run.id);
+        }
         Ok(run.id)
     }
 
@@ -156,7 +171,15 @@ impl Core {
 
     /// Stores a status change behind everything logged to the run.
     pub(crate) fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
-        self.state.lock().entry(run_id.to_owned()).or_default().open = status == RunStatus::Running;
+        let open = status == RunStatus::Running;
+        self.state.lock().entry(run_id.to_owned()).or_default().open = open;
+        if let Some(s) = &*self.sampler.lock() {
+            if open {
+                s.watch(run_id);
+            } else {
+                s.unwatch(run_id);
+            }
+        }
         self.pipeline.set_status(run_id, status)
     }
 
@@ -201,6 +224,8 @@ impl Core {
     /// The end of the backend: ends the runs left open as FINISHED, waits (bounded) for
     /// delivery, and removes the delivered journal or says where the rest is kept. Runs once.
     pub(crate) fn finish(&self) {
+        // The sampler stops first: nothing is logged after the runs end.
+        drop(self.sampler.lock().take());
         let open = close_open(&self.state);
         self.pipeline
             .finish(&open, RunStatus::Finished, self.exit_grace);

@@ -129,7 +129,9 @@ pub fn backend_from_settings(settings: Settings) -> Result<Box<dyn Backend>> {
                 .experiment_name
                 .clone()
                 .unwrap_or_else(|| DEFAULT_EXPERIMENT.into());
-            Ok(Box::new(OfflineBackend::new(&exp, &root)?))
+            let b = OfflineBackend::new(&exp, &root)?;
+            b.core.sample_system(settings.system_metrics.clone())?;
+            Ok(Box::new(b))
         }
         None => {
             let b = MlflowBackendBuilder::default().settings(settings.clone());

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::tracking::system_metrics::SystemMetricsOptions;
 
 /// Default of `MLFLOW_HTTP_REQUEST_TIMEOUT`: 120 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -93,6 +94,11 @@ pub struct Settings {
     /// The `mlflow` executable for a server the backend starts (`SAPSAN_MLFLOW_BIN`; default
     /// `mlflow` on `PATH`).
     pub mlflow_bin: Option<PathBuf>,
+    /// System metrics, when on (`MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true`; interval, samples
+    /// and node from `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`,
+    /// `MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING`, `MLFLOW_SYSTEM_METRICS_NODE_ID`). See
+    /// [`crate::tracking::system_metrics`]. Default off.
+    pub system_metrics: Option<SystemMetricsOptions>,
 }
 
 impl Default for Settings {
@@ -118,6 +124,7 @@ impl Default for Settings {
             queue_capacity: 1 << 20,
             memory_limit: 256 << 20,
             mlflow_bin: None,
+            system_metrics: None,
         }
     }
 }
@@ -145,6 +152,7 @@ impl std::fmt::Debug for Settings {
             .field("queue_capacity", &self.queue_capacity)
             .field("memory_limit", &self.memory_limit)
             .field("mlflow_bin", &self.mlflow_bin)
+            .field("system_metrics", &self.system_metrics)
             .finish()
     }
 }
@@ -221,6 +229,26 @@ impl Settings {
             s.offline_root = Some(s.journal_root.clone());
         }
         s.mlflow_bin = nonempty(MLFLOW_BIN_ENV).map(PathBuf::from);
+        if let Some(v) = nonempty("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING")
+            && parse_bool("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", &v)?
+        {
+            let mut o = SystemMetricsOptions::default();
+            if let Some(v) = nonempty("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") {
+                o.interval = seconds("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", &v)?;
+            }
+            if let Some(v) = nonempty("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING") {
+                o.samples_before_logging =
+                    v.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        setting(
+                            "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING",
+                            &v,
+                            "expected a whole number >= 1",
+                        )
+                    })?;
+            }
+            o.node_id = nonempty("MLFLOW_SYSTEM_METRICS_NODE_ID").map(|n| n.trim().to_owned());
+            s.system_metrics = Some(o);
+        }
         if let Some(v) = nonempty(FLUSH_TIMEOUT_ENV) {
             s.flush_timeout = seconds(FLUSH_TIMEOUT_ENV, &v)?;
         }
@@ -405,6 +433,39 @@ mod tests {
         assert!(s.insecure_tls);
         assert_eq!(s.timeout, Duration::from_millis(2500));
         assert_eq!(s.max_retries, 0);
+    }
+
+    #[test]
+    fn system_metrics_read_mlflows_variables() {
+        assert_eq!(env(&[]).unwrap().system_metrics, None);
+        let off = env(&[("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")]).unwrap();
+        assert_eq!(off.system_metrics, None);
+        let on = env(&[("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")]).unwrap();
+        assert_eq!(on.system_metrics, Some(SystemMetricsOptions::default()));
+        assert_eq!(
+            SystemMetricsOptions::default().interval,
+            Duration::from_secs(10)
+        );
+        let s = env(&[
+            ("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "1"),
+            ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5"),
+            ("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "3"),
+            ("MLFLOW_SYSTEM_METRICS_NODE_ID", "node_0"),
+        ])
+        .unwrap();
+        let o = s.system_metrics.unwrap();
+        assert_eq!(o.interval, Duration::from_millis(500));
+        assert_eq!(o.samples_before_logging, 3);
+        assert_eq!(o.prefix(), "system/node_0/");
+        for (k, v) in [
+            ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "often"),
+            ("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "0"),
+        ] {
+            let e = env(&[("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true"), (k, v)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(k), "{e}");
+        }
     }
 
     #[test]
