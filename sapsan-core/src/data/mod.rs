@@ -4,9 +4,12 @@
 //! - [`format_path`]: the Python-style path template (`t{checkpoint:1.0f}/{feature}_dim32_fm15.h5`).
 //! - [`Hdf5Dataset`]: reads the files, stacks features, samples, cuts sub-cubes, shuffles and
 //!   splits; [`restore_cube`] puts sub-cubes back together.
+//! - `describe`: the dataset as a run's MLflow input ([`Hdf5Dataset::describe`], with a
+//!   digest of the files' contents).
 //! - [`synthetic`]: writes divergence-free Kolmogorov-spectrum turbulence in that layout.
 mod config;
 mod dataset;
+mod describe;
 mod fft;
 pub mod synthetic;
 mod template;
