@@ -70,3 +70,124 @@ pub struct LoggedModel {
     /// Files (path inside the model, bytes), for example the weights and an `MLmodel` file.
     pub files: Vec<(String, Vec<u8>)>,
 }
+
+/// An `MLmodel` file: MLflow's description of a model directory (flavor, weights file, source
+/// run, tensor signature), so MLflow's tools and UI can read what the directory holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlModel {
+    /// Flavor name (for example `"candle"`).
+    pub flavor: String,
+    /// The weights file inside the model directory.
+    pub data: String,
+    /// Its format (for example `"safetensors"`).
+    pub format: String,
+    /// The architecture (for example `"CNN3d"`).
+    pub architecture: String,
+    /// The run that produced it.
+    pub run_id: String,
+    /// Input tensor shape, `-1` for the batch axis.
+    pub input_shape: Vec<i64>,
+    /// Output tensor shape, `-1` for the batch axis.
+    pub output_shape: Vec<i64>,
+    /// Size of the model's files in bytes.
+    pub size_bytes: usize,
+}
+
+impl MlModel {
+    /// The file's text (YAML, as MLflow writes it).
+    pub fn to_yaml(&self) -> String {
+        let spec = |shape: &[i64]| {
+            serde_json::json!([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": shape}}])
+                .to_string()
+        };
+        let created = chrono_like_utc(crate::tracking::now_ms());
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        format!(
+            "artifact_path: model\n\
+             flavors:\n  {flavor}:\n    architecture: {arch}\n    data: {data}\n    format: {format}\n    sapsan_version: {version}\n\
+             model_size_bytes: {size}\n\
+             model_uuid: {uuid}\n\
+             run_id: {run}\n\
+             signature:\n  inputs: '{inputs}'\n  outputs: '{outputs}'\n  params: null\n\
+             utc_time_created: '{created}'\n",
+            flavor = self.flavor,
+            arch = q(&self.architecture),
+            data = q(&self.data),
+            format = q(&self.format),
+            version = q(env!("CARGO_PKG_VERSION")),
+            size = self.size_bytes,
+            uuid = crate::tracking::journal::fresh_key().replace('-', ""),
+            run = q(&self.run_id),
+            inputs = spec(&self.input_shape),
+            outputs = spec(&self.output_shape),
+        )
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff` in UTC for `ms` since the Unix epoch (MLflow's format).
+fn chrono_like_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000) * 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_are_formatted_like_mlflow() {
+        assert_eq!(chrono_like_utc(0), "1970-01-01 00:00:00.000000");
+        // 2026-12-01 17:50:00.123 UTC
+        assert_eq!(
+            chrono_like_utc(1_796_147_400_123),
+            "2026-12-01 17:50:00.123000"
+        );
+        assert_eq!(
+            chrono_like_utc(951_782_400_000),
+            "2000-02-29 00:00:00.000000"
+        );
+    }
+
+    #[test]
+    fn an_mlmodel_file_names_flavor_weights_run_and_signature() {
+        let m = MlModel {
+            flavor: "candle".into(),
+            data: "model.safetensors".into(),
+            format: "safetensors".into(),
+            architecture: "CNN3d".into(),
+            run_id: "abc".into(),
+            input_shape: vec![-1, 3, 8, 8, 8],
+            output_shape: vec![-1, 1, 8, 8, 8],
+            size_bytes: 1234,
+        };
+        let y = m.to_yaml();
+        assert!(
+            y.starts_with("artifact_path: model\nflavors:\n  candle:\n"),
+            "{y}"
+        );
+        assert!(y.contains("    data: \"model.safetensors\"\n"), "{y}");
+        assert!(y.contains("run_id: \"abc\"\n"), "{y}");
+        assert!(
+            y.contains(r#"  inputs: '[{"tensor-spec":{"dtype":"float32","shape":[-1,3,8,8,8]},"type":"tensor"}]'"#),
+            "{y}"
+        );
+        assert!(y.contains("model_size_bytes: 1234\n"), "{y}");
+    }
+}
