@@ -36,6 +36,7 @@ impl Mode {
 pub struct Report<'a> {
     metrics: Vec<(String, f64, Option<i64>)>,
     artifacts: Vec<(String, Cow<'a, [u8]>)>,
+    model: Option<String>,
 }
 
 impl<'a> Report<'a> {
@@ -66,6 +67,16 @@ impl<'a> Report<'a> {
     pub fn artifact_owned(&mut self, name: impl Into<String>, bytes: Vec<u8>) -> &mut Self {
         self.artifacts.push((name.into(), Cow::Owned(bytes)));
         self
+    }
+    /// The logged model (its id from [`crate::tracking::Backend::log_model`]) the reported
+    /// metrics measure: MLflow 3 lists them on the model's page.
+    pub fn model(&mut self, model_id: impl Into<String>) -> &mut Self {
+        self.model = Some(model_id.into());
+        self
+    }
+    /// The model the metrics measure, if any.
+    pub fn model_id(&self) -> Option<&str> {
+        self.model.as_deref()
     }
     /// The metrics in order: `(name, value, step)`.
     pub fn metrics(&self) -> impl Iterator<Item = (&str, f64, Option<i64>)> {
@@ -135,6 +146,9 @@ impl TrackedOutput for Report<'_> {
                 .iter()
                 .map(|(n, b)| (n.clone(), Cow::Borrowed(&**b))),
         );
+        if self.model.is_some() {
+            report.model = self.model.clone();
+        }
     }
 }
 

@@ -255,16 +255,20 @@ impl<'b> RunScope<'b> {
     }
 
     fn log_metric(&self, run: &str, key: String, value: f64, step: i64) -> Result<()> {
-        self.backend.enqueue(
-            run,
-            LogItem::Metric(Metric {
-                key,
-                value,
-                timestamp_ms: now_ms(),
-                step,
-                model_id: None,
-            }),
-        )
+        self.log_model_metric(run, key, value, step, None)
+    }
+
+    fn log_model_metric(
+        &self,
+        run: &str,
+        key: String,
+        value: f64,
+        step: i64,
+        model: Option<&str>,
+    ) -> Result<()> {
+        let mut m = Metric::new(key, value, now_ms(), step);
+        m.model_id = model.map(str::to_owned);
+        self.backend.enqueue(run, LogItem::Metric(m))
     }
 
     /// Evaluate runs: the parent's params this run did not log, then its `train - ` metrics.
@@ -311,7 +315,8 @@ impl<'b> RunScope<'b> {
         output.report(&mut report);
         let prefix = self.mode.metric_prefix();
         for (name, value, step) in report.metrics() {
-            self.log_metric(run, format!("{prefix}{name}"), value, step.unwrap_or(0))?;
+            let key = format!("{prefix}{name}");
+            self.log_model_metric(run, key, value, step.unwrap_or(0), report.model_id())?;
         }
         let runtime = self.started.elapsed().as_secs_f64();
         self.log_metric(run, format!("{prefix}runtime"), runtime, 0)?;
@@ -562,6 +567,7 @@ mod tests {
     struct SpyBackend {
         fake: FakeBackend,
         tags: Mutex<Vec<(String, String, String)>>,
+        metrics: Mutex<Vec<(String, Metric)>>,
     }
 
     impl SpyBackend {
@@ -581,6 +587,12 @@ mod tests {
             if let LogItem::Tag { key, value } = &item {
                 let tag = (run.to_owned(), key.clone(), value.clone());
                 self.tags.lock().unwrap().push(tag);
+            }
+            if let LogItem::Metric(m) = &item {
+                self.metrics
+                    .lock()
+                    .unwrap()
+                    .push((run.to_owned(), m.clone()));
             }
             self.fake.enqueue(run, item)
         }
@@ -669,6 +681,31 @@ mod tests {
         let tag = b.tag(&id, ERROR_TAG).unwrap();
         assert!(tag.contains("loss is NaN at lr 2.5"), "{tag}");
         assert_eq!(b.active_run_id(), None, "not left open");
+    }
+
+    #[tracked(evaluate)]
+    fn measured(backend: &SpyBackend) -> Result<Report<'static>, Error> {
+        let mut r = Report::new();
+        r.metric("MSE Loss", 0.5).model("m-1234");
+        Ok(r)
+    }
+
+    #[test]
+    fn reported_metrics_name_the_model_they_measure() {
+        let b = SpyBackend::default();
+        b.start("train", false, None).unwrap();
+        let eval = measured_tracked(&b);
+        let run = eval.run_id.expect("an evaluate run");
+        let metrics = b.metrics.lock().unwrap();
+        let find = |k: &str| {
+            metrics
+                .iter()
+                .find(|(r, m)| *r == run && m.key == k)
+                .map(|(_, m)| m.model_id.clone())
+        };
+        assert_eq!(find("eval - MSE Loss"), Some(Some("m-1234".to_owned())));
+        // Not a measurement of the model.
+        assert_eq!(find("eval - runtime"), Some(None));
     }
 
     #[test]
