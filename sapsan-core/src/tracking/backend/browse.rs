@@ -108,14 +108,14 @@ pub fn run_tree(runs: Vec<RunInfo>) -> Vec<RunNode> {
             tree.push(build(r, &mut children));
         }
     }
-    tree.sort_by(|a, b| b.run.start_time.cmp(&a.run.start_time));
+    tree.sort_by_key(|n| std::cmp::Reverse(n.run.start_time));
     tree
 }
 
 /// `run` with its descendants taken out of `children` (each list is taken once, so a loop ends).
 fn build(run: RunInfo, children: &mut BTreeMap<String, Vec<RunInfo>>) -> RunNode {
     let mut kids = children.remove(&run.run_id).unwrap_or_default();
-    kids.sort_by(|a, b| a.start_time.cmp(&b.start_time));
+    kids.sort_by_key(|k| k.start_time);
     RunNode {
         children: kids.into_iter().map(|k| build(k, children)).collect(),
         run,
