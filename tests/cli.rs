@@ -419,3 +419,110 @@ fn a_new_project_builds_and_its_runs_land_on_the_server() {
     assert!(mse < 0.01, "eval - MSE Loss {mse}");
     assert!(!dir.join("mlflow.db").exists());
 }
+
+/// A loopback HTTP server that answers `GET /health` with `OK` and every other request with
+/// `403 Permission denied`; the request heads it received, as they come.
+fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    // Serves until the test process ends; nothing waits for it.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let (status, body) = if head.starts_with("GET /health ") {
+                ("200 OK", "OK")
+            } else {
+                ("403 Forbidden", "Permission denied")
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            seen.lock().unwrap().push(head);
+        }
+    });
+    (url, heads)
+}
+
+#[test]
+fn credentials_from_the_environment_reach_the_server_for_every_subcommand() {
+    const TOKEN: &str = "tok-cli-5e3c7a";
+    const PASSWORD: &str = "pw-cli-9b2d4f";
+    // `admin:pw-cli-9b2d4f`, as the Basic header carries it.
+    const BASIC: &str = "YWRtaW46cHctY2xpLTliMmQ0Zg==";
+    let (url, heads) = recording_server();
+    let journal = tempfile::tempdir().unwrap();
+    {
+        let backend = OfflineBackend::new("cli-auth", journal.path()).unwrap();
+        backend.start("train", false, None).unwrap();
+        backend.end().unwrap();
+    }
+    let journal = journal.path().display().to_string();
+    let token = [("MLFLOW_TRACKING_TOKEN", TOKEN)];
+    let basic = [
+        ("MLFLOW_TRACKING_USERNAME", "admin"),
+        ("MLFLOW_TRACKING_PASSWORD", PASSWORD),
+        ("MLFLOW_TRACKING_URI", url.as_str()),
+    ];
+    let cases: [(&str, Vec<&str>, &[(&str, &str)], &str); 3] = [
+        ("runs", vec!["runs", "--tracking-uri", &url], &token, TOKEN),
+        (
+            "sync",
+            vec!["sync", &journal, "--tracking-uri", &url],
+            &token,
+            TOKEN,
+        ),
+        ("ui", vec!["ui"], &basic, BASIC),
+    ];
+    for (name, args, env, secret) in cases {
+        heads.lock().unwrap().clear();
+        let out = sapsan(&args, env);
+        let (stdout, stderr) = text(&out);
+        let got = heads.lock().unwrap().clone();
+        assert!(!got.is_empty(), "{name}: no request reached the server");
+        for head in &got {
+            assert!(
+                head.lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("authorization:")
+                        && l.ends_with(secret)),
+                "{name}: a request without the credentials: {head}"
+            );
+        }
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{name} shows a credential:\n{stdout}\n{stderr}"
+        );
+        if name == "ui" {
+            assert!(out.status.success(), "{stderr}");
+            assert!(stdout.contains(&format!("MLflow UI: {url}")), "{stdout}");
+        } else {
+            // Refused (403): said so, not retried as if the server were away.
+            assert!(!out.status.success(), "{name}: {stdout}");
+            assert!(stderr.contains("403"), "{name}: {stderr}");
+        }
+    }
+}
