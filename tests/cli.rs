@@ -488,7 +488,9 @@ fn credentials_from_the_environment_reach_the_server_for_every_subcommand() {
         ("MLFLOW_TRACKING_PASSWORD", PASSWORD),
         ("MLFLOW_TRACKING_URI", url.as_str()),
     ];
-    let cases: [(&str, Vec<&str>, &[(&str, &str)], &str); 3] = [
+    // Subcommand, its arguments, its environment, the secret its requests must carry.
+    type Case<'a> = (&'a str, Vec<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         ("runs", vec!["runs", "--tracking-uri", &url], &token, TOKEN),
         (
             "sync",
