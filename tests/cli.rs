@@ -71,6 +71,21 @@ fn help_works_for_the_command_and_every_subcommand() {
     assert!(text(&bad).1.contains("--limit"), "{}", text(&bad).1);
 }
 
+#[test]
+fn runs_in_offline_mode_says_there_is_no_server_to_read() {
+    let out = sapsan(
+        &["runs"],
+        &[("MLFLOW_TRACKING_URI", "offline:/tmp/journals")],
+    );
+    assert!(!out.status.success());
+    let (_, err) = text(&out);
+    assert!(
+        err.contains("MLFLOW_TRACKING_URI=offline:/tmp/journals is offline mode")
+            && err.contains("sapsan sync"),
+        "{err}"
+    );
+}
+
 /// A train run with `evals` evaluate runs nested under it, delivered; the ids.
 fn train_with_evals(backend: &MlflowBackend, evals: usize, mse: f64) -> (String, Vec<String>) {
     let train = backend.start("train", false, None).unwrap();

@@ -15,6 +15,15 @@ pub fn env_tracking_uri() -> Option<String> {
         .filter(|u| !u.is_empty() && !u.starts_with(OFFLINE_SCHEME))
 }
 
+/// `MLFLOW_TRACKING_URI` when it selects offline mode (`offline:<dir>`): programs journal
+/// instead of talking to a server.
+pub fn env_offline_uri() -> Option<String> {
+    std::env::var("MLFLOW_TRACKING_URI")
+        .ok()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| u.starts_with(OFFLINE_SCHEME))
+}
+
 /// Settings from the environment, with the tracking URI of `--tracking-uri`, else of
 /// `MLFLOW_TRACKING_URI`, else none. Credentials embedded in the URI
 /// (`http://user:pass@host`) become Basic auth unless the variables set some.

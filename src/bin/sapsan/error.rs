@@ -15,6 +15,15 @@ pub enum CliError {
         /// What the server was needed for.
         what: &'static str,
     },
+    /// `MLFLOW_TRACKING_URI` selects offline mode: there is no server to read from.
+    #[error(
+        "MLFLOW_TRACKING_URI={uri} is offline mode: runs are in journals, not on a server; \
+         upload them with `sapsan sync`, then pass --tracking-uri http://host:port"
+    )]
+    Offline {
+        /// The `offline:` URI.
+        uri: String,
+    },
     /// The experiment is not on the server.
     #[error(
         "no experiment {name:?} on the MLflow server at {url}; name one with --experiment or \

@@ -19,6 +19,9 @@ const KEY_METRICS: [&str; 3] = ["train - final epoch", "eval - MSE Loss", "eval 
 pub fn run(args: &RunsArgs, global: &Global) -> Result<()> {
     let mut settings = env::settings(global)?;
     if settings.tracking_uri.is_none() {
+        if let Some(offline) = env::env_offline_uri() {
+            return Err(CliError::Offline { uri: offline });
+        }
         // As a program's backend: the seed's local server.
         settings.set_tracking_uri(&base_url(DEFAULT_HOST, DEFAULT_PORT))?;
     }
