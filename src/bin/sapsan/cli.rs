@@ -8,27 +8,24 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "sapsan", version, propagate_version = true)]
 #[command(
-    after_help = "The MLflow server comes from --tracking-uri or MLFLOW_TRACKING_URI; \
+    after_help = "sync, runs and ui find the MLflow server in --tracking-uri or \
+    MLFLOW_TRACKING_URI; \
     credentials from MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or \
     MLFLOW_TRACKING_TOKEN; TLS from MLFLOW_TRACKING_INSECURE_TLS or \
     MLFLOW_TRACKING_SERVER_CERT_PATH; timeouts from MLFLOW_HTTP_REQUEST_TIMEOUT and \
     MLFLOW_HTTP_REQUEST_MAX_RETRIES."
 )]
 pub struct Cli {
-    /// Options every subcommand takes.
-    #[command(flatten)]
-    pub global: Global,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Options every subcommand takes.
+/// Where the MLflow server is, for the subcommands that talk to one.
 #[derive(Debug, Args)]
-pub struct Global {
-    /// The MLflow server (http(s)://host:port); default: MLFLOW_TRACKING_URI (`runs` and `ui`
-    /// then use the seed's http://localhost:5000).
-    #[arg(long, global = true, value_name = "URI")]
+pub struct Server {
+    /// The MLflow server (http(s)://host:port); default: MLFLOW_TRACKING_URI.
+    #[arg(long, value_name = "URI")]
     pub tracking_uri: Option<String>,
 }
 
@@ -71,6 +68,9 @@ pub struct SyncArgs {
     /// .sapsan-journal).
     #[arg(value_name = "JOURNAL_DIR")]
     pub dir: PathBuf,
+    /// The server.
+    #[command(flatten)]
+    pub server: Server,
     /// End the runs a journal leaves open KILLED in any case (a journal copied from another
     /// machine). Without it they are ended only when their program ran here and is gone.
     #[arg(long)]
@@ -94,7 +94,14 @@ pub enum ColorWhen {
 
 /// `sapsan runs`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Without --tracking-uri or MLFLOW_TRACKING_URI the runs are read from the \
+    seed's http://localhost:5000, as a program's backend would log them there."
+)]
 pub struct RunsArgs {
+    /// The server; without one, the seed's http://localhost:5000 (as a program's backend).
+    #[command(flatten)]
+    pub server: Server,
     /// The experiment; default: MLFLOW_EXPERIMENT_NAME, else "experiment" (as the backend).
     #[arg(long, short, value_name = "NAME")]
     pub experiment: Option<String>,
@@ -114,6 +121,9 @@ pub struct RunsArgs {
     --tracking-uri) set and no --port, that server's address is printed and nothing is started."
 )]
 pub struct UiArgs {
+    /// The server; without one (or with --port), a local one.
+    #[command(flatten)]
+    pub server: Server,
     /// The port of the local server; default: the seed's 5000.
     #[arg(long, short)]
     pub port: Option<u16>,

@@ -4,7 +4,7 @@
 use sapsan::tracking::Settings;
 use sapsan::tracking::rest::settings::OFFLINE_SCHEME;
 
-use crate::cli::Global;
+use crate::cli::Server;
 use crate::error::Result;
 
 /// `MLFLOW_TRACKING_URI`, when it names a server (not empty, not `offline:`).
@@ -27,14 +27,14 @@ pub fn env_offline_uri() -> Option<String> {
 /// Settings from the environment, with the tracking URI of `--tracking-uri`, else of
 /// `MLFLOW_TRACKING_URI`, else none. Credentials embedded in the URI
 /// (`http://user:pass@host`) become Basic auth unless the variables set some.
-pub fn settings(global: &Global) -> Result<Settings> {
+pub fn settings(server: &Server) -> Result<Settings> {
     // The URI is taken below: an `offline:` one (a program's setting) is no server to talk to.
     let mut settings = Settings::from_lookup(|k| {
         (k != "MLFLOW_TRACKING_URI")
             .then(|| std::env::var(k).ok())
             .flatten()
     })?;
-    if let Some(uri) = global.tracking_uri.clone().or_else(env_tracking_uri) {
+    if let Some(uri) = server.tracking_uri.clone().or_else(env_tracking_uri) {
         settings.set_tracking_uri(&uri)?;
     }
     Ok(settings)

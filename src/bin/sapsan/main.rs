@@ -27,9 +27,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     sapsan::diag::init_logger();
     let result = match &cli.command {
-        Command::Sync(args) => sync::run(args, &cli.global),
-        Command::Runs(args) => runs::run(args, &cli.global),
-        Command::Ui(args) => ui::run(args, &cli.global),
+        Command::Sync(args) => sync::run(args),
+        Command::Runs(args) => runs::run(args),
+        Command::Ui(args) => ui::run(args),
         Command::New(args) => new::run(args),
     };
     match result {

@@ -7,7 +7,7 @@ use sapsan::tracking::backend::{RunBrowser, RunNode, run_tree};
 use sapsan::tracking::server::base_url;
 use sapsan::tracking::{RunInfo, RunStatus};
 
-use crate::cli::{ColorWhen, Global, RunsArgs};
+use crate::cli::{ColorWhen, RunsArgs};
 use crate::env;
 use crate::error::{CliError, Result};
 
@@ -16,8 +16,8 @@ use crate::error::{CliError, Result};
 const KEY_METRICS: [&str; 3] = ["train - final epoch", "eval - MSE Loss", "eval - KS Stat"];
 
 /// Runs `sapsan runs`.
-pub fn run(args: &RunsArgs, global: &Global) -> Result<()> {
-    let mut settings = env::settings(global)?;
+pub fn run(args: &RunsArgs) -> Result<()> {
+    let mut settings = env::settings(&args.server)?;
     if settings.tracking_uri.is_none() {
         if let Some(offline) = env::env_offline_uri() {
             return Err(CliError::Offline { uri: offline });

@@ -2,18 +2,18 @@
 //! be sent.
 use sapsan::tracking::upload::{OpenRuns, plan_sync, sync_dir};
 
-use crate::cli::{Global, SyncArgs};
+use crate::cli::SyncArgs;
 use crate::env;
 use crate::error::{CliError, Result};
 
 /// Runs `sapsan sync`.
-pub fn run(args: &SyncArgs, global: &Global) -> Result<()> {
+pub fn run(args: &SyncArgs) -> Result<()> {
     let open = if args.end_open {
         OpenRuns::End
     } else {
         OpenRuns::EndIfWriterGone
     };
-    let settings = env::settings(global)?;
+    let settings = env::settings(&args.server)?;
     if args.dry_run {
         return dry_run(args, open, settings.tracking_uri.as_deref());
     }

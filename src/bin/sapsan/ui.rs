@@ -7,7 +7,7 @@ use sapsan::tracking::rest::HttpClient;
 use sapsan::tracking::server::base_url;
 use sapsan::tracking::{ServerOptions, ensure_server};
 
-use crate::cli::{Global, UiArgs};
+use crate::cli::UiArgs;
 use crate::env;
 use crate::error::{CliError, Result};
 
@@ -15,8 +15,8 @@ use crate::error::{CliError, Result};
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `sapsan ui`.
-pub fn run(args: &UiArgs, global: &Global) -> Result<()> {
-    let settings = env::settings(global)?;
+pub fn run(args: &UiArgs) -> Result<()> {
+    let settings = env::settings(&args.server)?;
     if args.port.is_none()
         && let Some(uri) = settings.tracking_uri.as_deref()
     {
