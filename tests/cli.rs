@@ -27,7 +27,32 @@ fn sapsan(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env_remove(k);
     }
     cmd.envs(env.iter().copied());
-    cmd.output().expect("cannot run the sapsan binary")
+    // `ui` may start a server: its own deadline is 180 s (--ready-timeout).
+    output_within(cmd, Duration::from_secs(240))
+}
+
+/// Runs `cmd` to the end, its output; killed, and the test failed, after `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}")),
+        Err(_) => {
+            // SAFETY: signalling the child this test started and has not reaped yet.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {limit:?}; killed")
+        }
+    }
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -322,6 +347,8 @@ fn ui_reuses_a_running_server_and_starts_one_on_a_free_port() {
             &free.to_string(),
             "--data-dir",
             &data.path().display().to_string(),
+            "--ready-timeout",
+            "180",
         ],
         &[],
     ));
@@ -378,12 +405,13 @@ fn a_new_project_builds_and_its_runs_land_on_the_server() {
     // Built in this workspace's target directory: candle and the rest are not built again.
     let target = target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let build = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .args(["build", "--quiet", "--manifest-path"])
         .arg(dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .unwrap();
+        .env("CARGO_TARGET_DIR", &target);
+    // The first time in a target directory sapsan itself is built optimised (minutes).
+    let build = output_within(build, Duration::from_secs(1200));
     assert!(
         build.status.success(),
         "the new project does not build:\n{}",
@@ -391,14 +419,12 @@ fn a_new_project_builds_and_its_runs_land_on_the_server() {
     );
 
     let experiment = common::unique("cli-new");
-    let run = Command::new(target.join("debug").join("sapsan_new_demo"))
-        .current_dir(&dir)
+    let mut run = Command::new(target.join("debug").join("sapsan_new_demo"));
+    run.current_dir(&dir)
         .env("MLFLOW_TRACKING_URI", &uri)
         .env("MLFLOW_EXPERIMENT_NAME", &experiment)
-        .env("SAPSAN_JOURNAL_DIR", root.path().join("journal"))
-        .output()
-        .unwrap();
-    let stdout = ok(run);
+        .env("SAPSAN_JOURNAL_DIR", root.path().join("journal"));
+    let stdout = ok(output_within(run, Duration::from_secs(300)));
     let id = |label: &str| -> String {
         stdout
             .lines()

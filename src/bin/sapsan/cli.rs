@@ -134,6 +134,9 @@ pub struct UiArgs {
     /// (as `mlflow ui`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How long a started server gets to answer, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub ready_timeout: u64,
 }
 
 /// `sapsan new`.

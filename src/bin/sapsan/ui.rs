@@ -26,6 +26,7 @@ pub fn run(args: &UiArgs) -> Result<()> {
     let opts = ServerOptions {
         mlflow_bin: settings.mlflow_bin.clone(),
         data_dir: args.data_dir.clone(),
+        ready_timeout: Duration::from_secs(args.ready_timeout),
         quiet: true,
         ..ServerOptions::default()
     };
