@@ -357,13 +357,25 @@ fn ui_reuses_a_running_server_and_starts_one_on_a_free_port() {
         .nth(1)
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("no stop command: {out}"));
+    /// Stops the started server however the test ends.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let stopped =
+                sapsan::tracking::server::stop_process_group(self.0, Duration::from_secs(10));
+            if !std::thread::panicking() {
+                stopped.unwrap();
+            }
+        }
+    }
+    let stop = Stop(pgid);
     let url = format!("http://127.0.0.1:{free}");
     let answered = common::judge_at(
         &url,
         "print(json.dumps([e.name for e in client.search_experiments()]))",
         &[],
     );
-    sapsan::tracking::server::stop_process_group(pgid, Duration::from_secs(10)).unwrap();
+    drop(stop);
     assert!(out.contains(&format!("MLflow UI: {url}")), "{out}");
     assert_eq!(answered, json!(["Default"]));
     assert!(data.path().join("mlflow.db").is_file());
