@@ -471,6 +471,40 @@ fn a_new_project_builds_and_its_runs_land_on_the_server() {
     let mse = landed["mse"].as_f64().unwrap();
     assert!(mse < 0.01, "eval - MSE Loss {mse}");
     assert!(!dir.join("mlflow.db").exists());
+
+    // Offline mode: the project journals its runs; a dry run lists them, a sync lands them.
+    let offline = root.path().join("offline");
+    let experiment = common::unique("cli-new-offline");
+    let mut run = Command::new(target.join("debug").join("sapsan_new_demo"));
+    run.current_dir(&dir)
+        .env(
+            "MLFLOW_TRACKING_URI",
+            format!("offline:{}", offline.display()),
+        )
+        .env("MLFLOW_EXPERIMENT_NAME", &experiment);
+    ok(output_within(run, Duration::from_secs(300)));
+    let offline = offline.display().to_string();
+    let plan = ok(sapsan(
+        &["sync", &offline, "--dry-run", "--tracking-uri", &uri],
+        &[],
+    ));
+    assert!(
+        plan.contains(&format!(
+            "run \"train\" in experiment {experiment:?}: 4 params, 102 metric points"
+        )) && plan.contains("nested under \"train\""),
+        "{plan}"
+    );
+    common::sapsan_sync(std::path::Path::new(&offline), &uri);
+    let landed = common::judge(
+        "exp = client.get_experiment_by_name(args[0])\n\
+         runs = client.search_runs([exp.experiment_id])\n\
+         print(json.dumps(sorted([r.info.run_name, r.info.status] for r in runs)))",
+        &[&experiment],
+    );
+    assert_eq!(
+        landed,
+        json!([["evaluate", "FINISHED"], ["train", "FINISHED"]])
+    );
 }
 
 /// A loopback HTTP server that answers `GET /health` with `OK` and every other request with
