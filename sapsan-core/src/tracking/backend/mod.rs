@@ -14,6 +14,7 @@ use super::run::RunStack;
 use super::{LogItem, Metric, RunData, RunStatus, now_ms};
 use crate::error::{Error, Result};
 
+mod browse;
 mod builder;
 mod core;
 mod fake;
@@ -24,6 +25,7 @@ mod state;
 mod system;
 
 pub use crate::tracking::upload::LOCAL_RUN_PREFIX;
+pub use browse::{PARENT_RUN_TAG, RunBrowser, RunNode, parent_of, run_tree};
 pub use builder::{DEFAULT_EXPERIMENT, DEFAULT_HOST, DEFAULT_PORT, MlflowBackendBuilder};
 pub use fake::FakeBackend;
 pub use mlflow::MlflowBackend;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::MlflowBackend;
 use crate::error::{Error, Result};
 use crate::tracking::rest::artifacts;
-use crate::tracking::rest::client::Idempotency;
+use crate::tracking::rest::client::{HttpClient, Idempotency};
 use crate::tracking::rest::wire::{as_i64, as_string};
 use crate::tracking::{Metric, RunData, RunStatus, validate};
 
@@ -60,30 +60,7 @@ impl MlflowBackend {
     /// Runs of this backend's experiment matching `filter` (MLflow search syntax, `""` for all),
     /// newest first; every page is read.
     pub fn search_runs(&self, filter: &str) -> Result<Vec<RunInfo>> {
-        let experiment_id = self.experiment_id()?;
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut body = json!({
-                "experiment_ids": [experiment_id],
-                "filter": filter,
-                "max_results": 1000,
-                "order_by": ["attributes.start_time DESC"],
-            });
-            if let Some(t) = &token {
-                body["page_token"] = json!(t);
-            }
-            let v = self
-                .http
-                .post("runs/search", &body, Idempotency::Idempotent)?;
-            if let Some(runs) = v.get("runs").and_then(Value::as_array) {
-                out.extend(runs.iter().map(parse_run));
-            }
-            match v.get("next_page_token").and_then(Value::as_str) {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => return Ok(out),
-            }
-        }
+        search_runs_in(&self.http, &self.experiment_id()?, filter)
     }
 
     /// Every logged point of metric `key` of `run_id` (all pages), as the server stores them.
@@ -169,6 +146,36 @@ impl MlflowBackend {
                 let p = dir.join(name);
                 std::fs::read(&p).map_err(|e| Error::io("reading artifact", p, e))
             }
+        }
+    }
+}
+
+/// Runs of experiment `experiment_id` matching `filter` (MLflow search syntax, `""` for all),
+/// newest first; every page is read.
+pub(crate) fn search_runs_in(
+    http: &HttpClient,
+    experiment_id: &str,
+    filter: &str,
+) -> Result<Vec<RunInfo>> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut body = json!({
+            "experiment_ids": [experiment_id],
+            "filter": filter,
+            "max_results": 1000,
+            "order_by": ["attributes.start_time DESC"],
+        });
+        if let Some(t) = &token {
+            body["page_token"] = json!(t);
+        }
+        let v = http.post("runs/search", &body, Idempotency::Idempotent)?;
+        if let Some(runs) = v.get("runs").and_then(Value::as_array) {
+            out.extend(runs.iter().map(parse_run));
+        }
+        match v.get("next_page_token").and_then(Value::as_str) {
+            Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+            _ => return Ok(out),
         }
     }
 }

@@ -69,27 +69,31 @@ pub(crate) fn map_unknown_run(e: Error, run_id: &str, base: &str) -> Error {
     }
 }
 
+/// The id of experiment `name`, `None` when the server has no experiment of that name; a
+/// deleted one is [`Error::DeletedExperiment`].
+pub(crate) fn experiment_by_name(http: &HttpClient, name: &str) -> Result<Option<String>> {
+    match http.get("experiments/get-by-name", &[("experiment_name", name)]) {
+        Ok(v) => {
+            let exp = v.get("experiment").unwrap_or(&Value::Null);
+            if exp.get("lifecycle_stage").and_then(Value::as_str) == Some("deleted") {
+                return Err(Error::DeletedExperiment {
+                    name: name.to_owned(),
+                    url: http.base().to_owned(),
+                });
+            }
+            Ok(exp
+                .get("experiment_id")
+                .and_then(as_string)
+                .filter(|s| !s.is_empty()))
+        }
+        Err(e) if e.mlflow_error_code() == Some("RESOURCE_DOES_NOT_EXIST") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Finds experiment `name`, creating it when missing; safe against a concurrent creator.
 pub(crate) fn get_or_create_experiment(http: &HttpClient, name: &str) -> Result<String> {
-    let by_name = || -> Result<Option<String>> {
-        match http.get("experiments/get-by-name", &[("experiment_name", name)]) {
-            Ok(v) => {
-                let exp = v.get("experiment").unwrap_or(&Value::Null);
-                if exp.get("lifecycle_stage").and_then(Value::as_str) == Some("deleted") {
-                    return Err(Error::DeletedExperiment {
-                        name: name.to_owned(),
-                        url: http.base().to_owned(),
-                    });
-                }
-                Ok(exp
-                    .get("experiment_id")
-                    .and_then(as_string)
-                    .filter(|s| !s.is_empty()))
-            }
-            Err(e) if e.mlflow_error_code() == Some("RESOURCE_DOES_NOT_EXIST") => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
+    let by_name = || experiment_by_name(http, name);
     if let Some(id) = by_name()? {
         return Ok(id);
     }

@@ -10,5 +10,7 @@ pub mod uploader;
 
 pub use pipeline::{LOCAL_RUN_PREFIX, Limits, Pipeline};
 pub use replay::{Replayer, is_transient};
-pub use sync::{OpenRuns, SyncReport, journal_dirs, sync_dir};
+pub use sync::{
+    JournalPlan, OpenRuns, PlannedRun, SyncPlan, SyncReport, journal_dirs, plan_sync, sync_dir,
+};
 pub use uploader::{UploadOptions, Uploader, Watch};
