@@ -16,6 +16,11 @@
 //! | `network_receive_megabytes` | bytes received by all interfaces since sampling began / 10^6 |
 //! | `network_transmit_megabytes` | bytes sent, likewise |
 //!
+//! With the cargo feature `nvml` and an NVIDIA driver, each GPU `i` adds
+//! `gpu_<i>_memory_usage_percentage`, `gpu_<i>_memory_usage_megabytes`,
+//! `gpu_<i>_utilization_percentage`, `gpu_<i>_power_usage_watts` and
+//! `gpu_<i>_power_usage_percentage` (NVML, as MLflow reads them).
+//!
 //! Values are rounded to one decimal, as MLflow does. Each run is sampled on its own schedule from
 //! its start, as MLflow's per-run monitor does; one sampler thread per backend does the work, and
 //! a training loop never waits on it (logging is an enqueue). A run stops getting samples when
@@ -148,12 +153,12 @@ fn sample(
     before: &Counters,
     now: &Counters,
     start: &Counters,
-) -> Result<BTreeMap<&'static str, f64>> {
+) -> Result<BTreeMap<String, f64>> {
     let mut m = BTreeMap::new();
     let busy = now.cpu.0.saturating_sub(before.cpu.0) as f64;
     let total = now.cpu.1.saturating_sub(before.cpu.1) as f64;
     m.insert(
-        "cpu_utilization_percentage",
+        "cpu_utilization_percentage".into(),
         if total > 0.0 {
             100.0 * busy / total
         } else {
@@ -162,28 +167,80 @@ fn sample(
     );
     if let Some((total, avail)) = parse_meminfo(&read("/proc/meminfo")?) {
         let used = total.saturating_sub(avail) as f64;
-        m.insert("system_memory_usage_megabytes", used / 1e6);
+        m.insert("system_memory_usage_megabytes".into(), used / 1e6);
         m.insert(
-            "system_memory_usage_percentage",
+            "system_memory_usage_percentage".into(),
             100.0 * used / (total.max(1) as f64),
         );
     }
     let (dtotal, dused, davail) = disk("/")?;
     m.insert(
-        "disk_usage_percentage",
+        "disk_usage_percentage".into(),
         100.0 * dused as f64 / (dtotal.max(1) as f64),
     );
-    m.insert("disk_usage_megabytes", dused as f64 / 1e6);
-    m.insert("disk_available_megabytes", davail as f64 / 1e6);
+    m.insert("disk_usage_megabytes".into(), dused as f64 / 1e6);
+    m.insert("disk_available_megabytes".into(), davail as f64 / 1e6);
     m.insert(
-        "network_receive_megabytes",
+        "network_receive_megabytes".into(),
         now.net.0.saturating_sub(start.net.0) as f64 / 1e6,
     );
     m.insert(
-        "network_transmit_megabytes",
+        "network_transmit_megabytes".into(),
         now.net.1.saturating_sub(start.net.1) as f64 / 1e6,
     );
     Ok(m)
+}
+
+/// GPUs seen through NVML (cargo feature `nvml`): MLflow's `gpu_<i>_...` metrics. Without the
+/// feature, or without an NVIDIA driver, there are none.
+struct Gpus {
+    #[cfg(feature = "nvml")]
+    nvml: Option<nvml_wrapper::Nvml>,
+}
+
+impl Gpus {
+    fn open() -> Self {
+        #[cfg(feature = "nvml")]
+        {
+            let nvml = nvml_wrapper::Nvml::init()
+                .map_err(|e| {
+                    log::info!(target: "sapsan::system_metrics", "no GPU metrics: NVML: {e}");
+                })
+                .ok();
+            Gpus { nvml }
+        }
+        #[cfg(not(feature = "nvml"))]
+        Gpus {}
+    }
+
+    /// Adds each GPU's memory, utilization and power to `m`, as MLflow names them.
+    #[cfg_attr(not(feature = "nvml"), allow(clippy::unused_self, unused_variables))]
+    fn sample(&self, m: &mut BTreeMap<String, f64>) {
+        #[cfg(feature = "nvml")]
+        if let Some(nvml) = &self.nvml {
+            let n = nvml.device_count().unwrap_or(0);
+            for i in 0..n {
+                let Ok(d) = nvml.device_by_index(i) else {
+                    continue;
+                };
+                if let Ok(mem) = d.memory_info() {
+                    let pct = 100.0 * mem.used as f64 / (mem.total.max(1) as f64);
+                    m.insert(format!("gpu_{i}_memory_usage_percentage"), pct);
+                    m.insert(format!("gpu_{i}_memory_usage_megabytes"), mem.used as f64 / 1e6);
+                }
+                if let Ok(u) = d.utilization_rates() {
+                    m.insert(format!("gpu_{i}_utilization_percentage"), f64::from(u.gpu));
+                }
+                if let (Ok(mw), Ok(cap)) = (d.power_usage(), d.enforced_power_limit()) {
+                    m.insert(format!("gpu_{i}_power_usage_watts"), f64::from(mw) / 1000.0);
+                    m.insert(
+                        format!("gpu_{i}_power_usage_percentage"),
+                        100.0 * f64::from(mw) / f64::from(cap.max(1)),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// One open run's sampling: its own schedule from its start, as MLflow's per-run monitor has.
@@ -198,7 +255,7 @@ struct Watched {
     first: Counters,
     last: Counters,
     /// Samples summed towards its next point, and how many.
-    sums: BTreeMap<&'static str, f64>,
+    sums: BTreeMap<String, f64>,
     count: usize,
 }
 
@@ -282,6 +339,7 @@ const IDLE: Duration = Duration::from_secs(3600);
 
 fn run(state: &Shared<State>, pipeline: &Pipeline, opts: &SystemMetricsOptions) {
     let prefix = opts.prefix();
+    let gpus = Gpus::open();
     let per_point = opts.samples_before_logging.max(1);
     loop {
         let mut points: Vec<(String, Metric)> = Vec::new();
@@ -314,7 +372,8 @@ fn run(state: &Shared<State>, pipeline: &Pipeline, opts: &SystemMetricsOptions) 
             for w in g.runs.iter_mut().filter(|w| w.next <= now) {
                 w.next += opts.interval;
                 match sample(&w.last, &c, &w.first) {
-                    Ok(m) => {
+                    Ok(mut m) => {
+                        gpus.sample(&mut m);
                         for (k, v) in m {
                             *w.sums.entry(k).or_default() += v;
                         }
@@ -372,24 +431,24 @@ mod tests {
             net: (a.net.0 + 2_000_000, a.net.1 + 500_000),
         };
         let m = sample(&a, &b, &a).unwrap();
-        let names: Vec<&str> = m.keys().copied().collect();
+        let names: Vec<&str> = m.keys().map(String::as_str).collect();
         assert_eq!(
             names,
             [
                 "cpu_utilization_percentage",
-                "disk_available_megabytes",
-                "disk_usage_megabytes",
-                "disk_usage_percentage",
-                "network_receive_megabytes",
-                "network_transmit_megabytes",
-                "system_memory_usage_megabytes",
-                "system_memory_usage_percentage",
+                "disk_available_megabytes".into(),
+                "disk_usage_megabytes".into(),
+                "disk_usage_percentage".into(),
+                "network_receive_megabytes".into(),
+                "network_transmit_megabytes".into(),
+                "system_memory_usage_megabytes".into(),
+                "system_memory_usage_percentage".into(),
             ]
         );
         assert_eq!(m["cpu_utilization_percentage"], 25.0);
         assert_eq!(m["network_receive_megabytes"], 2.0);
         assert_eq!(m["network_transmit_megabytes"], 0.5);
-        for k in ["system_memory_usage_percentage", "disk_usage_percentage"] {
+        for k in ["system_memory_usage_percentage".into(), "disk_usage_percentage"] {
             assert!((0.0..=100.0).contains(&m[k]), "{k} = {}", m[k]);
         }
         assert!(m["system_memory_usage_megabytes"] > 0.0);
