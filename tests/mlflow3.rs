@@ -151,6 +151,25 @@ fn an_offline_journal_carries_datasets_and_models_through_sync() {
         b.journal_dir()
     };
     let uri = common::tracking_uri();
+    // The dry run counts them without sending anything.
+    let dry = std::process::Command::new(env!("CARGO_BIN_EXE_sapsan"))
+        .args(["sync", "--dry-run"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!("run {name:?}")) || l.contains(&format!("run {name} ")))
+            .unwrap_or_else(|| panic!("no line for run {name}: {text}"))
+            .to_owned()
+    };
+    assert!(
+        line("train").contains("1 datasets, 1 logged models"),
+        "{text}"
+    );
+    assert!(line("evaluate").contains("1 datasets;"), "{text}");
     common::sapsan_sync(&dir, &uri);
     // The runs by name in the synced experiment.
     let ids = common::judge(

@@ -149,11 +149,7 @@ fn disk(path: &str) -> Result<(u64, u64, u64)> {
 }
 
 /// One sample: metric name (without prefix) -> value, between counters `before` and `now`.
-fn sample(
-    before: &Counters,
-    now: &Counters,
-    start: &Counters,
-) -> Result<BTreeMap<String, f64>> {
+fn sample(before: &Counters, now: &Counters, start: &Counters) -> Result<BTreeMap<String, f64>> {
     let mut m = BTreeMap::new();
     let busy = now.cpu.0.saturating_sub(before.cpu.0) as f64;
     let total = now.cpu.1.saturating_sub(before.cpu.1) as f64;
@@ -226,7 +222,10 @@ impl Gpus {
                 if let Ok(mem) = d.memory_info() {
                     let pct = 100.0 * mem.used as f64 / (mem.total.max(1) as f64);
                     m.insert(format!("gpu_{i}_memory_usage_percentage"), pct);
-                    m.insert(format!("gpu_{i}_memory_usage_megabytes"), mem.used as f64 / 1e6);
+                    m.insert(
+                        format!("gpu_{i}_memory_usage_megabytes"),
+                        mem.used as f64 / 1e6,
+                    );
                 }
                 if let Ok(u) = d.utilization_rates() {
                     m.insert(format!("gpu_{i}_utilization_percentage"), f64::from(u.gpu));
@@ -448,7 +447,10 @@ mod tests {
         assert_eq!(m["cpu_utilization_percentage"], 25.0);
         assert_eq!(m["network_receive_megabytes"], 2.0);
         assert_eq!(m["network_transmit_megabytes"], 0.5);
-        for k in ["system_memory_usage_percentage".into(), "disk_usage_percentage"] {
+        for k in [
+            "system_memory_usage_percentage".into(),
+            "disk_usage_percentage",
+        ] {
             assert!((0.0..=100.0).contains(&m[k]), "{k} = {}", m[k]);
         }
         assert!(m["system_memory_usage_megabytes"] > 0.0);

@@ -223,6 +223,10 @@ pub struct PlannedRun {
     pub tags: usize,
     /// Artifacts.
     pub artifacts: usize,
+    /// Dataset inputs.
+    pub datasets: usize,
+    /// Logged models it produced (their files are not counted in `artifacts`).
+    pub models: usize,
     /// Status changes in the order they were recorded (creation is `RUNNING`).
     pub statuses: Vec<RunStatus>,
     /// The journal leaves the run open; `true` when `sapsan sync` would end it KILLED, `false`
@@ -234,6 +238,8 @@ impl PlannedRun {
     fn new(run: RunRef) -> Self {
         PlannedRun {
             run,
+            datasets: 0,
+            models: 0,
             name: None,
             experiment: None,
             parent: None,
@@ -320,9 +326,16 @@ impl std::fmt::Display for SyncPlan {
                     line.push_str(&format!(", nested under {label}"));
                 }
                 line.push_str(&format!(
-                    ": {} params, {} metric points, {} tags, {} artifacts; status ",
+                    ": {} params, {} metric points, {} tags, {} artifacts",
                     r.params, r.metrics, r.tags, r.artifacts
                 ));
+                if r.datasets > 0 {
+                    line.push_str(&format!(", {} datasets", r.datasets));
+                }
+                if r.models > 0 {
+                    line.push_str(&format!(", {} logged models", r.models));
+                }
+                line.push_str("; status ");
                 let statuses: Vec<&str> = r.statuses.iter().map(|s| s.as_str()).collect();
                 line.push_str(&if statuses.is_empty() {
                     "unchanged".to_owned()
@@ -365,6 +378,7 @@ pub fn plan_sync(dir: &Path, open: OpenRuns) -> Result<SyncPlan> {
         plan.damaged.extend(read.damaged);
         let records = read.records;
         let mut runs: Vec<PlannedRun> = Vec::new();
+        let mut models: Vec<RunRef> = Vec::new();
         let mut items = 0;
         for (rec, _) in &records {
             items += rec.items();
@@ -401,8 +415,23 @@ pub fn plan_sync(dir: &Path, open: OpenRuns) -> Result<SyncPlan> {
                     planned(&mut runs, rr).statuses.push(*status);
                 }
                 Record::Artifact { run: rr, .. } => {
-                    planned(&mut runs, rr).artifacts += 1;
+                    // A logged model's files belong to the model, counted with its run.
+                    if !models.contains(rr) {
+                        planned(&mut runs, rr).artifacts += 1;
+                    }
                 }
+                Record::CreateModel { key, source, .. } => {
+                    models.push(RunRef::Key(key.clone()));
+                    if let Some(src) = source {
+                        planned(&mut runs, src).models += 1;
+                    }
+                }
+                Record::Inputs {
+                    run: rr, datasets, ..
+                } => {
+                    planned(&mut runs, rr).datasets += datasets.len();
+                }
+                Record::ModelReady { .. } | Record::Outputs { .. } => {}
             }
         }
         let left_open = open_runs(&records);
@@ -448,12 +477,7 @@ mod tests {
     use crate::tracking::journal::Journal;
 
     fn metric(key: &str, step: i64) -> Metric {
-        Metric {
-            key: key.into(),
-            value: 0.5,
-            timestamp_ms: 10 + step,
-            step,
-        }
+        Metric::new(key, 0.5, 10 + step, step)
     }
 
     fn create(key: &str, name: &str, parent: Option<&str>) -> Record {
