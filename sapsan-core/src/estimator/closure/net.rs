@@ -145,7 +145,7 @@ impl ClosureNet {
     // forward-source:end
 
     /// Cubes `(N, C, D, H, W)` as points `(N*D*H*W, C, 1, 1, 1)`, one per grid point, in the
-    /// order of [`ClosureNet::from_points`].
+    /// order (cube, depth, height, width).
     pub fn to_points(a: &Array5<f32>) -> Array5<f32> {
         let (n, c, d, h, w) = a.dim();
         let p = a.view().permuted_axes([0, 2, 3, 4, 1]);
