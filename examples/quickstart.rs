@@ -5,7 +5,7 @@
 //!    unless it is there (`SAPSAN_DATA_DIR` picks another directory);
 //! 2. trains the local closure (`LocalClosure`: the stress at each point from the filtered
 //!    velocity around it) on the whole 32^3 cubes of checkpoints 0-3 (`SAPSAN_EPOCHS`, default
-//!    12; `SAPSAN_MODEL=cnn3d` trains Sapsan's CNN3d example instead, 16^3 cubes);
+//!    12; `SAPSAN_MODEL=cnn3d` trains Sapsan's CNN3d example instead, 16^3 cubes, 200 epochs);
 //! 3. evaluates it on checkpoint 4 and on checkpoint 5, two runs nested under the train run,
 //!    each printing `MSE <a> (target variance <b>, R^2 <c>)` and the gradient model's MSE;
 //! 4. prints where to look.
@@ -41,7 +41,10 @@ fn run() -> sapsan::Result<()> {
         job.model = match name.as_str() {
             "local_closure" => QuickstartModel::LocalClosure,
             "cnn3d" => {
+                // Sapsan's example: cubes sampled to 16^3; 200 epochs (early stopping ends them
+                // after about 150).
                 job.sample_to = 16;
+                job.n_epochs = 200;
                 QuickstartModel::Cnn3d
             }
             _ => {

@@ -400,4 +400,16 @@ fn quickstart_with_the_local_closure_logs_its_params_and_learns() {
         out.final_epoch
     );
     assert!(e.gradient_model_mse.is_finite());
+    // The logged weights (with the standardisation) reload into a fresh model: same MSE.
+    let mut fresh = crate::estimator::LocalClosure::new(Default::default(), 3, 1).unwrap();
+    crate::estimator::Estimator::load_weights(&mut fresh, &train.artifacts[WEIGHTS_ARTIFACT])
+        .unwrap();
+    let again = Evaluate::new(
+        &fresh,
+        Hdf5Dataset::new(q.data(), q.checkpoints(&[4]), 1.0),
+        &FakeBackend::new(),
+    )
+    .run()
+    .unwrap();
+    assert_eq!(again.mse, Some(e.mse));
 }
