@@ -24,7 +24,7 @@ use candle_nn::{Optimizer, ParamsAdamW, VarMap};
 use ndarray::Array5;
 use sapsan::estimator::adam::Adam;
 use sapsan::estimator::init::seeded_var_builder;
-use sapsan::estimator::train::smooth_l1_loss;
+use sapsan::estimator::loss::smooth_l1_loss;
 use sapsan::estimator::{Cnn3d, Cnn3dConfig, Cnn3dNet, Samples, TrainOptions};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job, from a fresh machine: set-up, then train + evaluate Sapsan's CNN3d on synthetic
-# turbulence, tracked in MLflow (a local server is started on 127.0.0.1:5000 unless one runs there,
+# The main job, from a fresh machine: set-up, then learn the subgrid stress of synthetic turbulence
+# (the local closure; SAPSAN_MODEL=cnn3d for Sapsan's CNN3d) and evaluate it, tracked in MLflow (a local server is started on 127.0.0.1:5000 unless one runs there,
 # or MLFLOW_TRACKING_URI points elsewhere).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

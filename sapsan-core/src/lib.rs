@@ -3,9 +3,9 @@
 //! Module map (data flows top to bottom, never back up):
 //! - [`config`]: parameter maps (`model - <field>`), Python `str()`-style value formatting, MLflow key rules.
 //! - [`experiment`]: `Train` / `Evaluate`, built on the same run API the macros call.
-//! - [`estimator`]: 3D layers on candle, the CNN3d model, training loop, optimizer, schedule, stopping.
+//! - [`estimator`]: the `Estimator` trait; 3D layers on candle, CNN3d, the local closure; training loop, optimizer, schedule, stopping.
 //! - [`data`]: HDF5 datasets in Sapsan's layout, samplers, sub-cube batching, synthetic turbulence.
-//! - [`analysis`]: MSE, Kolmogorov-Smirnov, histograms/CDFs, PNG plots, the HTML training report.
+//! - [`analysis`]: MSE, Kolmogorov-Smirnov, the gradient-model baseline, histograms/CDFs, PNG plots, the HTML training report.
 //! - [`tracking`]: the `Backend` trait, the MLflow REST client, server start-up, run stack, log queue.
 //!
 //! - [`diag`]: how the library reports what it does (the `log` facade) and a small stderr logger.

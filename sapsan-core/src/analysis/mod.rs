@@ -1,7 +1,8 @@
 //! Analysis of a prediction against its target: the numbers ([`metrics`]: MSE, the two-sample
 //! Kolmogorov-Smirnov test, histograms, empirical CDFs), the images Sapsan's Evaluate logs
 //! ([`plots`]: `pdf_cdf.png`, `slices_plot.png`) and the training report Train logs
-//! ([`report`]: `runtime_log.html`).
+//! ([`report`]: `runtime_log.html`), and the physical baseline of a subgrid-stress prediction
+//! ([`gradient_model`]).
 //!
 //! Everything is produced in memory (PNG bytes, an HTML string); nothing touches the working
 //! directory. Text is drawn with the DejaVu Sans font compiled into the crate, so no system font
@@ -9,10 +10,12 @@
 
 mod colormap;
 mod font;
+pub mod gradient_model;
 pub mod metrics;
 pub mod plots;
 pub mod report;
 
+pub use gradient_model::GradientModel;
 pub use metrics::{
     Histogram, KsResult, SortedSample, density_pair, joint_range, kolmogorov_sf, ks_2samp,
     ks_2samp_sorted, mse,

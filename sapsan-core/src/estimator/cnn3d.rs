@@ -228,6 +228,18 @@ impl Cnn3dNet {
     // forward-source:end
 }
 
+impl super::train::Network for Cnn3dNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Cnn3dNet::forward(self, x)
+    }
+    fn check_input(&self, dims: &[usize]) -> Result<()> {
+        Cnn3dNet::check_input(self, dims)
+    }
+    fn target_shape_for(&self, _input: &[usize]) -> [usize; 4] {
+        self.target_shape
+    }
+}
+
 /// The source text of the network's forward function, captured from this file at compile time
 /// (Sapsan logs it as `model_forward.txt`).
 pub fn forward_source() -> &'static str {

@@ -1,7 +1,7 @@
 //! [`Cnn3dConfig`]: the settings of the CNN3d estimator, with Sapsan's names, order and defaults.
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::config::{Kwargs, PyStr};
 use crate::error::{Error, Result};
 
 /// Settings of the CNN3d estimator, as Sapsan's `CNN3dConfig` has them (same field names, order and
@@ -37,9 +37,10 @@ pub struct Cnn3dConfig {
     pub min_lr: Option<f64>,
     /// Device to train on (default `"cpu"`, the only one this build supports).
     pub device: String,
-    /// Extra user parameters, logged next to the fields.
+    /// Extra user parameters, logged next to the fields in the order they were added, values
+    /// formatted like Python's `str()` (Sapsan's `CNN3dConfig(**kwargs)`).
     #[sapsan(kwargs)]
-    pub kwargs: BTreeMap<String, String>,
+    pub kwargs: Kwargs,
 }
 
 impl Default for Cnn3dConfig {
@@ -52,7 +53,7 @@ impl Default for Cnn3dConfig {
             lr: 1e-3,
             min_lr: None,
             device: "cpu".to_string(),
-            kwargs: BTreeMap::new(),
+            kwargs: Kwargs::new(),
         }
     }
 }
@@ -105,9 +106,11 @@ impl Cnn3dConfig {
         self
     }
 
-    /// Adds (or replaces) one extra user parameter.
-    pub fn with_kwarg(mut self, key: impl Into<String>, value: impl ToString) -> Self {
-        self.kwargs.insert(key.into(), value.to_string());
+    /// Adds (or replaces, in place) one extra user parameter, its value formatted like Python's
+    /// `str()`: `true` is logged as `True`, `1e-5` as `1e-05`, `None::<T>` as `None`,
+    /// `vec![16, 16]` as `[16, 16]`, `(16, 16)` as `(16, 16)`.
+    pub fn with_kwarg(mut self, key: impl Into<String>, value: impl PyStr) -> Self {
+        self.kwargs.insert(key, value);
         self
     }
 
@@ -186,8 +189,36 @@ mod tests {
         );
         assert_eq!(c.logdir, PathBuf::from("/tmp/x"));
         assert!((c.min_lr() - 1e-3).abs() < 1e-15);
-        assert_eq!(c.kwargs.get("batch").map(String::as_str), Some("4"));
+        assert_eq!(c.kwargs.get("batch"), Some("4"));
         assert_eq!(c.with_min_lr(0.02).min_lr(), 0.02);
+    }
+
+    #[test]
+    fn kwargs_are_formatted_like_python_str_in_insertion_order() {
+        use crate::config::ModelConfig;
+        let c = Cnn3dConfig::default()
+            .with_kwarg("flag", true)
+            .with_kwarg("tol", 1e-5)
+            .with_kwarg("none", None::<i32>)
+            .with_kwarg("sizes", vec![16, 16, 16])
+            .with_kwarg("shape", (16, 16, 16))
+            .with_kwarg("name", "cnn")
+            .with_kwarg("ratio", 0.5f32)
+            .with_kwarg("flag", false);
+        let p = c.parameters().unwrap();
+        let extra: Vec<(&str, &str)> = p.iter().skip(7).collect();
+        assert_eq!(
+            extra,
+            [
+                ("model - flag", "False"),
+                ("model - tol", "1e-05"),
+                ("model - none", "None"),
+                ("model - sizes", "[16, 16, 16]"),
+                ("model - shape", "(16, 16, 16)"),
+                ("model - name", "cnn"),
+                ("model - ratio", "0.5"),
+            ]
+        );
     }
 
     #[test]

@@ -1,21 +1,32 @@
-//! The CNN3d estimator on candle: 3D layers, the network, its configuration, the training loop.
+//! The estimators on candle: the [`Estimator`] trait, Sapsan's CNN3d (3D layers, the network, its
+//! configuration), the [`LocalClosure`] the main job trains, and the shared training loop.
 //!
+//! - [`api`]: the [`Estimator`] trait `Train` / `Evaluate` are written against.
+//! - [`closure`]: [`LocalClosure`], a learned local subgrid closure (its own folder).
 //! - [`layers`]: differentiable [`conv3d`](layers::conv3d) and [`max_pool3d`](layers::max_pool3d).
 //! - [`cnn3d`]: the network ([`Cnn3dNet`]) and its forward source text.
 //! - [`config`]: [`Cnn3dConfig`], Sapsan's settings and defaults.
 //! - [`model`]: [`Cnn3d`], the estimator: train, predict, save/load, details.
-//! - [`train`]: the training loop, loss, learning-rate schedule, early stopping.
+//! - [`train`]: the training loop, learning-rate schedule, early stopping.
+//! - [`loss`]: SmoothL1 (Sapsan's CNN3d) and MSE losses.
 //! - [`adam`]: [`Adam`](adam::Adam), the optimizer, updating parameters in place.
 //! - [`init`]: seeded parameter initialisation (reproducible weights on the CPU).
 pub mod adam;
+pub mod api;
+pub mod closure;
 pub mod cnn3d;
 pub mod config;
 pub mod init;
 pub mod layers;
+pub mod loss;
 pub mod model;
 pub mod train;
 
+pub use api::Estimator;
+pub use closure::LocalClosure;
+pub use closure::config::LocalClosureConfig;
 pub use cnn3d::Cnn3dNet;
 pub use config::Cnn3dConfig;
+pub use loss::Loss;
 pub use model::Cnn3d;
-pub use train::{EpochRecord, Samples, TrainOptions, TrainReport};
+pub use train::{EpochRecord, FitSettings, Network, Samples, TrainOptions, TrainReport};

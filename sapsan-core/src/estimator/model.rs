@@ -4,12 +4,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use ndarray::Array5;
 
+use super::api::Estimator;
 use super::cnn3d::{self, Cnn3dNet};
 use super::config::Cnn3dConfig;
 use super::init::seeded_var_builder;
+use super::loss::Loss;
 use super::train::{
-    self, EarlyStopping, EpochRecord, ReduceLrOnPlateau, Samples, TrainOptions, TrainReport,
-    py_float,
+    self, EarlyStopping, EpochRecord, FitSettings, ReduceLrOnPlateau, Samples, TrainOptions,
+    TrainReport, py_float,
 };
 use crate::error::{Error, Result};
 
@@ -102,11 +104,12 @@ impl Cnn3d {
         valid: Samples,
         observer: &mut dyn FnMut(&EpochRecord) -> Result<()>,
     ) -> Result<TrainReport> {
+        self.config.validate()?;
         let vars = self.varmap.all_vars();
         train::fit(
             &self.net,
             vars,
-            &self.config,
+            &FitSettings::from(&self.config),
             &self.options,
             train,
             valid,
@@ -162,34 +165,40 @@ impl Cnn3d {
         target_shape: [usize; 4],
     ) -> Result<Self> {
         let model = Self::new(config, in_channels, target_shape)?;
-        let loaded = candle_core::safetensors::load_buffer(bytes, &model.device)
-            .map_err(|e| Error::Estimator(format!("cannot read the safetensors weights: {e}")))?;
-        {
-            let vars = model
-                .varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::Estimator("model weights lock poisoned".into()))?;
-            let mut names: Vec<&String> = vars.keys().collect();
-            names.sort();
-            for name in names {
-                let var = &vars[name];
-                let tensor = loaded.get(name).ok_or_else(|| {
-                    Error::Estimator(format!(
-                        "the saved weights have no tensor {name:?}; were they saved from a CNN3d with {in_channels} input channels?"
-                    ))
-                })?;
-                if tensor.dims() != var.dims() {
-                    return Err(Error::Estimator(format!(
-                        "saved tensor {name:?} has shape {:?} but this model needs {:?}; build it with the input channels and target shape it was trained with",
-                        tensor.dims(),
-                        var.dims()
-                    )));
-                }
-                var.set(&tensor.to_dtype(var.dtype())?)?;
-            }
-        }
+        model.set_weights(bytes)?;
         Ok(model)
+    }
+
+    /// Replaces the weights with those in `bytes` (from [`Cnn3d::save_safetensors`] of a model
+    /// of the same architecture).
+    pub fn set_weights(&self, bytes: &[u8]) -> Result<()> {
+        let in_channels = self.net.in_channels();
+        let loaded = candle_core::safetensors::load_buffer(bytes, &self.device)
+            .map_err(|e| Error::Estimator(format!("cannot read the safetensors weights: {e}")))?;
+        let vars = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Estimator("model weights lock poisoned".into()))?;
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &vars[name];
+            let tensor = loaded.get(name).ok_or_else(|| {
+                Error::Estimator(format!(
+                    "the saved weights have no tensor {name:?}; were they saved from a CNN3d with {in_channels} input channels?"
+                ))
+            })?;
+            if tensor.dims() != var.dims() {
+                return Err(Error::Estimator(format!(
+                    "saved tensor {name:?} has shape {:?} but this model needs {:?}; build it with the input channels and target shape it was trained with",
+                    tensor.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&tensor.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
     }
 
     /// A deterministic description of the model (Sapsan's `model_details.txt`): layers with
@@ -223,7 +232,7 @@ impl Cnn3d {
             ct * d * h * w
         ));
         out.push_str(&format!("total parameters: {}\n", self.num_params()));
-        out.push_str("loss: SmoothL1Loss(beta=1.0, reduction='mean')\n");
+        out.push_str(&format!("loss: {}\n", Loss::SmoothL1.describe()));
         let a = train::adam_params(c.lr);
         out.push_str(&format!(
             "optimizer: Adam (\n    lr: {}\n    betas: ({}, {})\n    eps: {}\n    weight_decay: 0\n    amsgrad: False\n)\n",
@@ -259,6 +268,38 @@ impl Cnn3d {
     /// The source text of the network's forward function (Sapsan's `model_forward.txt`).
     pub fn forward_source() -> &'static str {
         cnn3d::forward_source()
+    }
+}
+
+impl Estimator for Cnn3d {
+    fn name(&self) -> &str {
+        "CNN3d"
+    }
+    fn config(&self) -> &dyn crate::config::ModelConfig {
+        &self.config
+    }
+    fn fit(
+        &mut self,
+        train: Samples,
+        valid: Samples,
+        observer: &mut dyn FnMut(&EpochRecord) -> Result<()>,
+    ) -> Result<TrainReport> {
+        self.train_with_observer(train, valid, observer)
+    }
+    fn predict(&self, features: &Array5<f32>) -> Result<Array5<f32>> {
+        Cnn3d::predict(self, features)
+    }
+    fn model_details(&self) -> String {
+        self.details()
+    }
+    fn model_forward(&self) -> String {
+        Self::forward_source().to_owned()
+    }
+    fn save_weights(&self) -> Result<Vec<u8>> {
+        self.save_safetensors()
+    }
+    fn load_weights(&mut self, bytes: &[u8]) -> Result<()> {
+        self.set_weights(bytes)
     }
 }
 

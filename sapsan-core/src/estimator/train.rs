@@ -1,6 +1,6 @@
-//! The training loop of the CNN3d estimator and its parts: the SmoothL1 loss, the
-//! [`ReduceLrOnPlateau`] schedule, [`EarlyStopping`], per-epoch [`EpochRecord`]s and the
-//! [`TrainReport`].
+//! The training loop shared by the estimators and its parts: the [`Network`] it drives, its
+//! [`FitSettings`], the [`ReduceLrOnPlateau`] schedule, [`EarlyStopping`], per-epoch
+//! [`EpochRecord`]s and the [`TrainReport`].
 //!
 //! One epoch (as Sapsan's Catalyst runner does it): one pass over the training set in mini-batches
 //! with an Adam step per batch, one pass over the validation set without gradients, then the
@@ -8,153 +8,56 @@
 //! are sample-weighted means of the batch losses.
 use std::io::IsTerminal;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::Array5;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 
 use super::adam::Adam;
-use super::cnn3d::Cnn3dNet;
 use super::config::Cnn3dConfig;
+use super::loss::Loss;
 use crate::error::{Error, Result};
 
-/// Mean SmoothL1 (Huber) loss with `beta = 1`, PyTorch's `nn.SmoothL1Loss()`:
-/// `0.5 d^2` where `|d| < 1`, `|d| - 0.5` elsewhere, averaged over all elements.
-///
-/// `prediction` and `target` must have the same shape and an `f32` or `f64` dtype. One fused pass
-/// computes the value (accumulated in `f64`) and one the gradient `clamp(d, -1, 1) / n`: the
-/// equivalent chain of candle ops spent most of a CNN3d training step in its backward pass.
-pub fn smooth_l1_loss(prediction: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
-    if prediction.dims() != target.dims() {
-        candle_core::bail!(
-            "smooth_l1_loss: prediction shape {:?} differs from target shape {:?}",
-            prediction.dims(),
-            target.dims()
-        )
-    }
-    prediction
-        .contiguous()?
-        .apply_op2(&target.contiguous()?, SmoothL1Mean)
+/// What the training loop needs of a network: a forward pass and the shapes it accepts.
+pub trait Network {
+    /// Runs the network on a batch `(B, C, D, H, W)`; checks the input shape first.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Checks the shape `(N, C, D, H, W)` of a feature batch; the error says what fits.
+    fn check_input(&self, dims: &[usize]) -> Result<()>;
+    /// The target shape `[Ct, Dt, Ht, Wt]` of one sample whose features have shape
+    /// `[C, D, H, W]`.
+    fn target_shape_for(&self, input: &[usize]) -> [usize; 4];
 }
 
-/// The two contiguous slices of a binary op, as `f64` values through `f`.
-fn with_pair<R>(
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-    name: &str,
-    f: impl FnOnce(PairSlices) -> R,
-) -> candle_core::Result<R> {
-    let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-    else {
-        candle_core::bail!("{name}: inputs must be contiguous")
-    };
-    match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(f(PairSlices::F32(&a[a0..a1], &b[b0..b1]))),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(f(PairSlices::F64(&a[a0..a1], &b[b0..b1]))),
-        (a, b) => candle_core::bail!(
-            "{name}: supports f32 or f64 inputs of the same dtype, got {:?} and {:?}",
-            a.dtype(),
-            b.dtype()
-        ),
-    }
+/// The settings of one training run: epochs, optimizer, schedule, stopping and loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitSettings {
+    /// Maximum number of epochs.
+    pub n_epochs: usize,
+    /// Initial learning rate of Adam.
+    pub lr: f64,
+    /// Floor of the learning-rate schedule.
+    pub min_lr: f64,
+    /// Patience of the schedule and of early stopping.
+    pub patience: usize,
+    /// Smallest drop of the training loss that counts for early stopping.
+    pub min_delta: f64,
+    /// The loss minimised and reported.
+    pub loss: Loss,
 }
 
-/// Prediction and target data of one dtype.
-enum PairSlices<'a> {
-    F32(&'a [f32], &'a [f32]),
-    F64(&'a [f64], &'a [f64]),
-}
-
-/// Forward of [`smooth_l1_loss`]: the mean loss as a scalar of the inputs' dtype.
-struct SmoothL1Mean;
-
-impl CustomOp2 for SmoothL1Mean {
-    fn name(&self) -> &'static str {
-        "smooth-l1-mean"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn mean<T: Copy>(p: &[T], t: &[T], f: impl Fn(T) -> f64) -> f64 {
-            let sum: f64 = p
-                .iter()
-                .zip(t)
-                .map(|(&p, &t)| {
-                    let d = (f(p) - f(t)).abs();
-                    if d < 1.0 { 0.5 * d * d } else { d - 0.5 }
-                })
-                .sum();
-            sum / p.len() as f64
+impl From<&Cnn3dConfig> for FitSettings {
+    /// Sapsan's CNN3d: its settings and the SmoothL1 loss.
+    fn from(c: &Cnn3dConfig) -> Self {
+        Self {
+            n_epochs: c.n_epochs,
+            lr: c.lr,
+            min_lr: c.min_lr(),
+            patience: c.patience,
+            min_delta: c.min_delta,
+            loss: Loss::SmoothL1,
         }
-        let storage = with_pair(s1, l1, s2, l2, self.name(), |pair| match pair {
-            PairSlices::F32(p, t) => CpuStorage::F32(vec![mean(p, t, f64::from) as f32]),
-            PairSlices::F64(p, t) => CpuStorage::F64(vec![mean(p, t, |x| x)]),
-        })?;
-        Ok((storage, Shape::from(())))
-    }
-
-    fn bwd(
-        &self,
-        prediction: &Tensor,
-        target: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let n = prediction.elem_count().max(1) as f64;
-        let scale = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()? / n;
-        let grad = prediction.apply_op2_no_bwd(target, &SmoothL1Grad { scale })?;
-        // The target is usually data; build its gradient only when something depends on it.
-        let target_grad = if target.track_op() {
-            Some(grad.neg()?)
-        } else {
-            None
-        };
-        Ok((Some(grad), target_grad))
-    }
-}
-
-/// Gradient of [`smooth_l1_loss`] with respect to the prediction: `clamp(p - t, -1, 1) * scale`.
-struct SmoothL1Grad {
-    scale: f64,
-}
-
-impl CustomOp2 for SmoothL1Grad {
-    fn name(&self) -> &'static str {
-        "smooth-l1-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let s = self.scale;
-        let storage = with_pair(s1, l1, s2, l2, self.name(), |pair| match pair {
-            PairSlices::F32(p, t) => CpuStorage::F32(
-                p.iter()
-                    .zip(t)
-                    .map(|(&p, &t)| ((f64::from(p) - f64::from(t)).clamp(-1.0, 1.0) * s) as f32)
-                    .collect(),
-            ),
-            PairSlices::F64(p, t) => CpuStorage::F64(
-                p.iter()
-                    .zip(t)
-                    .map(|(&p, &t)| (p - t).clamp(-1.0, 1.0) * s)
-                    .collect(),
-            ),
-        })?;
-        Ok((storage, l1.shape().clone()))
     }
 }
 
@@ -272,9 +175,9 @@ impl EarlyStopping {
 pub struct EpochRecord {
     /// Epoch number, starting at 1 (use it as the metric step).
     pub epoch: usize,
-    /// Mean SmoothL1 loss over the training set during this epoch.
+    /// Mean loss over the training set during this epoch.
     pub train_loss: f64,
-    /// Mean SmoothL1 loss over the validation set after this epoch's updates.
+    /// Mean loss over the validation set after this epoch's updates.
     pub valid_loss: f64,
     /// Learning rate used during this epoch.
     pub lr: f64,
@@ -344,7 +247,7 @@ pub(crate) fn to_tensor(a: &Array5<f32>, device: &Device) -> Result<Tensor> {
 
 /// Checks one split against the network and turns it into tensors.
 fn prepare(
-    net: &Cnn3dNet,
+    net: &dyn Network,
     split: &str,
     samples: Samples,
     device: &Device,
@@ -364,25 +267,25 @@ fn prepare(
     }
     net.check_input(f.shape())
         .map_err(|e| Error::Estimator(format!("{split} features: {e}")))?;
-    if t.shape()[1..] != net.target_shape() {
+    let want = net.target_shape_for(&f.shape()[1..]);
+    if t.shape()[1..] != want {
         return Err(Error::Estimator(format!(
-            "the {split} targets have shape {:?} per sample but the model was built for {:?}; build the model with the target shape of the data",
+            "the {split} targets have shape {:?} per sample but the model was built for {want:?}; build the model with the target shape of the data",
             &t.shape()[1..],
-            net.target_shape()
         )));
     }
     Ok((to_tensor(f, device)?, to_tensor(t, device)?))
 }
 
 /// Sample-weighted mean loss over `x`/`y` in batches of `batch`, without updating anything.
-fn evaluate(net: &Cnn3dNet, x: &Tensor, y: &Tensor, batch: usize) -> Result<f64> {
+fn evaluate(net: &dyn Network, loss: Loss, x: &Tensor, y: &Tensor, batch: usize) -> Result<f64> {
     let n = x.dim(0)?;
     let mut total = 0.0;
     for start in (0..n).step_by(batch) {
         let len = batch.min(n - start);
         let pred = net.forward(&x.narrow(0, start, len)?)?.detach();
-        let loss = smooth_l1_loss(&pred, &y.narrow(0, start, len)?)?;
-        total += loss.to_scalar::<f32>()? as f64 * len as f64;
+        let value = loss.compute(&pred, &y.narrow(0, start, len)?)?;
+        total += value.to_scalar::<f32>()? as f64 * len as f64;
     }
     Ok(total / n as f64)
 }
@@ -406,17 +309,21 @@ fn progress_bar(n_epochs: usize, show: bool) -> ProgressBar {
 
 /// Trains `net` (whose trainable variables are `vars`) on `train`, validating on `valid`, as
 /// described in the module docs; calls `observer` after every epoch (an error from it stops
-/// training and is returned).
+/// training and is returned). The caller validates its configuration first.
 pub fn fit(
-    net: &Cnn3dNet,
+    net: &dyn Network,
     vars: Vec<Var>,
-    config: &Cnn3dConfig,
+    config: &FitSettings,
     options: &TrainOptions,
     train: Samples,
     valid: Samples,
     observer: &mut dyn FnMut(&EpochRecord) -> Result<()>,
 ) -> Result<TrainReport> {
-    config.validate()?;
+    if config.n_epochs == 0 {
+        return Err(Error::Estimator(
+            "n_epochs is 0; set n_epochs to at least 1".into(),
+        ));
+    }
     if options.batch_size == Some(0) {
         return Err(Error::Estimator(
             "batch_size is 0; set it to at least 1 (or None for the whole set)".into(),
@@ -430,7 +337,7 @@ pub fn fit(
     let valid_batch = options.batch_size.unwrap_or(valid_x.dim(0)?);
 
     let mut optimizer = Adam::new(vars, adam_params(config.lr))?;
-    let mut scheduler = ReduceLrOnPlateau::new(config.patience, config.min_lr());
+    let mut scheduler = ReduceLrOnPlateau::new(config.patience, config.min_lr);
     let mut stopper = EarlyStopping::new(config.patience, config.min_delta);
     let mut rng = StdRng::seed_from_u64(options.seed);
     let mut order: Vec<u32> = (0..n_train as u32).collect();
@@ -458,14 +365,14 @@ pub fn fit(
                     train_y.narrow(0, start, len)?,
                 )
             };
-            let loss = smooth_l1_loss(&net.forward(&xb)?, &yb)?;
+            let loss = config.loss.compute(&net.forward(&xb)?, &yb)?;
             optimizer.backward_step(&loss)?;
             total += loss.to_scalar::<f32>()? as f64 * len as f64;
         }
         let record = EpochRecord {
             epoch,
             train_loss: total / n_train as f64,
-            valid_loss: evaluate(net, &valid_x, &valid_y, valid_batch)?,
+            valid_loss: evaluate(net, config.loss, &valid_x, &valid_y, valid_batch)?,
             lr,
         };
         bar.set_message(format!(
@@ -530,82 +437,6 @@ pub(crate) fn py_float(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn smooth_l1_matches_pytorch_values() {
-        let dev = Device::Cpu;
-        let p = Tensor::new(&[0.0f32, 0.5, 2.0, -3.0], &dev).unwrap();
-        let t = Tensor::new(&[0.0f32, 0.0, 0.0, 0.0], &dev).unwrap();
-        // torch.nn.SmoothL1Loss()(p, t) = mean(0, 0.125, 1.5, 2.5) = 1.03125
-        let l = smooth_l1_loss(&p, &t).unwrap().to_scalar::<f32>().unwrap();
-        assert!((l - 1.03125).abs() < 1e-6, "{l}");
-        // Gradient: d/dp = clamp(p - t, -1, 1) / n.
-        let v = Var::new(&[0.5f64, 2.0, -3.0, -0.25], &dev).unwrap();
-        let t = Tensor::zeros(4, DType::F64, &dev).unwrap();
-        let g = smooth_l1_loss(v.as_tensor(), &t)
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g: Vec<f64> = g.get(v.as_tensor()).unwrap().to_vec1().unwrap();
-        assert_eq!(g, vec![0.125, 0.25, -0.25, -0.0625]);
-    }
-
-    #[test]
-    fn smooth_l1_gradients_match_finite_differences_for_both_arguments() {
-        let dev = Device::Cpu;
-        // Values on both branches (|d| < 1 and > 1), a 2x3 shape, through a further op.
-        let p0 = [0.3f64, -1.7, 2.2, 0.05, -0.4, 1.3];
-        let t0 = [0.1f64, 0.2, -0.3, 0.9, -0.45, 4.0];
-        let p = Var::new(&p0, &dev).unwrap();
-        let t = Var::new(&t0, &dev).unwrap();
-        let f = |p: &Tensor, t: &Tensor| -> Tensor {
-            (smooth_l1_loss(&p.reshape((2, 3)).unwrap(), &t.reshape((2, 3)).unwrap()).unwrap()
-                * 3.0)
-                .unwrap()
-        };
-        let grads = f(p.as_tensor(), t.as_tensor()).backward().unwrap();
-        let gp: Vec<f64> = grads.get(p.as_tensor()).unwrap().to_vec1().unwrap();
-        let gt: Vec<f64> = grads.get(t.as_tensor()).unwrap().to_vec1().unwrap();
-        let value = |p: &[f64], t: &[f64]| -> f64 {
-            let p = Tensor::new(p, &dev).unwrap();
-            let t = Tensor::new(t, &dev).unwrap();
-            f(&p, &t).to_scalar::<f64>().unwrap()
-        };
-        let h = 1e-6;
-        for i in 0..6 {
-            let (mut pp, mut pm) = (p0, p0);
-            pp[i] += h;
-            pm[i] -= h;
-            let fd = (value(&pp, &t0) - value(&pm, &t0)) / (2.0 * h);
-            assert!((fd - gp[i]).abs() < 1e-6, "d/dp[{i}]: {fd} vs {}", gp[i]);
-            let (mut tp, mut tm) = (t0, t0);
-            tp[i] += h;
-            tm[i] -= h;
-            let fd = (value(&p0, &tp) - value(&p0, &tm)) / (2.0 * h);
-            assert!((fd - gt[i]).abs() < 1e-6, "d/dt[{i}]: {fd} vs {}", gt[i]);
-        }
-        // f32 value agrees with the f64 one; mismatched shapes are an error.
-        let p32 = Tensor::new(&p0, &dev)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let t32 = Tensor::new(&t0, &dev)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let l32 = smooth_l1_loss(&p32, &t32)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!((l32 as f64 - value(&p0, &t0) / 3.0).abs() < 1e-6);
-        assert!(smooth_l1_loss(&p32, &t32.reshape((2, 3)).unwrap()).is_err());
-        // A data target gets no gradient.
-        let grads = smooth_l1_loss(p.as_tensor(), &Tensor::new(&t0, &dev).unwrap())
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert_eq!(grads.get(p.as_tensor()).unwrap().dims(), &[6]);
-    }
 
     #[test]
     fn plateau_reduces_after_patience_flat_epochs_and_never_below_min_lr() {

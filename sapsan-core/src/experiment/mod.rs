@@ -25,19 +25,20 @@
 //! | | Train | Evaluate |
 //! |---|---|---|
 //! | params | `model - ...` (with kwargs), `data - ...`, `chkpnt - ...` | the same: its own data and checkpoint params, the model's params; `n_output_channels` |
-//! | metrics | `train - loss`, `valid - loss`, `lr` per epoch (step = epoch, logged while training); `train - final epoch`; `train - runtime` | `eval - MSE Loss`, `eval - KS Stat` (-1 without a target); `eval - runtime`; copies of the train run's `train - ...` metrics and of its latest `valid - loss` and `lr` |
+//! | metrics | `train - loss`, `valid - loss`, `lr` per epoch (step = epoch, logged while training); the estimator's own metrics as `train - <name>`; `train - final epoch`; `train - runtime` | `eval - MSE Loss`, `eval - KS Stat` (-1 without a target); `eval - gradient model MSE` when [`Evaluate::with_gradient_model`] names the filter width; `eval - runtime`; copies of the train run's `train - ...` metrics and of its latest `valid - loss` and `lr` |
 //! | artifacts | `model_details.txt`, `model_forward.txt`, `runtime_log.html`, `model.safetensors` | `pdf_cdf.png` (with a target), `slices_plot.png` |
 //!
+//! Both take any [`Estimator`] (Sapsan's [`Cnn3d`], the main job's [`LocalClosure`](crate::estimator::LocalClosure), ...).
 //! Every artifact is built in memory; nothing is written to the working directory.
 use ndarray::{Array5, ArrayView5, s};
 
 use crate::analysis::{
-    self, EpochLoss, KsResult, SlicePanel, SortedSample, ks_2samp_sorted, pdf_cdf_png_sorted,
-    runtime_log_html,
+    self, EpochLoss, GradientModel, KsResult, SlicePanel, SortedSample, ks_2samp_sorted,
+    pdf_cdf_png_sorted, runtime_log_html,
 };
 use crate::data::{CubeLayout, Hdf5Dataset, Loaded, Samples, restore_cube};
 use crate::error::{Error, Result};
-use crate::estimator::{self, Cnn3d, Cnn3dConfig, TrainReport};
+use crate::estimator::{self, Cnn3d, Cnn3dConfig, Estimator, TrainReport};
 use crate::tracked;
 use crate::tracking::MlflowBackend;
 use crate::tracking::run::scope::{BackendArg, BackendHandle, Report, TrackedOutput};
@@ -82,21 +83,22 @@ impl TrackedOutput for TrainOutput {
     }
 }
 
-/// Sapsan's `Train(model, data_parameters, backend).run()`: trains a CNN3d on a dataset in a
-/// top-level MLflow run named `train`, which stays open so evaluations nest under it.
+/// Sapsan's `Train(model, data_parameters, backend).run()`: trains an estimator (Sapsan's CNN3d
+/// by default) on a dataset in a top-level MLflow run named `train`, which stays open so
+/// evaluations nest under it.
 #[derive(Debug)]
-pub struct Train<'b> {
-    model: Cnn3d,
+pub struct Train<'b, E: Estimator = Cnn3d> {
+    model: E,
     dataset: Hdf5Dataset,
     loaded: Option<Loaded>,
     backend: BackendHandle<'b>,
     run_id: Option<String>,
 }
 
-impl<'b> Train<'b> {
+impl<'b, E: Estimator> Train<'b, E> {
     /// Trains `model` on `dataset` (read when [`Train::run`] runs), tracked on `backend`
     /// (`&backend` or an `Arc`).
-    pub fn new(model: Cnn3d, dataset: Hdf5Dataset, backend: impl BackendArg<'b>) -> Self {
+    pub fn new(model: E, dataset: Hdf5Dataset, backend: impl BackendArg<'b>) -> Self {
         Self {
             model,
             dataset,
@@ -136,12 +138,12 @@ impl<'b> Train<'b> {
     }
 
     /// The model (trained after [`Train::run`]).
-    pub fn model(&self) -> &Cnn3d {
+    pub fn model(&self) -> &E {
         &self.model
     }
 
     /// Takes the model out.
-    pub fn into_model(self) -> Cnn3d {
+    pub fn into_model(self) -> E {
         self.model
     }
 }
@@ -158,8 +160,8 @@ fn no_target(dataset: &Hdf5Dataset, what: &str) -> Error {
 
 #[tracked(train, name = "train", backend = backend,
           params(*model.config(), dataset.data, dataset.chkpnt))]
-fn train_run(
-    model: &mut Cnn3d,
+fn train_run<E: Estimator + ?Sized>(
+    model: &mut E,
     dataset: &Hdf5Dataset,
     loaded: Option<&Loaded>,
     backend: BackendHandle<'_>,
@@ -187,7 +189,7 @@ fn train_run(
             y.ok_or_else(|| no_target(dataset, "validation"))?,
         )
     };
-    let report = model.train_with_observer(
+    let report = model.fit(
         estimator::Samples::new(&loaded.train.features, train_y),
         estimator::Samples::new(valid_x, valid_y),
         // Only enqueues: the epochs never wait for MLflow.
@@ -207,11 +209,14 @@ fn train_run(
             valid: Some(r.valid_loss),
         })
         .collect();
+    for (name, value) in model.metrics() {
+        backend.log_metric(&format!("train - {name}"), value)?;
+    }
     Ok(TrainOutput {
-        details: model.details(),
-        forward: Cnn3d::forward_source().to_owned(),
+        details: model.model_details(),
+        forward: model.model_forward(),
         runtime_log: runtime_log_html(&history),
-        weights: model.save_safetensors()?,
+        weights: model.save_weights()?,
         report,
         run_id: None,
     })
@@ -230,6 +235,17 @@ pub fn load_model_from_run(
     Cnn3d::load_safetensors(&bytes, config, in_channels, target_shape)
 }
 
+/// Replaces `model`'s trained state with the weights a [`Train`] run logged
+/// (`model.safetensors`); `model` must have the trained architecture.
+pub fn load_weights_from_run(
+    backend: &MlflowBackend,
+    run_id: &str,
+    model: &mut (impl Estimator + ?Sized),
+) -> Result<()> {
+    let bytes = backend.download_artifact(run_id, WEIGHTS_ARTIFACT)?;
+    model.load_weights(&bytes)
+}
+
 // ---- evaluate ------------------------------------------------------------------------------
 
 /// What [`Evaluate::run`] produced: the restored full cubes, the metrics and the plots.
@@ -243,6 +259,9 @@ pub struct EvalOutput {
     pub mse: Option<f64>,
     /// Kolmogorov-Smirnov test of target against prediction over all values (`eval - KS Stat`).
     pub ks: Option<KsResult>,
+    /// Mean squared error of the gradient model against the target (`eval - gradient model
+    /// MSE`), when [`Evaluate::with_gradient_model`] set it up and the data has a target.
+    pub gradient_model_mse: Option<f64>,
     /// `pdf_cdf.png` (with a target).
     pub pdf_cdf_png: Option<Vec<u8>>,
     /// `slices_plot.png`.
@@ -257,6 +276,9 @@ impl TrackedOutput for EvalOutput {
         if let Some(mse) = self.mse {
             r.metric("MSE Loss", mse);
         }
+        if let Some(mse) = self.gradient_model_mse {
+            r.metric("gradient model MSE", mse);
+        }
         if let Some(png) = &self.pdf_cdf_png {
             r.artifact("pdf_cdf.png", png);
         }
@@ -269,25 +291,34 @@ impl TrackedOutput for EvalOutput {
 /// `evaluate` nested under the backend's open train run (top-level when there is none) and ended
 /// when done.
 #[derive(Debug)]
-pub struct Evaluate<'m, 'b> {
-    model: &'m Cnn3d,
+pub struct Evaluate<'m, 'b, E: Estimator + ?Sized = Cnn3d> {
+    model: &'m E,
     dataset: Hdf5Dataset,
     samples: Option<(Samples, CubeLayout)>,
+    gradient_model: Option<GradientModel>,
     backend: BackendHandle<'b>,
     run_id: Option<String>,
 }
 
-impl<'m, 'b> Evaluate<'m, 'b> {
+impl<'m, 'b, E: Estimator + ?Sized> Evaluate<'m, 'b, E> {
     /// Evaluates `model` on every checkpoint of `dataset` (read when [`Evaluate::run`] runs),
     /// tracked on `backend`.
-    pub fn new(model: &'m Cnn3d, dataset: Hdf5Dataset, backend: impl BackendArg<'b>) -> Self {
+    pub fn new(model: &'m E, dataset: Hdf5Dataset, backend: impl BackendArg<'b>) -> Self {
         Self {
             model,
             dataset,
             samples: None,
+            gradient_model: None,
             backend: backend.backend_handle(),
             run_id: None,
         }
+    }
+
+    /// Also computes the gradient model (the features must be the filtered velocity, the target
+    /// the stress components `model` names) and logs its MSE as `eval - gradient model MSE`.
+    pub fn with_gradient_model(mut self, model: GradientModel) -> Self {
+        self.gradient_model = Some(model);
+        self
     }
 
     /// Evaluates samples already read from `dataset` (its [`Hdf5Dataset::load_all`]).
@@ -304,6 +335,7 @@ impl<'m, 'b> Evaluate<'m, 'b> {
             self.model,
             &self.dataset,
             self.samples.as_ref().map(|(s, l)| (s, l)),
+            self.gradient_model.as_ref(),
             self.backend.clone(),
         );
         self.run_id = run.run_id;
@@ -321,10 +353,11 @@ impl<'m, 'b> Evaluate<'m, 'b> {
 
 #[tracked(evaluate, name = "evaluate", backend = backend,
           params(*model.config(), dataset.data, dataset.chkpnt))]
-fn evaluate_run(
-    model: &Cnn3d,
+fn evaluate_run<E: Estimator + ?Sized>(
+    model: &E,
     dataset: &Hdf5Dataset,
     samples: Option<(&Samples, &CubeLayout)>,
+    gradient_model: Option<&GradientModel>,
     backend: BackendHandle<'_>,
 ) -> Result<EvalOutput> {
     copy_model_metrics(&backend)?;
@@ -354,6 +387,13 @@ fn evaluate_run(
         Some(t) => Some(restore(t.view(), layout)?),
         None => None,
     };
+    let gradient_model_mse = match (gradient_model, &target) {
+        (Some(g), Some(t)) => {
+            let features = restore(samples.features.view(), layout)?;
+            Some(gradient_model_mse(g, &features, t)?)
+        }
+        _ => None,
+    };
     let pred_values = values(&prediction);
     let (mut mse, mut ks, mut pdf_cdf_png) = (None, None, None);
     let slices_png = match &target {
@@ -381,10 +421,40 @@ fn evaluate_run(
         prediction,
         mse,
         ks,
+        gradient_model_mse,
         pdf_cdf_png,
         slices_png,
         run_id: None,
     })
+}
+
+/// MSE of the gradient model computed from the filtered velocity `features` against `target`,
+/// both restored cubes `(checkpoints, C, D, H, W)`.
+fn gradient_model_mse(
+    model: &GradientModel,
+    features: &Array5<f32>,
+    target: &Array5<f32>,
+) -> Result<f64> {
+    let channels = target.shape()[1];
+    if model.components.len() != channels {
+        return Err(Error::Setting {
+            name: "gradient model components".into(),
+            value: format!("{:?}", model.components),
+            reason: format!(
+                "the target has {channels} channels; name one stress component [i, j] per channel"
+            ),
+        });
+    }
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (u, t) in features.outer_iter().zip(target.outer_iter()) {
+        for (tau, t) in model.predict(u)?.iter().zip(t.outer_iter()) {
+            for (p, t) in tau.iter().zip(t.iter()) {
+                sum += (p - f64::from(*t)).powi(2);
+                n += 1;
+            }
+        }
+    }
+    Ok(sum / n.max(1) as f64)
 }
 
 /// Copies the latest [`UNPREFIXED_MODEL_METRICS`] of the parent (train) run into the active

@@ -37,7 +37,7 @@ mod tests {
         let c = Cnn3dConfig::default()
             .with_n_epochs(50)
             .with_lr(0.01)
-            .with_kwarg("new_parameter", "True")
+            .with_kwarg("new_parameter", true)
             .with_kwarg("batch", 4);
         assert_eq!(
             pairs(c.parameters().unwrap()),
@@ -49,8 +49,8 @@ mod tests {
                 ("model - lr", "0.01"),
                 ("model - min_lr", "0.0001"),
                 ("model - device", "cpu"),
-                ("model - batch", "4"),
                 ("model - new_parameter", "True"),
+                ("model - batch", "4"),
             ])
         );
         let given = Cnn3dConfig::default().with_min_lr(2e-6);

@@ -2,10 +2,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::quickstart::Quickstart;
+use super::quickstart::{Quickstart, QuickstartModel};
 use super::*;
 use crate::data::{CheckpointConfig, synthetic};
-use crate::tracking::{Backend, LogItem, RunData, RunStack, RunStatus};
+use crate::tracking::{Backend, FakeBackend, LogItem, RunData, RunStack, RunStatus};
 
 #[derive(Debug, Default)]
 struct Run {
@@ -89,6 +89,7 @@ fn small(dir: &std::path::Path) -> Quickstart {
         evaluations: vec![vec![2], vec![2, 3]],
         n_epochs: 3,
         seed: 1,
+        model: QuickstartModel::Cnn3d,
     }
 }
 
@@ -99,7 +100,9 @@ fn quickstart_records_the_seed_tables() {
     let b = Memory::default();
     let mut lines = Vec::new();
     let out = q.run(&b, &mut |l| lines.push(l.to_owned())).unwrap();
-    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    assert!(lines[3].contains("(target variance "), "{lines:?}");
+    assert!(lines[4].contains("gradient model MSE"), "{lines:?}");
     assert_eq!(out.final_epoch, 3);
     assert_eq!(out.evaluations.len(), 2);
 
@@ -142,6 +145,8 @@ fn quickstart_records_the_seed_tables() {
         assert_eq!(m["eval - MSE Loss"], e.mse);
         assert!(e.ks > 0.0 && e.ks <= 1.0);
         assert_eq!(m["eval - KS Stat"], e.ks);
+        assert_eq!(m["eval - gradient model MSE"], e.gradient_model_mse);
+        assert!(e.gradient_model_mse > 0.0 && e.gradient_model_mse.is_finite());
         for key in [
             "train - final epoch",
             "train - loss",
@@ -270,4 +275,141 @@ fn weights_artifact_reloads_the_model() {
         fresh.predict(&samples.features).unwrap(),
         "trained weights"
     );
+}
+
+#[test]
+fn gradient_model_mse_is_the_baselines_error_on_the_restored_cubes() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = small(dir.path());
+    synthetic::generate(dir.path(), 16, &[0], 1).unwrap();
+    // Sub-cubes of 8^3: the baseline is computed on the restored (periodic) cube.
+    let chkpnt = CheckpointConfig::new(vec![0], [16; 3], [8; 3]);
+    let model = Cnn3d::new(Cnn3dConfig::default(), 3, [1, 8, 8, 8]).unwrap();
+    let g = GradientModel::tau_11(4.0);
+    let out = Evaluate::new(
+        &model,
+        Hdf5Dataset::new(q.data(), chkpnt, 1.0),
+        &FakeBackend::new(),
+    )
+    .with_gradient_model(g.clone())
+    .run()
+    .unwrap();
+    let u = crate::data::read_cube(&synthetic::file_path(dir.path(), 16, 0, "u"), None).unwrap();
+    let tau = crate::data::read_cube(&synthetic::file_path(dir.path(), 16, 0, "tn"), None).unwrap();
+    let pred = &g.predict(u.view()).unwrap()[0];
+    let want = pred
+        .iter()
+        .zip(tau.iter())
+        .map(|(p, t)| (p - f64::from(*t)).powi(2))
+        .sum::<f64>()
+        / pred.len() as f64;
+    let got = out.gradient_model_mse.unwrap();
+    assert!((got - want).abs() < 1e-12 * want, "{got} vs {want}");
+    // Without the setting there is no baseline; with a wrong channel count, a clear error.
+    let plain = Evaluate::new(
+        &model,
+        Hdf5Dataset::new(q.data(), q.checkpoints(&[0]), 1.0),
+        &FakeBackend::new(),
+    )
+    .run()
+    .unwrap();
+    assert_eq!(plain.gradient_model_mse, None);
+    let two = GradientModel {
+        filter_width: 4.0,
+        components: vec![[0, 0], [1, 1]],
+    };
+    let err = Evaluate::new(
+        &model,
+        Hdf5Dataset::new(q.data(), q.checkpoints(&[0]), 1.0),
+        &FakeBackend::new(),
+    )
+    .with_gradient_model(two)
+    .run()
+    .unwrap_err();
+    assert!(err.to_string().contains("one stress component"), "{err}");
+}
+
+/// Train and Evaluate take any estimator: a toy one written against the trait alone (in
+/// `estimator::api`) goes through the same tracked runs, with its params and metrics.
+#[test]
+fn train_and_evaluate_are_generic_over_the_estimator() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = small(dir.path());
+    synthetic::generate(dir.path(), 16, &[0, 1], 1).unwrap();
+    let b = Memory::default();
+    let toy = crate::estimator::api::tests::toy();
+    let mut train = Train::new(
+        toy,
+        Hdf5Dataset::new(q.data(), q.checkpoints(&[0, 1]), 0.5),
+        &b,
+    );
+    let out = train.run().unwrap();
+    assert_eq!(out.report.final_epoch, 1);
+    assert!(out.details.starts_with("Mean(value="));
+    let mut eval = Evaluate::new(
+        train.model(),
+        Hdf5Dataset::new(q.data(), q.checkpoints(&[1]), 1.0),
+        &b,
+    );
+    let cubes = eval.run().unwrap();
+    assert!(cubes.mse.unwrap() > 0.0);
+    b.with(train.run_id().unwrap(), |r| {
+        assert_eq!(r.data.params["model - n_epochs"], "1");
+        assert_eq!(r.data.params["model - flag"], "True");
+        assert_eq!(r.data.params["data - target"], "tn");
+        assert!(r.data.metrics.contains_key("train - mean"));
+        assert_eq!(r.steps["valid - loss"], vec![1]);
+        assert_eq!(r.artifacts[WEIGHTS_ARTIFACT].len(), 4);
+    });
+    b.with(eval.run_id().unwrap(), |r| {
+        assert_eq!(r.parent.as_deref(), train.run_id());
+        assert_eq!(r.data.params["model - flag"], "True");
+        assert!(r.data.metrics.contains_key("train - mean"), "copied");
+    });
+}
+
+#[test]
+fn quickstart_with_the_local_closure_logs_its_params_and_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    // The main job's data and model, 3 epochs.
+    let q = Quickstart {
+        data_dir: dir.path().to_path_buf(),
+        n_epochs: 3,
+        evaluations: vec![vec![4]],
+        ..Quickstart::default()
+    };
+    let b = Memory::default();
+    let out = q.run(&b, &mut |_| {}).unwrap();
+    let runs = b.runs.lock().unwrap();
+    let train = &runs.iter().find(|(r, _)| *r == out.train_run_id).unwrap().1;
+    let p = &train.data.params;
+    assert_eq!(p["model - hidden"], "32");
+    assert_eq!(p["model - lr"], "0.003");
+    assert_eq!(p["model - min_lr"], "3e-05");
+    assert_eq!(p["model - device"], "cpu");
+    assert_eq!(p.len(), 8 + 7 + 6);
+    assert!(
+        String::from_utf8_lossy(&train.artifacts["model_details.txt"]).contains("LocalClosure(")
+    );
+    // Three epochs already reach the main job's goal on a held-out checkpoint.
+    let e = &out.evaluations[0];
+    assert!(
+        e.r2() >= 0.5,
+        "R^2 {} after {} epochs",
+        e.r2(),
+        out.final_epoch
+    );
+    assert!(e.gradient_model_mse.is_finite());
+    // The logged weights (with the standardisation) reload into a fresh model: same MSE.
+    let mut fresh = crate::estimator::LocalClosure::new(Default::default(), 3, 1).unwrap();
+    crate::estimator::Estimator::load_weights(&mut fresh, &train.artifacts[WEIGHTS_ARTIFACT])
+        .unwrap();
+    let again = Evaluate::new(
+        &fresh,
+        Hdf5Dataset::new(q.data(), q.checkpoints(&[4]), 1.0),
+        &FakeBackend::new(),
+    )
+    .run()
+    .unwrap();
+    assert_eq!(again.mse, Some(e.mse));
 }
