@@ -138,6 +138,16 @@ fn datasets_models_and_model_metrics_land_online() {
     let seen = common::judge(READ, &[&train, &eval]);
     check(&seen, &train, &eval);
     assert_eq!(seen["model_id"], model_id.as_str());
+    // Read back through the model's own artifact location, as `models:/<id>`.
+    let weights = b
+        .download_model_file(&format!("models:/{model_id}"), "model.safetensors")
+        .unwrap();
+    assert_eq!(weights, [1, 2, 3, 4]);
+    let e = b
+        .download_model_file("models:/m-00000000000000000000000000000000", "MLmodel")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("m-00000000000000000000000000000000"), "{e}");
 }
 
 #[test]

@@ -353,6 +353,95 @@ fn quickstart_example_runs_against_the_configured_server() {
         4,
         "one baseline line per evaluation and one per summary row: {stdout}"
     );
+
+    // MLflow 3: the data each run read, the trained model, and the evaluations linked to it.
+    let v = common::judge(
+        r#"
+import os, tempfile
+from mlflow.models import Model
+def inputs(r):
+    return [{"name": d.dataset.name, "digest": d.dataset.digest,
+             "profile": json.loads(d.dataset.profile), "schema": json.loads(d.dataset.schema),
+             "context": {t.key: t.value for t in d.tags}.get("mlflow.data.context")}
+            for d in r.inputs.dataset_inputs]
+train = client.get_run(args[0])
+evals = [client.get_run(a) for a in args[1:]]
+models = [m for m in client.search_logged_models(experiment_ids=[train.info.experiment_id])
+          if m.source_run_id == args[0]]
+m = models[0]
+d = tempfile.mkdtemp()
+path = mlflow.artifacts.download_artifacts(artifact_uri=m.artifact_location + "/MLmodel", dst_path=d)
+mlmodel = Model.load(path)
+print(json.dumps({
+    "train": inputs(train), "evals": [inputs(e) for e in evals],
+    "eval_models": [[x.model_id for x in e.inputs.model_inputs] for e in evals],
+    "outputs": [x.model_id for x in train.outputs.model_outputs],
+    "models": len(models), "model_id": m.model_id, "status": str(m.status), "name": m.name,
+    "params": m.params,
+    "metrics": sorted([x.key, x.run_id] for x in m.metrics),
+    "files": sorted(f.path for f in client.list_logged_model_artifacts(m.model_id)),
+    "flavors": mlmodel.flavors, "run_id": mlmodel.run_id,
+    "signature_inputs": mlmodel.signature.inputs.to_dict() if mlmodel.signature else None,
+}))
+"#,
+        &ids,
+    );
+    let train_inputs = v["train"].as_array().unwrap();
+    assert_eq!(train_inputs.len(), 1, "{v}");
+    let ti = &train_inputs[0];
+    assert_eq!(ti["context"], "training");
+    assert_eq!(
+        ti["name"],
+        format!(
+            "{} t=0,1,2,3",
+            dir.path().file_name().unwrap().to_string_lossy()
+        )
+    );
+    let digest = ti["digest"].as_str().unwrap();
+    assert!(
+        digest.len() == 8 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+        "{v}"
+    );
+    assert!(ti["profile"]["num_rows"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(
+        ti["schema"]["mlflow_tensorspec"]["features"]
+            .as_str()
+            .map(|s| s.contains("float32")),
+        Some(true),
+        "{v}"
+    );
+    let model_id = v["model_id"].as_str().unwrap();
+    assert!(
+        stdout.contains(&format!("logged model {model_id}")),
+        "{stdout}"
+    );
+    assert_eq!(v["models"], 1, "{v}");
+    assert!(v["status"].as_str().unwrap().contains("READY"), "{v}");
+    assert_eq!(v["outputs"], serde_json::json!([model_id]));
+    assert_eq!(v["params"]["model - n_epochs"], "12", "{v}");
+    assert_eq!(
+        v["files"],
+        serde_json::json!(["MLmodel", "model.safetensors"])
+    );
+    assert!(v["flavors"]["candle"]["data"] == "model.safetensors", "{v}");
+    assert_eq!(v["run_id"], ids[0]);
+    assert!(v["signature_inputs"].is_array(), "{v}");
+    for (k, e) in v["evals"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(e[0]["context"], "evaluation", "{v}");
+        assert_ne!(
+            e[0]["digest"], ti["digest"],
+            "other checkpoints, other digest: {v}"
+        );
+        assert_eq!(v["eval_models"][k], serde_json::json!([model_id]), "{v}");
+    }
+    // Each evaluation's metrics are listed on the model's page.
+    let metrics: Vec<(String, String)> = serde_json::from_value(v["metrics"].clone()).unwrap();
+    for e in &ids[1..] {
+        assert!(
+            metrics.contains(&("eval - MSE Loss".to_owned(), (*e).to_owned())),
+            "{metrics:?}"
+        );
+    }
 }
 
 /// The same job on a machine without a server: `SAPSAN_OFFLINE=1` journals it (plots and model

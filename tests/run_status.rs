@@ -94,12 +94,7 @@ fn deleted_run_is_reported_as_such_and_nothing_is_written() {
     assert!(e.to_string().contains("mlflow runs restore"), "{e}");
     b.enqueue(
         &run,
-        LogItem::Metric(Metric {
-            key: "loss".into(),
-            value: 2.0,
-            timestamp_ms: sapsan::tracking::now_ms(),
-            step: 1,
-        }),
+        LogItem::Metric(Metric::new("loss", 2.0, sapsan::tracking::now_ms(), 1)),
     )
     .unwrap();
     assert!(matches!(b.flush(), Err(Error::DeletedRun { .. })));

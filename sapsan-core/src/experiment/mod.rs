@@ -40,9 +40,11 @@ use crate::data::{CubeLayout, Hdf5Dataset, Loaded, Samples, restore_cube};
 use crate::error::{Error, Result};
 use crate::estimator::{self, Cnn3d, Cnn3dConfig, Estimator, TrainReport};
 use crate::tracked;
-use crate::tracking::MlflowBackend;
+use crate::tracking::backend::MODEL_URI_SCHEME;
 use crate::tracking::run::scope::{BackendArg, BackendHandle, Report, TrackedOutput};
+use crate::tracking::{DataContext, MlflowBackend};
 
+mod logged;
 #[cfg(test)]
 mod params;
 pub mod quickstart;
@@ -69,6 +71,8 @@ pub struct TrainOutput {
     pub runtime_log: String,
     /// `model.safetensors`: the trained weights.
     pub weights: Vec<u8>,
+    /// The trained model as an MLflow logged model (`None` when the server took none).
+    pub model_id: Option<String>,
     /// The train run's id (`None` only when the run could not be created).
     pub run_id: Option<String>,
 }
@@ -189,6 +193,13 @@ fn train_run<E: Estimator + ?Sized>(
             y.ok_or_else(|| no_target(dataset, "validation"))?,
         )
     };
+    logged::log_dataset(
+        &*backend,
+        dataset,
+        &loaded.train,
+        DataContext::Training,
+        &[],
+    )?;
     let report = model.fit(
         estimator::Samples::new(&loaded.train.features, train_y),
         estimator::Samples::new(valid_x, valid_y),
@@ -212,18 +223,37 @@ fn train_run<E: Estimator + ?Sized>(
     for (name, value) in model.metrics() {
         backend.log_metric(&format!("train - {name}"), value)?;
     }
+    let weights = model.save_weights()?;
+    let model_id = logged::log_trained_model(
+        &*backend,
+        model,
+        &weights,
+        loaded.train.features.shape(),
+        train_y.shape(),
+    )?;
     Ok(TrainOutput {
         details: model.model_details(),
         forward: model.model_forward(),
         runtime_log: runtime_log_html(&history),
-        weights: model.save_weights()?,
+        weights,
+        model_id,
         report,
         run_id: None,
     })
 }
 
-/// Reads the weights a [`Train`] run logged (`model.safetensors`) back into a model; `config`,
-/// `in_channels` and `target_shape` must describe the trained architecture.
+/// `model.safetensors` of a train run (`run_id`), or of a logged model (`models:/<id>`).
+fn download_weights(backend: &MlflowBackend, run_id: &str) -> Result<Vec<u8>> {
+    if run_id.starts_with(MODEL_URI_SCHEME) {
+        backend.download_model_file(run_id, WEIGHTS_ARTIFACT)
+    } else {
+        backend.download_artifact(run_id, WEIGHTS_ARTIFACT)
+    }
+}
+
+/// Reads the weights a [`Train`] run logged (`model.safetensors`) back into a model; `run_id` is
+/// the train run's id, or its logged model as `models:/<id>` ([`TrainOutput::model_id`]).
+/// `config`, `in_channels` and `target_shape` must describe the trained architecture.
 pub fn load_model_from_run(
     backend: &MlflowBackend,
     run_id: &str,
@@ -231,18 +261,19 @@ pub fn load_model_from_run(
     in_channels: usize,
     target_shape: [usize; 4],
 ) -> Result<Cnn3d> {
-    let bytes = backend.download_artifact(run_id, WEIGHTS_ARTIFACT)?;
+    let bytes = download_weights(backend, run_id)?;
     Cnn3d::load_safetensors(&bytes, config, in_channels, target_shape)
 }
 
 /// Replaces `model`'s trained state with the weights a [`Train`] run logged
-/// (`model.safetensors`); `model` must have the trained architecture.
+/// (`model.safetensors`; `run_id` may be its logged model, `models:/<id>`); `model` must have
+/// the trained architecture.
 pub fn load_weights_from_run(
     backend: &MlflowBackend,
     run_id: &str,
     model: &mut (impl Estimator + ?Sized),
 ) -> Result<()> {
-    let bytes = backend.download_artifact(run_id, WEIGHTS_ARTIFACT)?;
+    let bytes = download_weights(backend, run_id)?;
     model.load_weights(&bytes)
 }
 
@@ -266,6 +297,8 @@ pub struct EvalOutput {
     pub pdf_cdf_png: Option<Vec<u8>>,
     /// `slices_plot.png`.
     pub slices_png: Vec<u8>,
+    /// The logged model of the train run this evaluation nests under, which its metrics measure.
+    pub model_id: Option<String>,
     /// The evaluate run's id (`None` only when the run could not be created).
     pub run_id: Option<String>,
 }
@@ -283,6 +316,9 @@ impl TrackedOutput for EvalOutput {
             r.artifact("pdf_cdf.png", png);
         }
         r.artifact("slices_plot.png", &self.slices_png);
+        if let Some(id) = &self.model_id {
+            r.model(id.clone());
+        }
     }
 }
 
@@ -381,6 +417,14 @@ fn evaluate_run<E: Estimator + ?Sized>(
             ),
         });
     }
+    let model_id = logged::parent_model(&*backend);
+    logged::log_dataset(
+        &*backend,
+        dataset,
+        samples,
+        DataContext::Evaluation,
+        model_id.as_slice(),
+    )?;
     let prediction = restore(model.predict(&samples.features)?.view(), layout)?;
     backend.log_parameter("n_output_channels", &prediction.shape()[1].to_string())?;
     let target = match &samples.target {
@@ -424,6 +468,7 @@ fn evaluate_run<E: Estimator + ?Sized>(
         gradient_model_mse,
         pdf_cdf_png,
         slices_png,
+        model_id,
         run_id: None,
     })
 }

@@ -111,6 +111,8 @@ impl EvalSummary {
 pub struct QuickstartRun {
     /// The train run's id.
     pub train_run_id: String,
+    /// The trained model as an MLflow logged model (`None` when the server took none).
+    pub model_id: Option<String>,
     /// Epochs trained.
     pub final_epoch: usize,
     /// Train and validation loss of the last epoch.
@@ -217,6 +219,11 @@ impl Quickstart {
         let mut train = Train::new(model, dataset, backend.clone());
         let out = train.run()?;
         let train_run_id = out.run_id.clone().ok_or_else(no_run)?;
+        if let Some(id) = &out.model_id {
+            progress(&format!(
+                "train: logged model {id} (load it as models:/{id})"
+            ));
+        }
         let last = out.report.history.last();
         let final_loss = last.map_or((f64::NAN, f64::NAN), |r| (r.train_loss, r.valid_loss));
         progress(&format!(
@@ -264,6 +271,7 @@ impl Quickstart {
         }
         Ok(QuickstartRun {
             train_run_id,
+            model_id: out.model_id.clone(),
             final_epoch: out.report.final_epoch,
             final_loss,
             evaluations,

@@ -156,7 +156,23 @@ impl Core {
 
     /// See [`Pipeline::log_model`] (in this backend's experiment).
     pub(crate) fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<String> {
-        self.pipeline.log_model(&self.experiment, run_id, model)
+        let id = self.pipeline.log_model(&self.experiment, run_id, model)?;
+        self.state
+            .lock()
+            .entry(run_id.to_owned())
+            .or_default()
+            .models
+            .push(id.clone());
+        Ok(id)
+    }
+
+    /// The logged models `run_id` produced through this backend.
+    pub(crate) fn logged_models(&self, run_id: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .get(run_id)
+            .map(|s| s.models.clone())
+            .unwrap_or_default()
     }
 
     /// See [`Pipeline::log_inputs`].

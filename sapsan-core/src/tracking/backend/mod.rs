@@ -30,7 +30,7 @@ pub use builder::{DEFAULT_EXPERIMENT, DEFAULT_HOST, DEFAULT_PORT, MlflowBackendB
 pub use fake::FakeBackend;
 pub use mlflow::MlflowBackend;
 pub use offline::{OfflineBackend, backend_from_env, backend_from_settings};
-pub use read::{ArtifactFile, RunInfo};
+pub use read::{ArtifactFile, MODEL_URI_SCHEME, RunInfo};
 pub(crate) use state::RunState;
 pub(crate) use system::system_tags;
 
@@ -64,6 +64,12 @@ pub trait Backend: Send + Sync {
     fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<String> {
         let _ = (run_id, model);
         Ok(String::from("m-unrecorded"))
+    }
+    /// The logged models `run_id` produced through this backend ([`Backend::log_model`]), oldest
+    /// first. The default (for backends that keep nothing) knows none.
+    fn logged_models(&self, run_id: &str) -> Vec<String> {
+        let _ = run_id;
+        Vec::new()
     }
     /// Records what `run_id` read: `datasets` with their context, and logged `models` by the ids
     /// [`Backend::log_model`] returned. The default (for backends that keep nothing) does

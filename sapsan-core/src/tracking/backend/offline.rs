@@ -96,6 +96,10 @@ impl Backend for OfflineBackend {
         self.core.log_model(run_id, model)
     }
 
+    fn logged_models(&self, run_id: &str) -> Vec<String> {
+        self.core.logged_models(run_id)
+    }
+
     fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput], models: &[String]) -> Result<()> {
         self.core.log_inputs(run_id, datasets, models)
     }

@@ -11,6 +11,9 @@ use crate::tracking::rest::client::{HttpClient, Idempotency};
 use crate::tracking::rest::wire::{as_i64, as_string};
 use crate::tracking::{Metric, RunData, RunStatus, validate};
 
+/// How MLflow names a logged model in a URI: `models:/<model id>`.
+pub const MODEL_URI_SCHEME: &str = "models:/";
+
 /// A run as the server reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunInfo {
@@ -140,7 +143,37 @@ impl MlflowBackend {
         artifacts::check_name(name)?;
         let run_id = self.server_run_id(run_id)?;
         let uri = self.artifact_uri(&run_id)?;
-        match artifacts::target(self.http.base(), &run_id, &uri, name)? {
+        self.download(&run_id, &uri, name)
+    }
+
+    /// The bytes of file `name` of a logged model: `model` is `models:/<id>` or the id
+    /// [`crate::tracking::Backend::log_model`] returned.
+    pub fn download_model_file(&self, model: &str, name: &str) -> Result<Vec<u8>> {
+        artifacts::check_name(name)?;
+        let id = model.strip_prefix(MODEL_URI_SCHEME).unwrap_or(model);
+        let id = self.server_run_id(id)?;
+        let uri = match self.core.artifact_uri(&id) {
+            Some(u) => u,
+            None => {
+                let v = self.http.get(&format!("logged-models/{id}"), &[])?;
+                let uri = v
+                    .pointer("/model/info/artifact_uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::Artifact {
+                        name: name.to_owned(),
+                        reason: format!("the server's answer for model {id} has no artifact_uri"),
+                    })?
+                    .to_owned();
+                self.core.remember_artifact_uri(&id, &uri);
+                uri
+            }
+        };
+        self.download(&id, &uri, name)
+    }
+
+    /// `name` under artifact root `uri` of run or model `id`.
+    fn download(&self, id: &str, uri: &str, name: &str) -> Result<Vec<u8>> {
+        match artifacts::target(self.http.base(), id, uri, name)? {
             artifacts::Target::Url(url) => self.http.get_bytes(&url, &[]),
             artifacts::Target::Path(dir, name) => {
                 let p = dir.join(name);

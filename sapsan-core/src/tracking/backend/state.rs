@@ -29,6 +29,8 @@ pub(crate) struct RunState {
     /// RUNNING as far as this backend knows (closed as FINISHED on drop).
     pub(crate) open: bool,
     pub(crate) artifact_uri: Option<String>,
+    /// Logged models it produced, in order (their ids as handed out).
+    pub(crate) models: Vec<String>,
     params: HashMap<String, String>,
     metrics: HashMap<String, Latest>,
     pub(crate) tags: HashMap<String, String>,
