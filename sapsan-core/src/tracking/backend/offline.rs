@@ -15,6 +15,7 @@ use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::journal::{Journal, SharedJournal};
 use crate::tracking::rest::settings::{OFFLINE_SCHEME, Settings};
 use crate::tracking::run::RunStack;
+use crate::tracking::system_metrics::SystemMetricsOptions;
 use crate::tracking::upload::{Limits, Pipeline};
 use crate::tracking::{LogItem, RunData, RunStatus};
 
@@ -62,6 +63,13 @@ impl OfflineBackend {
         let pipeline = Pipeline::offline(journal, limits)?;
         let core = Core::new(pipeline, experiment, limits.exit_grace, handle_signals)?;
         Ok(OfflineBackend { core, dir })
+    }
+
+    /// Logs system metrics to every open run (see [`crate::tracking::system_metrics`]), as
+    /// `MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING` does for a backend built from the environment.
+    pub fn with_system_metrics(self, opts: SystemMetricsOptions) -> Result<Self> {
+        self.core.sample_system(Some(opts))?;
+        Ok(self)
     }
 
     /// The journal directory (give it to `sapsan sync`).
