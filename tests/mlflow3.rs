@@ -44,7 +44,7 @@ fn log_train_and_evaluate(b: &dyn Backend) -> (String, String, String) {
             ("MLmodel".into(), b"artifact_path: model\n".to_vec()),
         ],
     };
-    let model_id = b.log_model(&train, &model).unwrap();
+    let model_id = b.log_model(&train, &model).unwrap().expect("a model id");
     let eval = b.start("evaluate", true, None).unwrap();
     b.log_inputs(
         &eval,
@@ -274,4 +274,41 @@ print(json.dumps(out))
             assert!(v > 0.0 && v <= 100.0, "cpu {v} while busy: {seen}");
         }
     }
+}
+
+#[test]
+fn system_metrics_of_an_offline_run_arrive_with_sapsan_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let exp = common::unique("sysmetrics-offline");
+    let dir = {
+        let b = OfflineBackend::with_signals(&exp, root.path(), false)
+            .unwrap()
+            .with_system_metrics(sapsan::tracking::system_metrics::SystemMetricsOptions {
+                interval: std::time::Duration::from_millis(100),
+                ..Default::default()
+            })
+            .unwrap();
+        b.start("busy", false, None).unwrap();
+        work_for(std::time::Duration::from_millis(450));
+        b.end().unwrap();
+        b.journal_dir()
+    };
+    common::sapsan_sync(&dir, &common::tracking_uri());
+    let seen = common::judge(
+        r#"
+exp = client.get_experiment_by_name(args[0])
+r = client.search_runs([exp.experiment_id])[0]
+hist = client.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")
+print(json.dumps({"keys": sorted(k for k in r.data.metrics if k.startswith("system/")),
+                  "steps": sorted(m.step for m in hist)}))
+"#,
+        &[&exp],
+    );
+    assert_eq!(seen["keys"].as_array().unwrap().len(), 8, "{seen}");
+    let steps: Vec<i64> = serde_json::from_value(seen["steps"].clone()).unwrap();
+    // 0.45 s at 0.1 s: four samples, one fewer when the box is busy.
+    assert!(
+        steps == [0, 1, 2, 3] || steps == [0, 1, 2],
+        "steps {steps:?}: {seen}"
+    );
 }

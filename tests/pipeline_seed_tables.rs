@@ -472,6 +472,7 @@ fn quickstart_offline_then_sapsan_sync_gives_the_same_runs() {
 
     let report = common::sapsan_sync(journals.path(), &common::tracking_uri());
     assert!(report.contains("3 runs"), "{report}");
+    assert!(report.contains("1 logged model(s)"), "{report}");
     let v = common::judge(
         r#"
 exp = client.get_experiment_by_name(args[0])

@@ -66,7 +66,7 @@ pub(super) fn log_trained_model<E: Estimator + ?Sized>(
         ],
     };
     match backend.log_model(&run, &logged) {
-        Ok(id) => Ok(Some(id)),
+        Ok(id) => Ok(id),
         Err(e) => {
             log::warn!(
                 target: "sapsan::experiment",

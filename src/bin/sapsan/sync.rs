@@ -25,6 +25,9 @@ pub fn run(args: &SyncArgs) -> Result<()> {
         "sapsan sync: {} journal(s), {} runs, {} records ({} items) delivered to {uri}",
         report.journals, report.runs, report.records, report.items
     );
+    if report.models > 0 {
+        println!("sapsan sync: {} logged model(s)", report.models);
+    }
     if report.killed > 0 {
         println!(
             "sapsan sync: {} run(s) left open by a program that died were ended KILLED",

@@ -58,12 +58,11 @@ pub trait Backend: Send + Sync {
 
     /// Logs `model` as an MLflow 3 logged model produced by `run_id` (its files under the
     /// model's own artifact location, finalized READY, an output of the run); returns the
-    /// model's id, which [`Metric::model_id`] and [`Backend::log_inputs`] may name. A backend
-    /// that keeps nothing (a fake) need not implement it: the default keeps nothing and returns
-    /// an id that names no model.
-    fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<String> {
+    /// model's id, which [`Metric::model_id`] and [`Backend::log_inputs`] may name. `None`: the
+    /// backend keeps no models (the default, for fakes).
+    fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<Option<String>> {
         let _ = (run_id, model);
-        Ok(String::from("m-unrecorded"))
+        Ok(None)
     }
     /// The logged models `run_id` produced through this backend ([`Backend::log_model`]), oldest
     /// first. The default (for backends that keep nothing) knows none.

@@ -100,8 +100,8 @@ impl Backend for OfflineBackend {
         self.core.set_status(run_id, status)
     }
 
-    fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<String> {
-        self.core.log_model(run_id, model)
+    fn log_model(&self, run_id: &str, model: &LoggedModel) -> Result<Option<String>> {
+        self.core.log_model(run_id, model).map(Some)
     }
 
     fn logged_models(&self, run_id: &str) -> Vec<String> {

@@ -1,5 +1,6 @@
 //! `sapsan sync`: delivering journals left on disk (a program that ended while the server was
 //! away, a job killed outright, an offline job) to a server, once, in order.
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +22,8 @@ pub struct SyncReport {
     pub items: usize,
     /// Runs created or found again.
     pub runs: usize,
+    /// Logged models created or found again.
+    pub models: usize,
     /// Records the server refused for good (an unknown run, a changed param), with the reason;
     /// they are skipped, everything else is delivered.
     pub refused: Vec<String>,
@@ -149,7 +152,20 @@ pub fn sync_dir(
                 Err(e) => report.refused.push(format!("{}: {e}", d.display())),
             }
         }
-        report.runs += rep.ids().lock().len();
+        // The replayer maps run keys and model keys alike: count each kind by its creation.
+        let ids = rep.ids();
+        let ids = ids.lock();
+        let (mut runs, mut models) = (HashSet::new(), HashSet::new());
+        for (rec, _) in &records {
+            match rec {
+                Record::Create { key, .. } if ids.contains_key(key) => runs.insert(key),
+                Record::CreateModel { key, .. } if ids.contains_key(key) => models.insert(key),
+                _ => false,
+            };
+        }
+        report.runs += runs.len();
+        report.models += models.len();
+        drop(ids);
         report.journals += 1;
         let left_open = open_runs(&records);
         if left_open.is_empty() {
