@@ -219,27 +219,40 @@ impl Gpus {
                 let Ok(d) = nvml.device_by_index(i) else {
                     continue;
                 };
-                if let Ok(mem) = d.memory_info() {
-                    let pct = 100.0 * mem.used as f64 / (mem.total.max(1) as f64);
-                    m.insert(format!("gpu_{i}_memory_usage_percentage"), pct);
-                    m.insert(
-                        format!("gpu_{i}_memory_usage_megabytes"),
-                        mem.used as f64 / 1e6,
-                    );
-                }
-                if let Ok(u) = d.utilization_rates() {
-                    m.insert(format!("gpu_{i}_utilization_percentage"), f64::from(u.gpu));
-                }
-                if let (Ok(mw), Ok(cap)) = (d.power_usage(), d.enforced_power_limit()) {
-                    m.insert(format!("gpu_{i}_power_usage_watts"), f64::from(mw) / 1000.0);
-                    m.insert(
-                        format!("gpu_{i}_power_usage_percentage"),
-                        100.0 * f64::from(mw) / f64::from(cap.max(1)),
-                    );
-                }
+                let memory = d.memory_info().ok().map(|m| (m.used, m.total));
+                let utilization = d.utilization_rates().ok().map(|u| u.gpu);
+                let power = d.power_usage().ok().zip(d.enforced_power_limit().ok());
+                m.extend(gpu_metrics(i, memory, utilization, power));
             }
         }
     }
+}
+
+/// GPU `i`'s metrics as MLflow names them, from what NVML read: memory (used, total bytes),
+/// utilization (percent) and power (use, enforced limit, milliwatts); a reading NVML refused is
+/// left out.
+#[cfg_attr(not(feature = "nvml"), allow(dead_code))]
+fn gpu_metrics(
+    i: u32,
+    memory: Option<(u64, u64)>,
+    utilization: Option<u32>,
+    power: Option<(u32, u32)>,
+) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    if let Some((used, total)) = memory {
+        let pct = 100.0 * used as f64 / (total.max(1) as f64);
+        out.push((format!("gpu_{i}_memory_usage_percentage"), pct));
+        out.push((format!("gpu_{i}_memory_usage_megabytes"), used as f64 / 1e6));
+    }
+    if let Some(u) = utilization {
+        out.push((format!("gpu_{i}_utilization_percentage"), f64::from(u)));
+    }
+    if let Some((mw, cap)) = power {
+        out.push((format!("gpu_{i}_power_usage_watts"), f64::from(mw) / 1000.0));
+        let pct = 100.0 * f64::from(mw) / f64::from(cap.max(1));
+        out.push((format!("gpu_{i}_power_usage_percentage"), pct));
+    }
+    out
 }
 
 /// One open run's sampling: its own schedule from its start, as MLflow's per-run monitor has.
@@ -452,6 +465,28 @@ mod tests {
         }
         assert!(m["system_memory_usage_megabytes"] > 0.0);
         assert!(m["disk_usage_megabytes"] + m["disk_available_megabytes"] > 0.0);
+    }
+
+    #[test]
+    fn gpu_readings_get_mlflows_names_and_units() {
+        let m = gpu_metrics(
+            1,
+            Some((4_000_000_000, 16_000_000_000)),
+            Some(87),
+            Some((150_000, 300_000)),
+        );
+        let want = [
+            ("gpu_1_memory_usage_percentage", 25.0),
+            ("gpu_1_memory_usage_megabytes", 4000.0),
+            ("gpu_1_utilization_percentage", 87.0),
+            ("gpu_1_power_usage_watts", 150.0),
+            ("gpu_1_power_usage_percentage", 50.0),
+        ];
+        let got: Vec<(&str, f64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(got, want);
+        // A reading NVML refused is left out, not logged as zero.
+        let m = gpu_metrics(0, None, Some(5), None);
+        assert_eq!(m, [("gpu_0_utilization_percentage".to_owned(), 5.0)]);
     }
 
     #[test]
