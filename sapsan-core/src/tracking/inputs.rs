@@ -116,12 +116,24 @@ impl MlModel {
             format = q(&self.format),
             version = q(env!("CARGO_PKG_VERSION")),
             size = self.size_bytes,
-            uuid = crate::tracking::journal::fresh_key().replace('-', ""),
+            uuid = model_uuid(),
             run = q(&self.run_id),
             inputs = spec(&self.input_shape),
             outputs = spec(&self.output_shape),
         )
     }
+}
+
+/// 32 hex digits, different for every call in every process (time, process id, a counter).
+fn model_uuid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mix = crc32fast::hash(&[nanos.to_le_bytes(), n.to_le_bytes()].concat());
+    format!("{nanos:016x}{:08x}{mix:08x}", std::process::id())
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` in UTC for `ms` since the Unix epoch (MLflow's format).

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::shared::Shared;
-use crate::tracking::upload::pipeline::Pipeline;
 use crate::tracking::{LogItem, Metric, now_ms};
 
 /// How the sampler samples.
@@ -280,6 +279,9 @@ struct State {
     stop: bool,
 }
 
+/// Where the sampler's points go: (run id, point), never waiting on the network.
+pub(crate) type Sink = Arc<dyn Fn(&str, LogItem) + Send + Sync>;
+
 /// The sampler of one backend. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Sampler {
@@ -289,15 +291,15 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    /// Starts the sampler thread, logging through `pipeline`.
-    pub(crate) fn start(pipeline: Arc<Pipeline>, opts: SystemMetricsOptions) -> Result<Self> {
+    /// Starts the sampler thread, handing its points to `sink`.
+    pub(crate) fn start(sink: Sink, opts: SystemMetricsOptions) -> Result<Self> {
         counters()?; // says at once when this system has no /proc to read
         let state = Arc::new(Shared::new(State::default()));
         let s = state.clone();
         let interval = opts.interval;
         let thread = std::thread::Builder::new()
             .name("sapsan-system-metrics".into())
-            .spawn(move || run(&s, &pipeline, &opts))
+            .spawn(move || run(&s, &*sink, &opts))
             .map_err(|e| Error::Internal {
                 what: "starting the system metrics thread".into(),
                 reason: e.to_string(),
@@ -349,7 +351,11 @@ impl Drop for Sampler {
 /// Longest sleep with no run to sample (woken early by a new run).
 const IDLE: Duration = Duration::from_secs(3600);
 
-fn run(state: &Shared<State>, pipeline: &Pipeline, opts: &SystemMetricsOptions) {
+fn run(
+    state: &Shared<State>,
+    sink: &(dyn Fn(&str, LogItem) + Send + Sync),
+    opts: &SystemMetricsOptions,
+) {
     let prefix = opts.prefix();
     let gpus = Gpus::open();
     let per_point = opts.samples_before_logging.max(1);
@@ -410,7 +416,7 @@ fn run(state: &Shared<State>, pipeline: &Pipeline, opts: &SystemMetricsOptions) 
         }
         // Outside the lock: starting or ending a run never waits for the queue.
         for (run, m) in points {
-            pipeline.push(&run, LogItem::Metric(m));
+            sink(&run, LogItem::Metric(m));
         }
     }
 }

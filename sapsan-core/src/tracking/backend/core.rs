@@ -11,7 +11,7 @@ use crate::shared::Shared;
 use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::run::RunStack;
 use crate::tracking::run::signals::{self, KILL_GRACE, SignalTarget};
-use crate::tracking::system_metrics::{Sampler, SystemMetricsOptions};
+use crate::tracking::system_metrics::{Sampler, Sink, SystemMetricsOptions};
 use crate::tracking::upload::pipeline::{Pipeline, RunRequest};
 use crate::tracking::{LogItem, RunData, RunStatus, now_ms, validate};
 
@@ -102,7 +102,9 @@ impl Core {
     /// Logs system metrics to every open run from now on (see [`crate::tracking::system_metrics`]).
     pub(crate) fn sample_system(&self, opts: Option<SystemMetricsOptions>) -> Result<()> {
         if let Some(o) = opts {
-            *self.sampler.lock() = Some(Sampler::start(self.pipeline.clone(), o)?);
+            let pipeline = self.pipeline.clone();
+            let sink: Sink = Arc::new(move |run: &str, item| pipeline.push(run, item));
+            *self.sampler.lock() = Some(Sampler::start(sink, o)?);
         }
         Ok(())
     }

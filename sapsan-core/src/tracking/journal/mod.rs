@@ -86,6 +86,10 @@ pub const DEFAULT_ROTATE_BYTES: u64 = 64 << 20;
 /// Tag holding a run's client-generated key (exactly-once run creation).
 pub const RUN_KEY_TAG: &str = "sapsan.runKey";
 
+/// Ids handed out for runs (and logged models) created while the server was away: this prefix and
+/// their journal key (created on the server later, by the key).
+pub const LOCAL_RUN_PREFIX: &str = "local-";
+
 /// Tag holding a logged model's journal key, so the model is created on a server exactly once.
 pub const MODEL_KEY_TAG: &str = "sapsan.modelKey";
 /// Removes a journal instance directory (delivered, or never used), and the default root

@@ -28,8 +28,7 @@ use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::journal::{self, Reader, Record, RunIds, SharedJournal, Source};
 use crate::tracking::{LogItem, RunStatus, now_ms};
 
-/// Run ids handed out for runs created while the server was away (created on it later).
-pub const LOCAL_RUN_PREFIX: &str = "local-";
+pub use crate::tracking::journal::LOCAL_RUN_PREFIX;
 
 /// How long a pipeline's waits may last, and how big its queue grows.
 #[derive(Debug, Clone, Copy)]

@@ -9,12 +9,13 @@ use std::sync::{Arc, MutexGuard};
 
 use serde_json::{Value, json};
 
-use super::pipeline::LOCAL_RUN_PREFIX;
 use crate::error::{Error, Result};
 use crate::shared::Shared;
 use crate::tracking::Metric;
 use crate::tracking::inputs::CONTEXT_TAG;
-use crate::tracking::journal::{MODEL_KEY_TAG, RUN_KEY_TAG, Record, RunIds, RunRef, Source};
+use crate::tracking::journal::{
+    LOCAL_RUN_PREFIX, MODEL_KEY_TAG, RUN_KEY_TAG, Record, RunIds, RunRef, Source,
+};
 use crate::tracking::rest::artifacts;
 use crate::tracking::rest::client::{HttpClient, Idempotency, TLS_HINT};
 use crate::tracking::rest::wire::{
