@@ -233,7 +233,7 @@ fn train_and_two_nested_evaluations_record_every_row_of_the_seed_tables() {
         let arts = e["artifacts"].as_object().unwrap();
         let mut names: Vec<&str> = arts.keys().map(String::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["pdf_cdf.png", "slices_plot.png"]);
+        assert_eq!(names, ["pdf_cdf.png", "slices_plot.png", "spectrum.png"]);
         for a in arts.values() {
             assert_eq!(a["head"], "89504e470d0a1a0a", "PNG magic");
             assert!(a["size"].as_u64().unwrap() > 1000);
@@ -507,7 +507,9 @@ print(json.dumps(out))
             .map(|a| a.as_str().unwrap())
             .collect();
         assert!(
-            arts.contains(&"pdf_cdf.png") && arts.contains(&"slices_plot.png"),
+            ["pdf_cdf.png", "slices_plot.png", "spectrum.png"]
+                .iter()
+                .all(|a| arts.contains(a)),
             "plots uploaded: {e}"
         );
     }

@@ -25,22 +25,22 @@ pub const PDF_BINS: usize = 100;
 const CDF_POINTS: usize = 2000;
 
 /// matplotlib's first two default colours (`tab:blue`, `tab:orange`): target and prediction.
-const TARGET_COLOR: RGBColor = RGBColor(31, 119, 180);
-const PREDICTION_COLOR: RGBColor = RGBColor(255, 127, 14);
+pub(super) const TARGET_COLOR: RGBColor = RGBColor(31, 119, 180);
+pub(super) const PREDICTION_COLOR: RGBColor = RGBColor(255, 127, 14);
 const GAP_COLOR: RGBColor = RGBColor(214, 39, 40);
-const GRID_COLOR: RGBColor = RGBColor(225, 225, 225);
+pub(super) const GRID_COLOR: RGBColor = RGBColor(225, 225, 225);
 
-const TITLE_SIZE: u32 = 32;
-const AXIS_DESC_SIZE: u32 = 26;
-const TICK_SIZE: u32 = 22;
-const LEGEND_SIZE: u32 = 24;
+pub(super) const TITLE_SIZE: u32 = 32;
+pub(super) const AXIS_DESC_SIZE: u32 = 26;
+pub(super) const TICK_SIZE: u32 = 22;
+pub(super) const LEGEND_SIZE: u32 = 24;
 
-fn draw_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
+pub(super) fn draw_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
     move |e| Error::Analysis(format!("drawing {what} failed: {e}"))
 }
 
 /// Renders with an RGB bitmap backend into memory and encodes the pixels as PNG.
-fn render_png(
+pub(super) fn render_png(
     what: &'static str,
     draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
 ) -> Result<Vec<u8>> {

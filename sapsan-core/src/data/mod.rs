@@ -10,7 +10,7 @@
 mod config;
 mod dataset;
 mod describe;
-mod fft;
+pub(crate) mod fft;
 pub mod synthetic;
 mod template;
 

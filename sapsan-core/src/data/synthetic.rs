@@ -349,32 +349,6 @@ pub fn subgrid_stress_11(u: ArrayView4<f64>, width: usize) -> Array3<f64> {
     filtered_sq - filtered.mapv(|v| v * v)
 }
 
-/// Shell-summed kinetic energy spectrum of a periodic velocity field (3, n, n, n): entry `k` is
-/// the sum of |u_hat|^2 / 2 over wavevectors with `round(|k|) = k`, for k = 0..=n/2 (the corner
-/// shells beyond n/2 are left out). The entries sum to the mean of |u|^2 / 2 when the field has
-/// no energy beyond n/2.
-pub fn energy_spectrum(u: ArrayView4<f64>) -> Vec<f64> {
-    let (_, n, _, _) = u.dim();
-    let total = (n * n * n) as f64;
-    let mut e = vec![0.0; n / 2 + 1];
-    for comp in u.outer_iter() {
-        let mut h: Vec<C64> = comp.iter().map(|&v| C64::new(v, 0.0)).collect();
-        fft3(&mut h, n, false);
-        for (idx, c) in h.iter().enumerate() {
-            let (i, j, l) = (idx / (n * n), (idx / n) % n, idx % n);
-            let k2 = [freq(i, n), freq(j, n), freq(l, n)]
-                .iter()
-                .map(|v| (v * v) as f64)
-                .sum::<f64>();
-            let shell = k2.sqrt().round() as usize;
-            if let Some(slot) = e.get_mut(shell) {
-                *slot += 0.5 * c.norm_sqr() / (total * total);
-            }
-        }
-    }
-    e
-}
-
 fn gaussian(rng: &mut Xoshiro256PlusPlus) -> f64 {
     // Box-Muller; 1 - x keeps the logarithm finite.
     let u1: f64 = 1.0 - rng.random::<f64>();
@@ -392,6 +366,12 @@ fn splitmix64(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shell-summed kinetic energy spectrum (the analysis module's, checked against known
+    /// fields there).
+    fn energy_spectrum(u: ArrayView4<f64>) -> Vec<f64> {
+        crate::analysis::field_spectrum(u).unwrap().shells
+    }
 
     /// ||div u|| / ||d u0 / dx0||, both computed spectrally (Parseval).
     #[allow(clippy::needless_range_loop)] // idx picks the wavevector and the coefficient
@@ -475,24 +455,6 @@ mod tests {
             ef[2] / e[2],
             ef[12] / e[12]
         );
-    }
-
-    #[test]
-    fn energy_spectrum_of_a_single_mode() {
-        // u = (0, 0, cos(3 x0)): mean |u|^2 / 2 = 1/4, all in shell 3.
-        let n = 16;
-        let u = Array4::from_shape_fn((3, n, n, n), |(c, i, _, _)| {
-            if c == 2 {
-                (3.0 * 2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()
-            } else {
-                0.0
-            }
-        });
-        let e = energy_spectrum(u.view());
-        for (k, v) in e.iter().enumerate() {
-            let want = if k == 3 { 0.25 } else { 0.0 };
-            assert!((v - want).abs() < 1e-12, "shell {k}: {v}");
-        }
     }
 
     #[test]

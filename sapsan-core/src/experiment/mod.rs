@@ -26,15 +26,15 @@
 //! |---|---|---|
 //! | params | `model - ...` (with kwargs), `data - ...`, `chkpnt - ...` | the same: its own data and checkpoint params, the model's params; `n_output_channels` |
 //! | metrics | `train - loss`, `valid - loss`, `lr` per epoch (step = epoch, logged while training); the estimator's own metrics as `train - <name>`; `train - final epoch`; `train - runtime` | `eval - MSE Loss`, `eval - KS Stat` (-1 without a target); `eval - gradient model MSE` when [`Evaluate::with_gradient_model`] names the filter width; `eval - runtime`; copies of the train run's `train - ...` metrics and of its latest `valid - loss` and `lr` |
-//! | artifacts | `model_details.txt`, `model_forward.txt`, `runtime_log.html`, `model.safetensors` | `pdf_cdf.png` (with a target), `slices_plot.png` |
+//! | artifacts | `model_details.txt`, `model_forward.txt`, `runtime_log.html`, `model.safetensors` | `pdf_cdf.png` (with a target), `slices_plot.png`, `spectrum.png` (spectra of target and prediction, kinetic energy for 3-component data) |
 //!
 //! Both take any [`Estimator`] (Sapsan's [`Cnn3d`], the main job's [`LocalClosure`](crate::estimator::LocalClosure), ...).
 //! Every artifact is built in memory; nothing is written to the working directory.
 use ndarray::{Array5, ArrayView5, s};
 
 use crate::analysis::{
-    self, EpochLoss, GradientModel, KsResult, SlicePanel, SortedSample, ks_2samp_sorted,
-    pdf_cdf_png_sorted, runtime_log_html,
+    self, EpochLoss, GradientModel, KsResult, SlicePanel, SortedSample, Spectrum, ks_2samp_sorted,
+    mean_spectrum, pdf_cdf_png_sorted, runtime_log_html, spectrum_png,
 };
 use crate::data::{CubeLayout, Hdf5Dataset, Loaded, Samples, restore_cube};
 use crate::error::{Error, Result};
@@ -297,6 +297,13 @@ pub struct EvalOutput {
     pub pdf_cdf_png: Option<Vec<u8>>,
     /// `slices_plot.png`.
     pub slices_png: Vec<u8>,
+    /// Spectrum of the target (mean over its checkpoints), when the data has a target: kinetic
+    /// energy for 3-component data, power otherwise.
+    pub target_spectrum: Option<Spectrum>,
+    /// Spectrum of the prediction, the same way.
+    pub prediction_spectrum: Spectrum,
+    /// `spectrum.png`: both spectra on log-log axes with a k^(-5/3) reference line.
+    pub spectrum_png: Vec<u8>,
     /// The logged model of the train run this evaluation nests under, which its metrics measure.
     pub model_id: Option<String>,
     /// The evaluate run's id (`None` only when the run could not be created).
@@ -316,6 +323,7 @@ impl TrackedOutput for EvalOutput {
             r.artifact("pdf_cdf.png", png);
         }
         r.artifact("slices_plot.png", &self.slices_png);
+        r.artifact("spectrum.png", &self.spectrum_png);
         if let Some(id) = &self.model_id {
             r.model(id.clone());
         }
@@ -364,8 +372,8 @@ impl<'m, 'b, E: Estimator + ?Sized> Evaluate<'m, 'b, E> {
     }
 
     /// Starts the evaluate run, logs the params, predicts all samples, restores the cubes, logs
-    /// `eval - KS Stat`, `eval - MSE Loss`, `eval - runtime`, the plots and the copied train
-    /// metrics, and ends the run. An error ends the run FAILED and is returned.
+    /// `eval - KS Stat`, `eval - MSE Loss`, `eval - runtime`, the plots (`spectrum.png`
+    /// included) and the copied train metrics, and ends the run. An error ends the run FAILED and is returned.
     pub fn run(&mut self) -> Result<EvalOutput> {
         let run = evaluate_run_tracked(
             self.model,
@@ -460,6 +468,12 @@ fn evaluate_run<E: Estimator + ?Sized>(
             data: first_slice(&prediction),
         }])?,
     };
+    let target_spectrum = target
+        .as_ref()
+        .map(|t| mean_spectrum(t.view()))
+        .transpose()?;
+    let prediction_spectrum = mean_spectrum(prediction.view())?;
+    let spectrum_png = spectrum_png(target_spectrum.as_ref(), &prediction_spectrum)?;
     Ok(EvalOutput {
         target,
         prediction,
@@ -468,6 +482,9 @@ fn evaluate_run<E: Estimator + ?Sized>(
         gradient_model_mse,
         pdf_cdf_png,
         slices_png,
+        target_spectrum,
+        prediction_spectrum,
+        spectrum_png,
         model_id,
         run_id: None,
     })

@@ -157,7 +157,7 @@ fn quickstart_records_the_seed_tables() {
             assert_eq!(m[key], train.data.metrics[key], "{key} copied");
         }
         assert!(m["eval - runtime"] > 0.0);
-        for name in ["pdf_cdf.png", "slices_plot.png"] {
+        for name in ["pdf_cdf.png", "slices_plot.png", "spectrum.png"] {
             assert!(eval.artifacts[name].starts_with(b"\x89PNG"), "{name}");
         }
     }
@@ -193,6 +193,16 @@ fn evaluate_covers_every_sample_and_restores_cubes() {
         out.prediction.as_slice().unwrap(),
     );
     assert_eq!(out.mse, Some(want.unwrap()));
+    // spectrum.png compares the spectra of the restored cubes: power, as tau_11 has one channel.
+    let ts = out.target_spectrum.clone().unwrap();
+    assert_eq!(ts, analysis::mean_spectrum(target.view()).unwrap());
+    assert_eq!(ts.kind, analysis::SpectrumKind::Power);
+    assert_eq!(ts.shells.len(), 16 / 2 + 1);
+    assert_eq!(
+        out.prediction_spectrum,
+        analysis::mean_spectrum(out.prediction.view()).unwrap()
+    );
+    assert!(out.spectrum_png.starts_with(b"\x89PNG"));
     assert!(eval.run_id().is_some());
     // No train run: a top-level evaluate run, without copied metrics.
     let id = eval.run_id().unwrap();
@@ -214,11 +224,13 @@ fn evaluate_without_target_logs_ks_minus_one_and_no_mse() {
     let mut eval = Evaluate::new(&model, Hdf5Dataset::new(data, q.checkpoints(&[0]), 1.0), &b);
     let out = eval.run().unwrap();
     assert!(out.target.is_none() && out.mse.is_none() && out.pdf_cdf_png.is_none());
+    assert!(out.target_spectrum.is_none());
     b.with(eval.run_id().unwrap(), |r| {
         assert_eq!(r.data.metrics["eval - KS Stat"], -1.0);
         assert!(!r.data.metrics.contains_key("eval - MSE Loss"));
         assert_eq!(r.data.params["data - target"], "None");
         assert!(r.artifacts["slices_plot.png"].starts_with(b"\x89PNG"));
+        assert!(r.artifacts["spectrum.png"].starts_with(b"\x89PNG"));
         assert!(!r.artifacts.contains_key("pdf_cdf.png"));
     });
 }
