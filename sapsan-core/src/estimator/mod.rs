@@ -3,6 +3,7 @@
 //!
 //! - [`api`]: the [`Estimator`] trait `Train` / `Evaluate` are written against.
 //! - [`closure`]: [`LocalClosure`], a learned local subgrid closure (its own folder).
+//! - [`krr`]: [`Krr`], Sapsan's kernel ridge regression with an RBF kernel (its own folder).
 //! - [`layers`]: differentiable [`conv3d`](layers::conv3d) and [`max_pool3d`](layers::max_pool3d).
 //! - [`cnn3d`]: the network ([`Cnn3dNet`]) and its forward source text.
 //! - [`config`]: [`Cnn3dConfig`], Sapsan's settings and defaults.
@@ -17,6 +18,7 @@ pub mod closure;
 pub mod cnn3d;
 pub mod config;
 pub mod init;
+pub mod krr;
 pub mod layers;
 pub mod loss;
 pub mod model;
@@ -27,6 +29,8 @@ pub use closure::LocalClosure;
 pub use closure::config::LocalClosureConfig;
 pub use cnn3d::Cnn3dNet;
 pub use config::Cnn3dConfig;
+pub use krr::Krr;
+pub use krr::config::KrrConfig;
 pub use loss::Loss;
 pub use model::Cnn3d;
 pub use train::{EpochRecord, FitSettings, Network, Samples, TrainOptions, TrainReport};

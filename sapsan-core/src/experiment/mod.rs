@@ -28,7 +28,8 @@
 //! | metrics | `train - loss`, `valid - loss`, `lr` per epoch (step = epoch, logged while training); the estimator's own metrics as `train - <name>`; `train - final epoch`; `train - runtime` | `eval - MSE Loss`, `eval - KS Stat` (-1 without a target); `eval - gradient model MSE` when [`Evaluate::with_gradient_model`] names the filter width; `eval - runtime`; copies of the train run's `train - ...` metrics and of its latest `valid - loss` and `lr` |
 //! | artifacts | `model_details.txt`, `model_forward.txt`, `runtime_log.html`, `model.safetensors` | `pdf_cdf.png` (with a target), `slices_plot.png`, `spectrum.png` (spectra of target and prediction, kinetic energy for 3-component data) |
 //!
-//! Both take any [`Estimator`] (Sapsan's [`Cnn3d`], the main job's [`LocalClosure`](crate::estimator::LocalClosure), ...).
+//! Both take any [`Estimator`] (Sapsan's [`Cnn3d`], the main job's [`LocalClosure`](crate::estimator::LocalClosure),
+//! Sapsan's kernel ridge regression [`Krr`](crate::estimator::Krr), ...).
 //! Every artifact is built in memory; nothing is written to the working directory.
 use ndarray::{Array5, ArrayView5, s};
 
