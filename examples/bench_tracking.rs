@@ -407,7 +407,7 @@ fn on_server(
     let mut last_ceiling = ceiling(addr, &ceiling_run)?;
     let (mut ours_on, mut ours_off) = (Vec::new(), Vec::new());
     for round in 0..n_rounds {
-        let order = if (round + workers as usize) % 2 == 0 {
+        let order = if (round + workers as usize).is_multiple_of(2) {
             [Mode::Journal, Mode::Memory]
         } else {
             [Mode::Memory, Mode::Journal]

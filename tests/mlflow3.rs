@@ -130,7 +130,7 @@ fn check(seen: &serde_json::Value, train: &str, eval: &str) {
 fn datasets_models_and_model_metrics_land_online() {
     let b = MlflowBackend::builder()
         .tracking_uri(common::tracking_uri())
-        .experiment(&common::unique("mlflow3"))
+        .experiment(common::unique("mlflow3"))
         .build()
         .unwrap();
     let (train, eval, model_id) = log_train_and_evaluate(&b);
@@ -219,7 +219,7 @@ fn work_for(d: std::time::Duration) -> f64 {
 fn system_metrics_use_mlflows_names_count_steps_and_stop_with_the_run() {
     let b = MlflowBackend::builder()
         .tracking_uri(common::tracking_uri())
-        .experiment(&common::unique("sysmetrics"))
+        .experiment(common::unique("sysmetrics"))
         .system_metrics(Some(std::time::Duration::from_millis(500)))
         .build()
         .unwrap();

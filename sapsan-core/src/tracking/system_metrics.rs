@@ -435,22 +435,19 @@ mod tests {
             names,
             [
                 "cpu_utilization_percentage",
-                "disk_available_megabytes".into(),
-                "disk_usage_megabytes".into(),
-                "disk_usage_percentage".into(),
-                "network_receive_megabytes".into(),
-                "network_transmit_megabytes".into(),
-                "system_memory_usage_megabytes".into(),
-                "system_memory_usage_percentage".into(),
+                "disk_available_megabytes",
+                "disk_usage_megabytes",
+                "disk_usage_percentage",
+                "network_receive_megabytes",
+                "network_transmit_megabytes",
+                "system_memory_usage_megabytes",
+                "system_memory_usage_percentage",
             ]
         );
         assert_eq!(m["cpu_utilization_percentage"], 25.0);
         assert_eq!(m["network_receive_megabytes"], 2.0);
         assert_eq!(m["network_transmit_megabytes"], 0.5);
-        for k in [
-            "system_memory_usage_percentage".into(),
-            "disk_usage_percentage",
-        ] {
+        for k in ["system_memory_usage_percentage", "disk_usage_percentage"] {
             assert!((0.0..=100.0).contains(&m[k]), "{k} = {}", m[k]);
         }
         assert!(m["system_memory_usage_megabytes"] > 0.0);
