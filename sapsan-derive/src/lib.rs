@@ -1,14 +1,56 @@
-//! Procedural macros of sapsan: `#[derive(ModelConfig)]` and `#[tracked]`. This crate only turns
-//! tokens into code: the generated code calls the public runtime API of `sapsan-core`
-//! (`config::ParamsBuilder`, `tracking::run::scope::RunScope`). Use them through the `sapsan` facade
-//! (`use sapsan::{ModelConfig, tracked};`) or `sapsan-core`.
+//! Procedural macros of [sapsan](https://docs.rs/sapsan): `#[derive(ModelConfig)]` and
+//! `#[tracked]`.
+//!
+//! This crate only turns tokens into code: the generated code calls the public runtime API of
+//! `sapsan-core` (`config::ParamsBuilder`, `tracking::run::scope::RunScope`), and keys are checked
+//! at compile time with `sapsan-keys`, the rules the runtime uses too. Use the macros through the
+//! `sapsan` facade (`use sapsan::{ModelConfig, tracked};`) or `sapsan-core`: the expansion names
+//! `::sapsan` when the calling crate depends on the facade, else `::sapsan_core`
+//! (`#[sapsan(crate = path)]` / `crate = path` for re-exports).
+//!
+//! ```
+//! use sapsan_core::config::ModelConfig as _;
+//! use sapsan_core::tracking::{Backend, FakeBackend};
+//! use sapsan_core::{ModelConfig, tracked};
+//!
+//! #[derive(ModelConfig)]
+//! #[sapsan(prefix = "data")]
+//! struct DataConfig {
+//!     checkpoints: Vec<u32>,
+//!     #[sapsan(skip)]
+//!     cache: bool,
+//! }
+//!
+//! #[tracked(evaluate, params(data))]
+//! fn evaluate(data: &DataConfig, backend: &impl Backend) -> sapsan_core::Result<()> {
+//!     backend.log_metric("eval - checkpoints", data.checkpoints.len() as f64)
+//! }
+//!
+//! let data = DataConfig { checkpoints: vec![0, 10], cache: true };
+//! let params = data.parameters().unwrap();
+//! assert_eq!(params.iter().collect::<Vec<_>>(), [("data - checkpoints", "[0, 10]")]);
+//! let backend = FakeBackend::new();
+//! backend.start("train", false, None).unwrap(); // the evaluate run nests under it
+//! evaluate(&data, &backend).unwrap();
+//! ```
+//!
+//! A key MLflow would reject is a compile error, pointing at the field:
+//!
+//! ```compile_fail
+//! #[derive(sapsan_core::ModelConfig)]
+//! struct Config {
+//!     #[sapsan(rename = "acc@1")]
+//!     accuracy: f64,
+//! }
+//! ```
+//!
+//! No cargo features.
+#![warn(missing_docs)]
 use proc_macro::TokenStream;
 
 mod common;
-/// MLflow's key rules: the very file the runtime uses, so compile-time and run-time checks agree.
-#[allow(dead_code)]
-#[path = "../../sapsan-core/src/config/keys.rs"]
-mod keys;
+/// MLflow's key rules: the crate the runtime uses too, so compile-time and run-time checks agree.
+use sapsan_keys as keys;
 mod model_config;
 mod tracked;
 

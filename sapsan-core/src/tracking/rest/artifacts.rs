@@ -78,7 +78,7 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 /// Percent-encodes each `/`-separated part of `name` for a URL path.
-pub fn encode_path(name: &str) -> String {
+pub(crate) fn encode_path(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         match b {
@@ -92,7 +92,7 @@ pub fn encode_path(name: &str) -> String {
 }
 
 /// Whether a tracking server at `host` shares this machine's disk (a loopback address).
-pub fn is_local_host(host: &str) -> bool {
+pub(crate) fn is_local_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
         || h.parse::<std::net::IpAddr>()
@@ -158,7 +158,7 @@ pub fn put(http: &HttpClient, target: &Target, bytes: &[u8]) -> Result<()> {
 }
 
 /// Writes `bytes` to `dir/name`, creating directories (a local artifact store).
-pub fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)

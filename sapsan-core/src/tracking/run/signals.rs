@@ -56,8 +56,9 @@ pub fn handlers_installed() -> bool {
     imp::installed()
 }
 
-/// Number of live backends the signal path would end (for tests and diagnostics).
-pub fn live_backends() -> usize {
+/// Number of live backends the signal path would end.
+#[cfg(test)]
+fn live_backends() -> usize {
     REGISTRY
         .lock()
         .iter()
