@@ -39,7 +39,7 @@ pub fn run(args: &NewArgs) -> Result<()> {
     }
     let checkout = match &args.sapsan_path {
         Some(p) => Some(checkout(p).map_err(fail)?),
-        None => checkout(Path::new(BUILT_FROM)).ok(),
+        None => default_checkout(Path::new(BUILT_FROM)),
     };
     let dependency = match &checkout {
         Some(p) => format!(
@@ -139,6 +139,17 @@ fn checkout(path: &Path) -> std::result::Result<PathBuf, String> {
     Ok(abs)
 }
 
+/// The checkout a project depends on when none is given: the one this command was built from,
+/// unless it was installed from a registry (`cargo install sapsan`) and so built from the
+/// package's copy in cargo's cache, which `cargo package` marks with `Cargo.toml.orig`: the
+/// project then depends on the released crate, not on that cache.
+fn default_checkout(built_from: &Path) -> Option<PathBuf> {
+    if built_from.join("Cargo.toml.orig").is_file() {
+        return None;
+    }
+    checkout(built_from).ok()
+}
+
 /// `s` as a TOML basic string.
 fn toml_string(s: &str) -> String {
     let mut out = String::from("\"");
@@ -157,6 +168,19 @@ fn toml_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_copy_is_not_a_checkout_to_depend_on() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("Cargo.toml"),
+            "[package]\nname = \"sapsan\"\n",
+        )
+        .unwrap();
+        assert!(default_checkout(dir.path()).is_some(), "a checkout");
+        std::fs::write(dir.path().join("Cargo.toml.orig"), "").unwrap();
+        assert_eq!(default_checkout(dir.path()), None, "a packaged copy");
+    }
 
     #[test]
     fn crate_names_follow_cargo() {
