@@ -120,12 +120,20 @@ fn run_victim(
         .env("SAPSAN_JOURNAL_DIR", journals.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if ignore_sigint {
+    {
         use std::os::unix::process::CommandExt;
+        // The victim starts with SIGINT ignored exactly when the case asks for it. Set both ways:
+        // a test run launched in the background of a non-interactive shell (`cmd &`, nohup)
+        // inherits SIGINT ignored, and the victim would rightly keep ignoring it.
+        let disposition = if ignore_sigint {
+            libc::SIG_IGN
+        } else {
+            libc::SIG_DFL
+        };
         // SAFETY: only `signal` between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
-                libc::signal(libc::SIGINT, libc::SIG_IGN);
+            cmd.pre_exec(move || {
+                libc::signal(libc::SIGINT, disposition);
                 Ok(())
             });
         }
