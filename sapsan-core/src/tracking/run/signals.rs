@@ -314,14 +314,24 @@ mod tests {
         let target: Arc<dyn SignalTarget> = Arc::new(Counting(Arc::default()));
         register(&target).unwrap();
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("SigCgt:")).unwrap();
-        let caught = u64::from_str_radix(line["SigCgt:".len()..].trim(), 16).unwrap();
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            assert_ne!(
-                caught & (1 << (sig - 1)),
-                0,
-                "signal {sig} not caught: {caught:x}"
-            );
-        }
+        let mask = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            u64::from_str_radix(line[name.len()..].trim(), 16).unwrap()
+        };
+        let (caught, ignored) = (mask("SigCgt:"), mask("SigIgn:"));
+        let bit = |sig: libc::c_int| 1u64 << (sig - 1);
+        assert_ne!(
+            caught & bit(libc::SIGTERM),
+            0,
+            "SIGTERM not caught: {caught:x}"
+        );
+        // SIGINT is caught unless the process started with it ignored (launched in the
+        // background of a non-interactive shell), which it then keeps ignoring.
+        let sigint_ignored = ignored & bit(libc::SIGINT) != 0;
+        assert_eq!(
+            caught & bit(libc::SIGINT) != 0,
+            !sigint_ignored,
+            "SIGINT: caught {caught:x}, ignored {ignored:x}"
+        );
     }
 }
