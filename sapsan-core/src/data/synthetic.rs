@@ -436,7 +436,6 @@ mod tests {
         let u = velocity_field(32, 11);
         let e = energy_spectrum(u.view());
         let s = slope(&e, 2..=14);
-        eprintln!("fitted slope over k = 2..=14: {s}");
         assert!((s + 5.0 / 3.0).abs() < 0.3, "slope {s}, spectrum {e:?}");
         // Nothing at k = 0 and the shells hold (almost) all the energy: mean |u|^2 / 2 = 1.5.
         assert!(e[0] < 1e-20);

@@ -56,7 +56,6 @@ fn fixture(dir: &Path) -> Hdf5Dataset {
 
 fn err_text(ds: &Hdf5Dataset) -> String {
     let e = ds.load().unwrap_err().to_string();
-    eprintln!("{e}"); // shown with --nocapture: the messages users see
     e
 }
 
@@ -422,7 +421,6 @@ fn error_unknown_template_placeholder() {
 #[test]
 fn synthetic_files_load_and_generation_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
-    let start = std::time::Instant::now();
     let first = generate(dir.path(), 32, &[0, 1], 9).unwrap();
     let data = DataConfig::synthetic(dir.path(), 32);
     let ds = Hdf5Dataset::new(
@@ -431,7 +429,6 @@ fn synthetic_files_load_and_generation_is_idempotent() {
         0.75,
     );
     let loaded = ds.load().unwrap();
-    eprintln!("generate 2 x 32^3 + load: {:?}", start.elapsed());
     assert_eq!(first.written.len(), 4);
     assert!(
         first
