@@ -212,13 +212,7 @@ impl Replayer {
             return self.apply_shared(rec);
         };
         let _once = lock(&self.creating);
-        if self.run_id(key).is_some() {
-            return Ok(());
-        }
-        if self.trust_ids
-            && let Some(id) = id
-        {
-            lock(&self.runs).insert(key.clone(), id.clone());
+        if self.already_known(key, id.as_deref()) {
             return Ok(());
         }
         let exp_id = self.experiment(experiment)?;
@@ -243,6 +237,21 @@ impl Replayer {
         }
         lock(&self.runs).insert(key.clone(), rid);
         Ok(())
+    }
+
+    /// Whether the run or model `key` needs no creation: created (or found) before, or recorded
+    /// with its server `id` against this very server. Called with the creation lock held.
+    fn already_known(&self, key: &str, id: Option<&str>) -> bool {
+        if self.run_id(key).is_some() {
+            return true;
+        }
+        match id {
+            Some(id) if self.trust_ids => {
+                lock(&self.runs).insert(key.to_owned(), id.to_owned());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Applies a record that creates nothing (a batch, a status, an artifact); safe to call from
@@ -403,13 +412,7 @@ impl Replayer {
             return self.apply(rec);
         };
         let _once = lock(&self.creating);
-        if self.run_id(key).is_some() {
-            return Ok(());
-        }
-        if self.trust_ids
-            && let Some(id) = id
-        {
-            lock(&self.runs).insert(key.clone(), id.clone());
+        if self.already_known(key, id.as_deref()) {
             return Ok(());
         }
         let exp_id = self.experiment(experiment)?;
