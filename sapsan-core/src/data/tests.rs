@@ -55,8 +55,7 @@ fn fixture(dir: &Path) -> Hdf5Dataset {
 }
 
 fn err_text(ds: &Hdf5Dataset) -> String {
-    let e = ds.load().unwrap_err().to_string();
-    e
+    ds.load().unwrap_err().to_string()
 }
 
 #[test]
