@@ -1,7 +1,7 @@
 //! Analysis of a prediction against its target: the numbers ([`metrics`]: MSE, the two-sample
 //! Kolmogorov-Smirnov test, histograms, empirical CDFs), the images Sapsan's Evaluate logs
-//! ([`plots`]: `pdf_cdf.png`, `slices_plot.png`; [`spectrum_plot`]: `spectrum.png` of the
-//! shell-binned spectra of [`spectrum`]) and the training report Train logs
+//! ([`plots`]: `pdf_cdf.png`, `slices_plot.png` and `spectrum.png` of the shell-binned spectra
+//! of [`spectrum`]) and the training report Train logs
 //! ([`report`]: `runtime_log.html`), and the physical baseline of a subgrid-stress prediction
 //! ([`gradient_model`]).
 //!
@@ -16,14 +16,14 @@ pub mod metrics;
 pub mod plots;
 pub mod report;
 pub mod spectrum;
-pub mod spectrum_plot;
 
 pub use gradient_model::GradientModel;
 pub use metrics::{
     Histogram, KsResult, SortedSample, density_pair, joint_range, kolmogorov_sf, ks_2samp,
     ks_2samp_sorted, mse,
 };
-pub use plots::{SlicePanel, pdf_cdf_png, pdf_cdf_png_sorted, slice_panels, slices_png};
+pub use plots::{
+    SlicePanel, pdf_cdf_png, pdf_cdf_png_sorted, slice_panels, slices_png, spectrum_png,
+};
 pub use report::{EpochLoss, runtime_log_html};
 pub use spectrum::{Spectrum, SpectrumKind, field_spectrum, mean_spectrum};
-pub use spectrum_plot::spectrum_png;

@@ -467,16 +467,10 @@ mod tests {
             .collect()
     }
 
-    fn write_if_asked(name: &str, page: &str) {
-        if let Some(dir) = std::env::var_os("SAPSAN_PLOT_DIR") {
-            std::fs::write(std::path::Path::new(&dir).join(name), page).unwrap();
-        }
-    }
-
     #[test]
     fn page_is_offline_small_and_has_both_series_at_1000_epochs() {
         let page = runtime_log_html(&history(1000, true));
-        write_if_asked("runtime_log.html", &page);
+        crate::analysis::plots::test_png::write_if_asked("runtime_log.html", &page);
         assert!(page.len() < 300 * 1024, "{} bytes", page.len());
         let without_xmlns = page.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
         assert!(!without_xmlns.contains("http://") && !without_xmlns.contains("https://"));
@@ -510,7 +504,7 @@ mod tests {
         h[6].train = f64::INFINITY;
         h[8].valid = Some(0.0);
         let page = runtime_log_html(&h);
-        write_if_asked("runtime_log_gaps.html", &page);
+        crate::analysis::plots::test_png::write_if_asked("runtime_log_gaps.html", &page);
         assert!(page.contains(
             "2 train loss values not drawn (a log axis shows only finite positive values): \
              NaN at epoch 4, inf at epoch 7."

@@ -1,14 +1,13 @@
 //! `spectrum.png`: the spectra of target and prediction on log-log axes with a k^(-5/3)
-//! reference line (Sapsan's `PowerSpectrum.plot_spectrum`), rendered in memory like the other
-//! plots of [`super::plots`].
+//! reference line (Sapsan's `PowerSpectrum.plot_spectrum`).
 use plotters::prelude::*;
 
-use super::font::FAMILY;
-use super::plots::{
-    AXIS_DESC_SIZE, GRID_COLOR, LEGEND_SIZE, PREDICTION_COLOR, TARGET_COLOR, TICK_SIZE, TITLE_SIZE,
-    draw_err, fmt_g, render_png,
+use super::{
+    PREDICTION_COLOR, TARGET_COLOR, TITLE_SIZE, draw_err, draw_grid, draw_legend, legend_line,
+    render_png,
 };
-use super::spectrum::{Spectrum, SpectrumKind};
+use crate::analysis::font::FAMILY;
+use crate::analysis::spectrum::{Spectrum, SpectrumKind};
 use crate::error::{Error, Result};
 
 /// Colour of the k^(-5/3) reference line.
@@ -76,18 +75,7 @@ pub fn spectrum_png(target: Option<&Spectrum>, prediction: &Spectrum) -> Result<
             .y_label_area_size(120)
             .build_cartesian_2d((0.9f64..k_max * 1.1).log_scale(), (ymin..ymax).log_scale())
             .map_err(draw_err(WHAT))?;
-        chart
-            .configure_mesh()
-            .x_desc("k")
-            .y_desc(prediction.kind.label())
-            .axis_desc_style((FAMILY, AXIS_DESC_SIZE))
-            .label_style((FAMILY, TICK_SIZE))
-            .x_label_formatter(&|v| fmt_g(*v, 3))
-            .y_label_formatter(&|v| fmt_g(*v, 2))
-            .bold_line_style(GRID_COLOR)
-            .light_line_style(TRANSPARENT)
-            .draw()
-            .map_err(draw_err(WHAT))?;
+        draw_grid(&mut chart, ("k", prediction.kind.label()), (10, 10), WHAT)?;
         // The reference first, so the data is drawn over it.
         if !reference.is_empty() {
             let style = REFERENCE_COLOR.stroke_width(2);
@@ -100,7 +88,7 @@ pub fn spectrum_png(target: Option<&Spectrum>, prediction: &Spectrum) -> Result<
                 ))
                 .map_err(draw_err(WHAT))?
                 .label("k^(-5/3)")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 36, y)], style));
+                .legend(legend_line(style));
         }
         let curves = target_pts
             .iter()
@@ -112,21 +100,12 @@ pub fn spectrum_png(target: Option<&Spectrum>, prediction: &Spectrum) -> Result<
                 .draw_series(LineSeries::new(pts.iter().copied(), style))
                 .map_err(draw_err(WHAT))?
                 .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 36, y)], style));
+                .legend(legend_line(style));
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))
                 .map_err(draw_err(WHAT))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FAMILY, LEGEND_SIZE))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.4))
-            .margin(14)
-            .legend_area_size(52)
-            .draw()
-            .map_err(draw_err(WHAT))?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight, WHAT)?;
         Ok(())
     })
 }
@@ -134,16 +113,8 @@ pub fn spectrum_png(target: Option<&Spectrum>, prediction: &Spectrum) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::plots::test_png::{decode, write_if_asked};
     use crate::analysis::plots::{HEIGHT, WIDTH};
-
-    fn decode(png_bytes: &[u8]) -> (u32, u32, Vec<u8>) {
-        let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        buf.truncate(info.buffer_size());
-        (info.width, info.height, buf)
-    }
 
     fn count(rgb: &[u8], c: RGBColor) -> usize {
         rgb.chunks_exact(3)
@@ -163,9 +134,7 @@ mod tests {
         let t = spectrum(SpectrumKind::KineticEnergy, |k| k.powf(-2.5));
         let p = spectrum(SpectrumKind::KineticEnergy, |k| k.powf(-3.0));
         let bytes = spectrum_png(Some(&t), &p).unwrap();
-        if let Some(dir) = std::env::var_os("SAPSAN_PLOT_DIR") {
-            std::fs::write(std::path::Path::new(&dir).join("spectrum.png"), &bytes).unwrap();
-        }
+        write_if_asked("spectrum.png", &bytes);
         let (w, h, rgb) = decode(&bytes);
         assert_eq!((w, h), (WIDTH, HEIGHT));
         assert!(count(&rgb, TARGET_COLOR) > 1000, "target curve");
