@@ -49,12 +49,23 @@ impl std::fmt::Debug for HttpClient {
 /// Longest piece of a non-JSON error body kept in an error message.
 const MAX_BODY_IN_ERROR: usize = 300;
 
+/// Makes rustls' `ring` provider the process default unless the program installed one already
+/// (then that one is used): reqwest is built without a provider of its own, so that a fresh build
+/// does not compile aws-lc's C library.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may win the race; either way a provider is installed afterwards.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 impl HttpClient {
     /// Builds the client for `base` (the tracking URI, without credentials).
     pub fn new(base: &str, settings: &Settings) -> Result<Self> {
         // Every request on a fresh connection: the server (uvicorn) leaves Nagle on, so a reused
         // connection waits ~40 ms for the delayed ACK of each response; a new loopback connection
         // costs ~0.1-1.5 ms. Measured in `tests/tracking_perf.rs`'s report and BENCHMARKS.md.
+        install_crypto_provider();
         let mut b = Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
