@@ -192,3 +192,21 @@ fn it_is_an_estimator_with_sapsans_params_and_deterministic_texts() {
     assert!(forward.contains("fn forward_unchecked"), "{forward}");
     assert!(forward.contains("curl(&self.potential(x)?)"), "{forward}");
 }
+
+#[test]
+fn trains_on_boxes_that_are_not_cubes() {
+    // Edges 8, 16, 4 (each divisible by 2^2): the convolutions' gradients and the curl's padding
+    // work per axis.
+    let x = random_cubes(1, 16, 8)
+        .slice_move(ndarray::s![.., .., ..8, .., ..4])
+        .as_standard_layout()
+        .into_owned();
+    let mut model = small(PicaeConfig::default().with_n_epochs(2));
+    let report = model
+        .fit(Samples::new(&x, &x), Samples::new(&x, &x), &mut |_| Ok(()))
+        .unwrap();
+    assert_eq!(report.final_epoch, 2);
+    let y = model.predict(&x).unwrap();
+    assert_eq!(y.shape(), &[1, 3, 8, 16, 4]);
+    assert!(relative_divergence(&y).unwrap() < 1e-5);
+}
