@@ -5,41 +5,11 @@ mod common;
 
 use serde_json::Value;
 
-/// The example as `cargo test` built it (beside this test binary, in `examples/`); `cargo run`
-/// when it is missing.
-fn krr_command() -> std::process::Command {
-    let built = std::env::current_exe().ok().and_then(|exe| {
-        let bin = exe.parent()?.parent()?.join("examples").join("krr");
-        bin.is_file().then_some(bin)
-    });
-    let mut cmd = match built {
-        Some(bin) => std::process::Command::new(bin),
-        None => {
-            let mut c = std::process::Command::new(env!("CARGO"));
-            c.args(["run", "--quiet", "--example", "krr"]);
-            c
-        }
-    };
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
-const READ_RUNS: &str = r#"
-out = {}
-for run_id in args:
-    r = client.get_run(run_id)
-    arts = {f.path: f.file_size for f in client.list_artifacts(run_id)}
-    out[run_id] = {'status': r.info.status, 'name': r.info.run_name,
-                   'parent': r.data.tags.get('mlflow.parentRunId'),
-                   'params': r.data.params, 'metrics': r.data.metrics, 'artifacts': arts}
-print(json.dumps(out))
-"#;
-
 #[test]
 fn krr_example_tracks_a_train_and_a_nested_evaluate_run() {
     let dir = tempfile::tempdir().unwrap();
     let experiment = common::unique("krr");
-    let out = krr_command()
+    let out = common::example_command("krr")
         .env("MLFLOW_TRACKING_URI", common::tracking_uri())
         .env("MLFLOW_EXPERIMENT_NAME", &experiment)
         .env("SAPSAN_DATA_DIR", dir.path())
@@ -51,16 +21,9 @@ fn krr_example_tracks_a_train_and_a_nested_evaluate_run() {
         "krr failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let id_after = |label: &str| -> String {
-        stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no {label:?} line in {stdout}"))
-            .to_owned()
-    };
-    let (train_id, eval_id) = (id_after("train run:"), id_after("evaluate run:"));
-    let runs = common::judge(READ_RUNS, &[&train_id, &eval_id]);
+    let train_id = common::id_after(&stdout, "train run:");
+    let eval_id = common::id_after(&stdout, "evaluate run:");
+    let runs = common::judge(common::READ_RUNS, &[&train_id, &eval_id]);
     let (train, eval) = (&runs[&train_id], &runs[&eval_id]);
     let param = |r: &Value, k: &str| r["params"][k].as_str().map(str::to_owned);
     let metric = |r: &Value, k: &str| {

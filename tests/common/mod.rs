@@ -150,3 +150,45 @@ pub fn run_tests(tests: &[(&str, fn())]) {
     }
     eprintln!("test result: ok. {} passed; 0 failed", tests.len());
 }
+
+/// The example `name` as `cargo test` built it (beside the test binary, in `examples/`); `cargo
+/// run --example name` when it is missing. Runs in the repository root.
+pub fn example_command(name: &str) -> Command {
+    let built = std::env::current_exe().ok().and_then(|exe| {
+        let bin = exe.parent()?.parent()?.join("examples").join(name);
+        bin.is_file().then_some(bin)
+    });
+    let mut cmd = match built {
+        Some(bin) => Command::new(bin),
+        None => {
+            let mut c = Command::new(env!("CARGO"));
+            c.args(["run", "--quiet", "--example", name]);
+            c
+        }
+    };
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+/// A [`judge`] script: for every run id in `args`, its status, name, parent run (tag
+/// `mlflow.parentRunId`), params, metrics and top-level artifacts (path to size), keyed by id.
+pub const READ_RUNS: &str = r#"
+out = {}
+for run_id in args:
+    r = client.get_run(run_id)
+    arts = {f.path: f.file_size for f in client.list_artifacts(run_id)}
+    out[run_id] = {'status': r.info.status, 'name': r.info.run_name,
+                   'parent': r.data.tags.get('mlflow.parentRunId'),
+                   'params': r.data.params, 'metrics': r.data.metrics, 'artifacts': arts}
+print(json.dumps(out))
+"#;
+
+/// The id printed after `label` (e.g. `train run:`) on a line of an example's `stdout`.
+pub fn id_after(stdout: &str, label: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {label:?} line in {stdout}"))
+        .to_owned()
+}

@@ -12,6 +12,9 @@
 //! p = p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 //! ```
 //! Moments are kept in `f64`; parameters may be `f32` or `f64` tensors on the CPU.
+//!
+//! [`Adam::with_l2_penalty`] adds PyTorch `Adam`'s own `weight_decay` (an L2 penalty: `g += l2 p`
+//! before the moments), which differs from the decoupled decay above; Sapsan's PICAE uses it.
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
@@ -31,6 +34,8 @@ struct AdamVar {
 pub struct Adam {
     vars: Vec<AdamVar>,
     params: ParamsAdamW,
+    /// PyTorch `Adam`'s `weight_decay`: added to each gradient as `l2 * p`.
+    l2: f64,
     step_t: i32,
 }
 
@@ -38,6 +43,7 @@ impl std::fmt::Debug for Adam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Adam")
             .field("params", &self.params)
+            .field("l2", &self.l2)
             .field("step", &self.step_t)
             .field("num_vars", &self.vars.len())
             .finish()
@@ -57,6 +63,8 @@ struct Update<'a> {
     eps: f64,
     /// `1 - lr * weight_decay`.
     decay: f64,
+    /// The L2 penalty added to the gradient (`g + l2 p`).
+    l2: f64,
 }
 
 impl Update<'_> {
@@ -85,7 +93,7 @@ impl Update<'_> {
         }
         let (b1, b2) = (self.beta1, self.beta2);
         for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            let g = to_f64(g);
+            let g = to_f64(g) + self.l2 * to_f64(*p);
             *m = b1 * *m + (1.0 - b1) * g;
             *v = b2 * *v + (1.0 - b2) * g * g;
             let denom = v.sqrt() * self.inv_sqrt_bc2 + self.eps;
@@ -127,6 +135,16 @@ impl InplaceOp2 for Update<'_> {
     }
 }
 
+impl Adam {
+    /// Adds PyTorch `Adam`'s `weight_decay`: every gradient gets `l2 * p` added before the
+    /// moments are updated (an L2 penalty `l2 / 2 * |p|^2` on the loss; 0, the default, adds
+    /// nothing). Independent of [`ParamsAdamW::weight_decay`], the decoupled decay.
+    pub fn with_l2_penalty(mut self, l2: f64) -> Self {
+        self.l2 = l2;
+        self
+    }
+}
+
 impl Optimizer for Adam {
     type Config = ParamsAdamW;
 
@@ -146,6 +164,7 @@ impl Optimizer for Adam {
         Ok(Self {
             vars,
             params,
+            l2: 0.0,
             step_t: 0,
         })
     }
@@ -169,6 +188,7 @@ impl Optimizer for Adam {
                 inv_sqrt_bc2,
                 eps: p.eps,
                 decay: 1.0 - p.lr * p.weight_decay,
+                l2: self.l2,
             };
             var.as_tensor().inplace_op2(&g, &update)?;
         }
@@ -285,6 +305,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn l2_penalty_is_adam_on_the_penalised_loss() {
+        // PyTorch's Adam(weight_decay=l2) equals plain Adam on loss + l2/2 |w|^2.
+        let dev = Device::Cpu;
+        let c = Tensor::new(&[1.0f64, -0.5, 2.0], &dev).unwrap();
+        let l2 = 0.3;
+        let a = Var::new(&[0.3f64, -1.2, 0.8], &dev).unwrap();
+        let b = Var::new(&[0.3f64, -1.2, 0.8], &dev).unwrap();
+        let mut pa = Adam::new(vec![a.clone()], params(0.05, 0.0))
+            .unwrap()
+            .with_l2_penalty(l2);
+        let mut pb = Adam::new(vec![b.clone()], params(0.05, 0.0)).unwrap();
+        for _ in 0..20 {
+            pa.backward_step(&loss(&a, &c)).unwrap();
+            let penalty = (b.as_tensor().sqr().unwrap().sum_all().unwrap() * (l2 / 2.0)).unwrap();
+            pb.backward_step(&(loss(&b, &c) + penalty).unwrap())
+                .unwrap();
+        }
+        let (x, y): (Vec<f64>, Vec<f64>) = (a.to_vec1().unwrap(), b.to_vec1().unwrap());
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() < 1e-12, "{x:?} vs {y:?}");
+        }
+        let plain = Var::new(&[0.3f64, -1.2, 0.8], &dev).unwrap();
+        let mut pp = Adam::new(vec![plain.clone()], params(0.05, 0.0)).unwrap();
+        for _ in 0..20 {
+            pp.backward_step(&loss(&plain, &c)).unwrap();
+        }
+        assert_ne!(plain.to_vec1::<f64>().unwrap(), x);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - [`api`]: the [`Estimator`] trait `Train` / `Evaluate` are written against.
 //! - [`closure`]: [`LocalClosure`], a learned local subgrid closure (its own folder).
 //! - [`krr`]: [`Krr`], Sapsan's kernel ridge regression with an RBF kernel (its own folder).
+//! - [`picae`]: [`Picae`], Sapsan's physics-informed convolutional autoencoder with a
+//!   divergence-free output (its own folder).
 //! - [`layers`]: differentiable [`conv3d`](layers::conv3d) and [`max_pool3d`](layers::max_pool3d).
 //! - [`cnn3d`]: the network ([`Cnn3dNet`]) and its forward source text.
 //! - [`config`]: [`Cnn3dConfig`], Sapsan's settings and defaults.
@@ -12,17 +14,22 @@
 //! - [`loss`]: SmoothL1 (Sapsan's CNN3d) and MSE losses.
 //! - [`adam`]: [`Adam`](adam::Adam), the optimizer, updating parameters in place.
 //! - [`init`]: seeded parameter initialisation (reproducible weights on the CPU).
+//! - [`weights`]: a network's variables to and from safetensors bytes.
 pub mod adam;
 pub mod api;
 pub mod closure;
 pub mod cnn3d;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod gradcheck;
 pub mod init;
 pub mod krr;
 pub mod layers;
 pub mod loss;
 pub mod model;
+pub mod picae;
 pub mod train;
+pub mod weights;
 
 pub use api::Estimator;
 pub use closure::LocalClosure;
@@ -33,4 +40,6 @@ pub use krr::Krr;
 pub use krr::config::KrrConfig;
 pub use loss::Loss;
 pub use model::Cnn3d;
+pub use picae::Picae;
+pub use picae::config::PicaeConfig;
 pub use train::{EpochRecord, FitSettings, Network, Samples, TrainOptions, TrainReport};

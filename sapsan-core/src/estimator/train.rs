@@ -43,6 +43,9 @@ pub struct FitSettings {
     pub patience: usize,
     /// Smallest drop of the training loss that counts for early stopping.
     pub min_delta: f64,
+    /// PyTorch `Adam`'s `weight_decay`: an L2 penalty added to every gradient as
+    /// `weight_decay * p` (0: none; see [`Adam::with_l2_penalty`]).
+    pub weight_decay: f64,
     /// The loss minimised and reported.
     pub loss: Loss,
 }
@@ -56,6 +59,7 @@ impl From<&Cnn3dConfig> for FitSettings {
             min_lr: c.min_lr(),
             patience: c.patience,
             min_delta: c.min_delta,
+            weight_decay: 0.0,
             loss: Loss::SmoothL1,
         }
     }
@@ -336,7 +340,8 @@ pub fn fit(
     let batch = options.batch_size.unwrap_or(n_train).min(n_train);
     let valid_batch = options.batch_size.unwrap_or(valid_x.dim(0)?);
 
-    let mut optimizer = Adam::new(vars, adam_params(config.lr))?;
+    let mut optimizer =
+        Adam::new(vars, adam_params(config.lr))?.with_l2_penalty(config.weight_decay);
     let mut scheduler = ReduceLrOnPlateau::new(config.patience, config.min_lr);
     let mut stopper = EarlyStopping::new(config.patience, config.min_delta);
     let mut rng = StdRng::seed_from_u64(options.seed);

@@ -102,6 +102,7 @@ impl LocalClosureConfig {
             min_lr: self.min_lr(),
             patience: self.patience,
             min_delta: self.min_delta,
+            weight_decay: 0.0,
             loss: Loss::Mse,
         }
     }
