@@ -1,8 +1,10 @@
 //! [`Cnn3dConfig`]: the settings of the CNN3d estimator, with Sapsan's names, order and defaults.
 use std::path::PathBuf;
 
+use super::loss::Loss;
+use super::train::FitSettings;
 use crate::config::{Kwargs, PyStr};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Settings of the CNN3d estimator, as Sapsan's `CNN3dConfig` has them (same field names, order and
 /// defaults), plus `kwargs` for extra user parameters.
@@ -114,42 +116,23 @@ impl Cnn3dConfig {
         self
     }
 
+    /// The training loop's settings: these, with Sapsan's SmoothL1 loss and no weight decay.
+    pub fn fit_settings(&self) -> FitSettings {
+        FitSettings {
+            n_epochs: self.n_epochs,
+            lr: self.lr,
+            min_lr: self.min_lr(),
+            patience: self.patience,
+            min_delta: self.min_delta,
+            weight_decay: 0.0,
+            loss: Loss::SmoothL1,
+        }
+    }
+
     /// Checks the settings before training; the error says which one to change and how.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Estimator(format!("invalid Cnn3dConfig: {msg}")));
-        if self.n_epochs == 0 {
-            return bad("n_epochs is 0; set n_epochs to at least 1".into());
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!(
-                "lr is {}; set lr to a positive number such as 1e-3",
-                self.lr
-            ));
-        }
-        let min_lr = self.min_lr();
-        if !(min_lr.is_finite() && min_lr >= 0.0) {
-            return bad(format!(
-                "min_lr is {min_lr}; set min_lr to a number >= 0 (or leave it unset for lr * 1e-2)"
-            ));
-        }
-        if min_lr > self.lr {
-            return bad(format!(
-                "min_lr ({min_lr}) is larger than lr ({}); set min_lr below lr",
-                self.lr
-            ));
-        }
-        if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
-            return bad(format!(
-                "min_delta is {}; set min_delta to a number >= 0 such as 1e-5",
-                self.min_delta
-            ));
-        }
-        if self.device != "cpu" {
-            return bad(format!(
-                "device {:?} is not available: this build runs candle on the CPU; set device to \"cpu\"",
-                self.device
-            ));
-        }
+        self.fit_settings().validate("Cnn3dConfig")?;
+        crate::estimator::train::device_named(&self.device)?;
         Ok(())
     }
 }
@@ -230,14 +213,14 @@ mod tests {
             (Cnn3dConfig::default().with_min_lr(-1.0), "set min_lr"),
             (
                 Cnn3dConfig::default().with_min_lr(1.0),
-                "set min_lr below lr",
+                "set min_lr between 0 and lr",
             ),
             (Cnn3dConfig::default().with_min_delta(-1.0), "set min_delta"),
             (Cnn3dConfig::default().with_device("cuda"), "set device"),
         ];
         for (c, want) in cases {
             let err = c.validate().unwrap_err();
-            assert!(matches!(err, Error::Estimator(_)));
+            assert!(matches!(err, crate::error::Error::Estimator(_)));
             assert!(
                 err.to_string().contains(want),
                 "{err} should contain {want:?}"

@@ -1,6 +1,6 @@
 //! [`Cnn3d`]: the CNN3d estimator as one value: configuration, weights, training, prediction,
 //! saving and loading, and the texts Sapsan logs as artifacts.
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use ndarray::Array5;
 
@@ -8,11 +8,8 @@ use super::api::Estimator;
 use super::cnn3d::{self, Cnn3dNet};
 use super::config::Cnn3dConfig;
 use super::init::seeded_var_builder;
-use super::loss::Loss;
-use super::train::{
-    self, EarlyStopping, EpochRecord, FitSettings, ReduceLrOnPlateau, Samples, TrainOptions,
-    TrainReport, py_float,
-};
+use super::train::{self, EpochRecord, Samples, TrainOptions, TrainReport};
+use super::weights;
 use crate::error::{Error, Result};
 
 /// Sapsan's CNN3d estimator: a 3D convolutional network that maps feature cubes
@@ -51,7 +48,7 @@ impl Cnn3d {
         target_shape: [usize; 4],
         options: TrainOptions,
     ) -> Result<Self> {
-        let device = device_of(&config)?;
+        let device = train::device_named(&config.device)?;
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, options.seed, DType::F32, &device);
         let net = Cnn3dNet::new(vb, in_channels, target_shape)?;
@@ -109,7 +106,7 @@ impl Cnn3d {
         train::fit(
             &self.net,
             vars,
-            &FitSettings::from(&self.config),
+            &self.config.fit_settings(),
             &self.options,
             train,
             valid,
@@ -141,19 +138,7 @@ impl Cnn3d {
     /// The weights in the safetensors format (tensor names as in Sapsan's model: `conv3d.weight`,
     /// `linear2.bias`, ...).
     pub fn save_safetensors(&self) -> Result<Vec<u8>> {
-        let tensors: std::collections::HashMap<String, Tensor> = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::Estimator("model weights lock poisoned".into()))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        let dir = tempfile::tempdir()
-            .map_err(|e| Error::io("creating a temporary directory for", "weights", e))?;
-        let path = dir.path().join("model.safetensors");
-        candle_core::safetensors::save(&tensors, &path)?;
-        std::fs::read(&path).map_err(|e| Error::io("reading", path, e))
+        weights::save_varmap(&self.varmap)
     }
 
     /// A model with the weights in `bytes` (from [`Cnn3d::save_safetensors`]); `config`,
@@ -172,33 +157,13 @@ impl Cnn3d {
     /// Replaces the weights with those in `bytes` (from [`Cnn3d::save_safetensors`] of a model
     /// of the same architecture).
     pub fn set_weights(&self, bytes: &[u8]) -> Result<()> {
-        let in_channels = self.net.in_channels();
-        let loaded = candle_core::safetensors::load_buffer(bytes, &self.device)
-            .map_err(|e| Error::Estimator(format!("cannot read the safetensors weights: {e}")))?;
-        let vars = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::Estimator("model weights lock poisoned".into()))?;
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &vars[name];
-            let tensor = loaded.get(name).ok_or_else(|| {
-                Error::Estimator(format!(
-                    "the saved weights have no tensor {name:?}; were they saved from a CNN3d with {in_channels} input channels?"
-                ))
-            })?;
-            if tensor.dims() != var.dims() {
-                return Err(Error::Estimator(format!(
-                    "saved tensor {name:?} has shape {:?} but this model needs {:?}; build it with the input channels and target shape it was trained with",
-                    tensor.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(&tensor.to_dtype(var.dtype())?)?;
-        }
-        Ok(())
+        let model = format!("CNN3d with {} input channels", self.net.in_channels());
+        weights::load_varmap(
+            &self.varmap,
+            bytes,
+            &model,
+            "input channels and target shape",
+        )
     }
 
     /// A deterministic description of the model (Sapsan's `model_details.txt`): layers with
@@ -232,36 +197,12 @@ impl Cnn3d {
             ct * d * h * w
         ));
         out.push_str(&format!("total parameters: {}\n", self.num_params()));
-        out.push_str(&format!("loss: {}\n", Loss::SmoothL1.describe()));
-        let a = train::adam_params(c.lr);
-        out.push_str(&format!(
-            "optimizer: Adam (\n    lr: {}\n    betas: ({}, {})\n    eps: {}\n    weight_decay: 0\n    amsgrad: False\n)\n",
-            py_float(a.lr),
-            py_float(a.beta1),
-            py_float(a.beta2),
-            py_float(a.eps)
-        ));
-        out.push_str(&format!(
-            "scheduler: {} on the validation loss\n",
-            ReduceLrOnPlateau::new(c.patience, c.min_lr()).describe()
-        ));
-        let es = EarlyStopping::new(c.patience, c.min_delta);
-        out.push_str(&format!(
-            "early stopping: EarlyStoppingCallback(patience={}, metric='loss', loader='train', minimize=True, min_delta={})\n",
-            es.patience,
-            py_float(es.min_delta)
-        ));
-        let o = &self.options;
-        out.push_str(&format!(
-            "training: n_epochs={}, batch_size={}, shuffle={}, seed={}, device={}\n",
-            c.n_epochs,
-            o.batch_size
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "whole set".into()),
-            if o.shuffle { "True" } else { "False" },
-            o.seed,
-            c.device
-        ));
+        out.push_str(&c.fit_settings().describe());
+        out.push_str(
+            &self
+                .options
+                .describe(c.n_epochs, &c.device, "batch_size", "whole set"),
+        );
         out
     }
 
@@ -310,16 +251,6 @@ impl std::fmt::Debug for Cnn3d {
             .field("options", &self.options)
             .field("net", &self.net)
             .finish_non_exhaustive()
-    }
-}
-
-/// The candle device named by `config.device`.
-fn device_of(config: &Cnn3dConfig) -> Result<Device> {
-    match config.device.as_str() {
-        "cpu" => Ok(Device::Cpu),
-        other => Err(Error::Estimator(format!(
-            "device {other:?} is not available: this build runs candle on the CPU; set device to \"cpu\""
-        ))),
     }
 }
 

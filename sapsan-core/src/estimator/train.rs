@@ -15,8 +15,8 @@ use ndarray::Array5;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 
 use super::adam::Adam;
-use super::config::Cnn3dConfig;
 use super::loss::Loss;
+use crate::config::PyStr;
 use crate::error::{Error, Result};
 
 /// What the training loop needs of a network: a forward pass and the shapes it accepts.
@@ -50,18 +50,76 @@ pub struct FitSettings {
     pub loss: Loss,
 }
 
-impl From<&Cnn3dConfig> for FitSettings {
-    /// Sapsan's CNN3d: its settings and the SmoothL1 loss.
-    fn from(c: &Cnn3dConfig) -> Self {
-        Self {
-            n_epochs: c.n_epochs,
-            lr: c.lr,
-            min_lr: c.min_lr(),
-            patience: c.patience,
-            min_delta: c.min_delta,
-            weight_decay: 0.0,
-            loss: Loss::SmoothL1,
+impl FitSettings {
+    /// Checks the settings every estimator shares before training; `config` names the settings
+    /// struct in the message, which says which setting to change and how.
+    pub fn validate(&self, config: &str) -> Result<()> {
+        let bad = |msg: String| Err(Error::Estimator(format!("invalid {config}: {msg}")));
+        if self.n_epochs == 0 {
+            return bad("n_epochs is 0; set n_epochs to at least 1".into());
         }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!(
+                "lr is {}; set lr to a positive number such as 1e-3",
+                self.lr
+            ));
+        }
+        if !(self.min_lr.is_finite() && (0.0..=self.lr).contains(&self.min_lr)) {
+            return bad(format!(
+                "min_lr is {}; set min_lr between 0 and lr ({}), or leave it unset for lr * 1e-2",
+                self.min_lr, self.lr
+            ));
+        }
+        if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
+            return bad(format!(
+                "min_delta is {}; set min_delta to a number >= 0 such as 1e-5",
+                self.min_delta
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight_decay is {}; set weight_decay to a number >= 0 such as 1e-5",
+                self.weight_decay
+            ));
+        }
+        Ok(())
+    }
+
+    /// The loss, optimiser, schedule and early-stopping lines of `model_details.txt`, in
+    /// PyTorch's and Catalyst's wording.
+    pub fn describe(&self) -> String {
+        let a = adam_params(self.lr);
+        // PyTorch prints the default `weight_decay=0` as the integer it is.
+        let weight_decay = if self.weight_decay == 0.0 {
+            "0".to_owned()
+        } else {
+            self.weight_decay.py_str()
+        };
+        let es = EarlyStopping::new(self.patience, self.min_delta);
+        format!(
+            "loss: {}\n\
+             optimizer: Adam (\n    lr: {}\n    betas: ({}, {})\n    eps: {}\n    weight_decay: {weight_decay}\n    amsgrad: False\n)\n\
+             scheduler: {} on the validation loss\n\
+             early stopping: EarlyStoppingCallback(patience={}, metric='loss', loader='train', minimize=True, min_delta={})\n",
+            self.loss.describe(),
+            a.lr.py_str(),
+            a.beta1.py_str(),
+            a.beta2.py_str(),
+            a.eps.py_str(),
+            ReduceLrOnPlateau::new(self.patience, self.min_lr).describe(),
+            es.patience,
+            es.min_delta.py_str()
+        )
+    }
+}
+
+/// The candle device a config's `device` names; the error says what this build offers.
+pub(crate) fn device_named(device: &str) -> Result<Device> {
+    match device {
+        "cpu" => Ok(Device::Cpu),
+        other => Err(Error::Estimator(format!(
+            "device {other:?} is not available: this build runs candle on the CPU; set device to \"cpu\""
+        ))),
     }
 }
 
@@ -124,11 +182,11 @@ impl ReduceLrOnPlateau {
     pub fn describe(&self) -> String {
         format!(
             "ReduceLROnPlateau(mode='min', factor={}, patience={}, threshold={}, threshold_mode='rel', cooldown=0, min_lr={}, eps={})",
-            py_float(self.factor),
+            self.factor.py_str(),
             self.patience,
-            py_float(self.threshold),
-            py_float(self.min_lr),
-            py_float(self.eps)
+            self.threshold.py_str(),
+            self.min_lr.py_str(),
+            self.eps.py_str()
         )
     }
 }
@@ -221,6 +279,27 @@ impl Default for TrainOptions {
             seed: 0,
             progress: true,
         }
+    }
+}
+
+impl TrainOptions {
+    /// The `training:` line of `model_details.txt`; `batch_label` names what a step takes
+    /// (`batch_size`, or `points per step` for a pointwise model) and `whole` the default of all.
+    pub fn describe(
+        &self,
+        n_epochs: usize,
+        device: &str,
+        batch_label: &str,
+        whole: &str,
+    ) -> String {
+        format!(
+            "training: n_epochs={n_epochs}, {batch_label}={}, shuffle={}, seed={}, device={device}\n",
+            self.batch_size
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| whole.into()),
+            self.shuffle.py_str(),
+            self.seed
+        )
     }
 }
 
@@ -413,32 +492,6 @@ pub(crate) fn adam_params(lr: f64) -> ParamsAdamW {
     }
 }
 
-/// Formats a float as Python's `str()` does (`0.001`, `1e-05`, `10.0`), for the model details.
-pub(crate) fn py_float(v: f64) -> String {
-    if !v.is_finite() {
-        return if v.is_nan() {
-            "nan".into()
-        } else if v > 0.0 {
-            "inf".into()
-        } else {
-            "-inf".into()
-        };
-    }
-    if v == 0.0 {
-        return if v.is_sign_negative() { "-0.0" } else { "0.0" }.into();
-    }
-    let sci = format!("{v:e}");
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    if !(-4..16).contains(&exp) {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.abs())
-    } else {
-        let s = format!("{v}");
-        if s.contains('.') { s } else { format!("{s}.0") }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,7 +553,7 @@ mod tests {
     }
 
     #[test]
-    fn py_float_formats_like_python_str() {
+    fn floats_in_the_details_format_like_python_str() {
         let cases = [
             (1e-5, "1e-05"),
             (0.001, "0.001"),
@@ -513,7 +566,7 @@ mod tests {
             (0.0, "0.0"),
         ];
         for (v, want) in cases {
-            assert_eq!(py_float(v), want);
+            assert_eq!(v.py_str(), want);
         }
     }
 }

@@ -114,36 +114,10 @@ impl LocalClosureConfig {
                 "invalid LocalClosureConfig: {msg}"
             )))
         };
-        if self.n_epochs == 0 {
-            return bad("n_epochs is 0; set n_epochs to at least 1".into());
-        }
+        self.fit_settings().validate("LocalClosureConfig")?;
+        crate::estimator::train::device_named(&self.device)?;
         if self.hidden == 0 {
             return bad("hidden is 0; set hidden to at least 1, such as 32".into());
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!(
-                "lr is {}; set lr to a positive number such as 1e-3",
-                self.lr
-            ));
-        }
-        let min_lr = self.min_lr();
-        if !(min_lr.is_finite() && (0.0..=self.lr).contains(&min_lr)) {
-            return bad(format!(
-                "min_lr is {min_lr}; set min_lr between 0 and lr ({})",
-                self.lr
-            ));
-        }
-        if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
-            return bad(format!(
-                "min_delta is {}; set min_delta to a number >= 0 such as 1e-5",
-                self.min_delta
-            ));
-        }
-        if self.device != "cpu" {
-            return bad(format!(
-                "device {:?} is not available: this build runs candle on the CPU; set device to \"cpu\"",
-                self.device
-            ));
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ pub mod config;
 pub mod net;
 pub mod standardise;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use ndarray::Array5;
 
@@ -22,7 +22,8 @@ use self::net::ClosureNet;
 use self::standardise::Standardiser;
 use super::api::Estimator;
 use super::init::seeded_var_builder;
-use super::train::{self, EpochRecord, Network, Samples, TrainOptions, TrainReport, py_float};
+use super::train::{self, EpochRecord, Network, Samples, TrainOptions, TrainReport};
+use super::weights;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -181,30 +182,12 @@ impl Estimator for LocalClosure {
         out.push_str(")\n");
         out.push_str(&format!("total parameters: {}\n", self.num_params()));
         out.push_str(&format!("standardisation: {}\n", self.scale.describe()));
-        out.push_str(&format!("loss: {}\n", c.fit_settings().loss.describe()));
-        let a = train::adam_params(c.lr);
-        out.push_str(&format!(
-            "optimizer: Adam (\n    lr: {}\n    betas: ({}, {})\n    eps: {}\n    weight_decay: 0\n    amsgrad: False\n)\n",
-            py_float(a.lr),
-            py_float(a.beta1),
-            py_float(a.beta2),
-            py_float(a.eps)
-        ));
-        out.push_str(&format!(
-            "scheduler: {} on the validation loss\n",
-            train::ReduceLrOnPlateau::new(c.patience, c.min_lr()).describe()
-        ));
-        let o = &self.options;
-        out.push_str(&format!(
-            "training: n_epochs={}, points per step={}, shuffle={}, seed={}, device={}\n",
-            c.n_epochs,
-            o.batch_size
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "all".into()),
-            if o.shuffle { "True" } else { "False" },
-            o.seed,
-            c.device
-        ));
+        out.push_str(&c.fit_settings().describe());
+        out.push_str(
+            &self
+                .options
+                .describe(c.n_epochs, &c.device, "points per step", "all"),
+        );
         out
     }
 
@@ -213,48 +196,21 @@ impl Estimator for LocalClosure {
     }
 
     fn save_weights(&self) -> Result<Vec<u8>> {
-        let mut tensors: std::collections::HashMap<String, Tensor> = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::Estimator("model weights lock poisoned".into()))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
+        let mut tensors = weights::varmap_tensors(&self.varmap)?;
         tensors.extend(self.scale.to_tensors()?);
-        let dir = tempfile::tempdir()
-            .map_err(|e| Error::io("creating a temporary directory for", "weights", e))?;
-        let path = dir.path().join("model.safetensors");
-        candle_core::safetensors::save(&tensors, &path)?;
-        std::fs::read(&path).map_err(|e| Error::io("reading", path, e))
+        weights::to_safetensors(&tensors)
     }
 
     fn load_weights(&mut self, bytes: &[u8]) -> Result<()> {
-        let loaded = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
-            .map_err(|e| Error::Estimator(format!("cannot read the safetensors weights: {e}")))?;
+        let loaded = weights::from_safetensors(bytes)?;
         let scale =
             Standardiser::from_tensors(&loaded, self.net.in_channels(), self.net.out_channels())?;
-        let vars = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::Estimator("model weights lock poisoned".into()))?;
-        for (name, var) in vars.iter() {
-            let tensor = loaded.get(name).ok_or_else(|| {
-                Error::Estimator(format!(
-                    "the saved weights have no tensor {name:?}; were they saved from a LocalClosure?"
-                ))
-            })?;
-            if tensor.dims() != var.dims() {
-                return Err(Error::Estimator(format!(
-                    "saved tensor {name:?} has shape {:?} but this model needs {:?}; build it with \
-                     the channels and hidden width it was trained with",
-                    tensor.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(&tensor.to_dtype(var.dtype())?)?;
-        }
+        weights::set_varmap(
+            &self.varmap,
+            &loaded,
+            "LocalClosure",
+            "channels and hidden width",
+        )?;
         self.scale = scale;
         Ok(())
     }

@@ -20,8 +20,9 @@ use ndarray::{Array5, ArrayView5, Axis};
 use self::config::KrrConfig;
 use self::solve::{Points, kernel_matrix, rbf, solve_ridge};
 use super::api::Estimator;
-use super::train::{EpochRecord, Samples, TrainReport, py_float};
+use super::train::{EpochRecord, Samples, TrainReport};
 use crate::config::ModelConfig;
+use crate::config::PyStr;
 use crate::error::{Error, Result};
 
 /// Most training points [`Krr::fit`] accepts: the kernel matrix is dense (`n^2` doubles, 800 MB
@@ -253,9 +254,9 @@ impl Estimator for Krr {
         let gamma = self.fitted.as_ref().map_or(self.gamma(), |f| f.gamma);
         let mut out = format!(
             "KernelRidge(alpha={}, kernel='{}', gamma={})\n",
-            py_float(c.alpha),
+            c.alpha.py_str(),
             c.kernel,
-            py_float(gamma)
+            gamma.py_str()
         );
         out.push_str(&format!(
             "features: {} channels per grid point; targets: {} channels\n",

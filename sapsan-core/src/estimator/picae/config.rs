@@ -147,10 +147,9 @@ impl PicaeConfig {
     /// Checks the settings; the error says which one to change and how.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Estimator(format!("invalid PicaeConfig: {msg}")));
+        self.fit_settings().validate("PicaeConfig")?;
+        crate::estimator::train::device_named(&self.device)?;
         let (kd, kh, kw) = self.kernel_size;
-        if self.n_epochs == 0 {
-            return bad("n_epochs is 0; set n_epochs to at least 1".into());
-        }
         if self.nfilters == 0 {
             return bad("nfilters is 0; set nfilters to at least 1, such as 6".into());
         }
@@ -168,37 +167,6 @@ impl PicaeConfig {
                 "dec_nlayers ({}) differs from enc_nlayers ({}); set both to the same number so \
                  the decoder restores the input's size",
                 self.dec_nlayers, self.enc_nlayers
-            ));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!(
-                "lr is {}; set lr to a positive number such as 1e-4",
-                self.lr
-            ));
-        }
-        let min_lr = self.min_lr();
-        if !(min_lr.is_finite() && (0.0..=self.lr).contains(&min_lr)) {
-            return bad(format!(
-                "min_lr is {min_lr}; set min_lr between 0 and lr ({})",
-                self.lr
-            ));
-        }
-        if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
-            return bad(format!(
-                "min_delta is {}; set min_delta to a number >= 0 such as 1e-5",
-                self.min_delta
-            ));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!(
-                "weight_decay is {}; set weight_decay to a number >= 0 such as 1e-5",
-                self.weight_decay
-            ));
-        }
-        if self.device != "cpu" {
-            return bad(format!(
-                "device {:?} is not available: this build runs candle on the CPU; set device to \"cpu\"",
-                self.device
             ));
         }
         Ok(())

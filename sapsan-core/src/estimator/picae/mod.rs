@@ -25,10 +25,7 @@ use self::config::PicaeConfig;
 use self::net::PicaeNet;
 use super::api::Estimator;
 use super::init::seeded_var_builder;
-use super::train::{
-    self, EarlyStopping, EpochRecord, Network, ReduceLrOnPlateau, Samples, TrainOptions,
-    TrainReport, py_float,
-};
+use super::train::{self, EpochRecord, Network, Samples, TrainOptions, TrainReport};
 use super::weights;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -165,37 +162,12 @@ impl Estimator for Picae {
             "input and output: velocity (N, 3, D, H, W), edges divisible by {}\n",
             self.net.divisor()
         ));
-        out.push_str(&format!("loss: {}\n", c.fit_settings().loss.describe()));
-        let a = train::adam_params(c.lr);
-        out.push_str(&format!(
-            "optimizer: Adam (\n    lr: {}\n    betas: ({}, {})\n    eps: {}\n    weight_decay: {}\n    amsgrad: False\n)\n",
-            py_float(a.lr),
-            py_float(a.beta1),
-            py_float(a.beta2),
-            py_float(a.eps),
-            py_float(c.weight_decay)
-        ));
-        out.push_str(&format!(
-            "scheduler: {} on the validation loss\n",
-            ReduceLrOnPlateau::new(c.patience, c.min_lr()).describe()
-        ));
-        let es = EarlyStopping::new(c.patience, c.min_delta);
-        out.push_str(&format!(
-            "early stopping: EarlyStoppingCallback(patience={}, metric='loss', loader='train', minimize=True, min_delta={})\n",
-            es.patience,
-            py_float(es.min_delta)
-        ));
-        let o = &self.options;
-        out.push_str(&format!(
-            "training: n_epochs={}, batch_size={}, shuffle={}, seed={}, device={}\n",
-            c.n_epochs,
-            o.batch_size
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "whole set".into()),
-            if o.shuffle { "True" } else { "False" },
-            o.seed,
-            c.device
-        ));
+        out.push_str(&c.fit_settings().describe());
+        out.push_str(
+            &self
+                .options
+                .describe(c.n_epochs, &c.device, "batch_size", "whole set"),
+        );
         out
     }
 
@@ -208,7 +180,7 @@ impl Estimator for Picae {
     }
 
     fn load_weights(&mut self, bytes: &[u8]) -> Result<()> {
-        weights::load_varmap(&self.varmap, bytes, "PICAE")
+        weights::load_varmap(&self.varmap, bytes, "PICAE", "settings")
     }
 
     /// `max divergence` ([`DIVERGENCE_METRIC`]) once trained.
