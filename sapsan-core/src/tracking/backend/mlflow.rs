@@ -37,6 +37,8 @@ pub struct MlflowBackend {
     /// Known once the server answered.
     pub(super) experiment_id: OnceLock<String>,
     pub(super) server: Option<MlflowServer>,
+    /// The S3 client for artifacts in a bucket (built on first use).
+    pub(super) s3: crate::tracking::rest::s3::S3Slot,
 }
 
 impl std::fmt::Debug for MlflowBackend {
