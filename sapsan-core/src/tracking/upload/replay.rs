@@ -527,6 +527,18 @@ impl Replayer {
         artifacts::put(&self.http, &self.s3, &target, bytes)
     }
 
+    /// Uploads the file at `path` as artifact `name` of server run `run_id` (to S3 streamed, one
+    /// part in memory at a time).
+    pub fn put_artifact_file(
+        &self,
+        run_id: &str,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let target = self.artifact_target(run_id, name)?;
+        artifacts::put_file(&self.http, &self.s3, &target, path)
+    }
+
     /// Where artifact `name` of server run `run_id` goes.
     fn artifact_target(&self, run_id: &str, name: &str) -> Result<artifacts::Target> {
         let uri = self.artifact_uri(run_id)?;
