@@ -312,3 +312,35 @@ print(json.dumps([x["Key"] for x in s3.list_multipart_uploads(Bucket=args[0], Pr
     );
     assert_eq!(left, serde_json::json!([]));
 }
+
+/// The store's refusals come back as errors that name the object and what to fix: a bucket that
+/// does not exist, an object that does not exist. No credential is in them.
+#[test]
+fn refusals_name_the_object_and_the_fix() {
+    let s3 = s3_client();
+    let missing = S3Root::parse("s3://no-such-bucket-sapsan/p")
+        .unwrap()
+        .object("a.txt");
+    let e = s3.put_object(&missing, b"x").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("s3://no-such-bucket-sapsan/p/a.txt"), "{msg}");
+    assert!(
+        msg.contains("NoSuchBucket") && msg.contains("--default-artifact-root"),
+        "{msg}"
+    );
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    assert!(!format!("{e:?}").contains(&format!("={secret}")), "{e:?}");
+
+    let bucket = std::env::var("SAPSAN_TEST_S3_BUCKET")
+        .expect("SAPSAN_TEST_S3_BUCKET is not set: run the tests with `bash scripts/test.sh`");
+    let absent = S3Root::parse(&format!("s3://{bucket}/{}", common::unique("absent")))
+        .unwrap()
+        .object("model.safetensors");
+    let e = s3.get_object(&absent).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&absent.key) && msg.contains("HTTP 404"),
+        "{msg}"
+    );
+    assert_eq!(s3.head_size(&absent).unwrap(), None);
+}
