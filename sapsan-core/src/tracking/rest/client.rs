@@ -247,7 +247,7 @@ impl HttpClient {
         method: Method,
         url: &str,
         headers: &header::HeaderMap,
-        body: &[u8],
+        body: bytes::Bytes,
         idem: Idempotency,
         on_error: &dyn Fn(u16, &str) -> Error,
     ) -> Result<Response> {
@@ -261,7 +261,7 @@ impl HttpClient {
             |c| {
                 c.request(method.clone(), url)
                     .headers(headers.clone())
-                    .body(body.to_vec())
+                    .body(body.clone())
             },
             &map,
         )

@@ -10,6 +10,7 @@
 //! ([`S3Client::upload_file`]), so memory stays flat whatever the file's size.
 use std::sync::OnceLock;
 
+use bytes::Bytes;
 use reqwest::Method;
 use reqwest::blocking::Response;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -283,7 +284,7 @@ impl S3Client {
         bucket: &str,
         key: &str,
         query: &[(&str, &str)],
-        body: &[u8],
+        body: Bytes,
         idem: Idempotency,
     ) -> Result<Response> {
         let creds = self.config.credentials.as_ref().ok_or_else(|| {
@@ -310,7 +311,7 @@ impl S3Client {
         let payload = if body.is_empty() {
             sign::EMPTY_SHA256.to_owned()
         } else {
-            sign::sha256_hex(body)
+            sign::sha256_hex(&body)
         };
         let date = sign::amz_date(crate::tracking::now_ms());
         let mut signed: Vec<(&str, &str)> = vec![
@@ -453,7 +454,7 @@ impl S3Client {
             &obj.bucket,
             &obj.key,
             &[],
-            bytes,
+            Bytes::copy_from_slice(bytes),
             Idempotency::Idempotent,
         )?;
         Ok(())
@@ -467,7 +468,7 @@ impl S3Client {
             &obj.bucket,
             &obj.key,
             &[],
-            &[],
+            Bytes::new(),
             Idempotency::Idempotent,
         )?;
         resp.bytes()
@@ -489,7 +490,7 @@ impl S3Client {
             &obj.bucket,
             &obj.key,
             &[],
-            &[],
+            Bytes::new(),
             Idempotency::Idempotent,
         ) {
             Ok(resp) => Ok(resp
@@ -520,7 +521,7 @@ impl S3Client {
                 bucket,
                 "",
                 &q,
-                &[],
+                Bytes::new(),
                 Idempotency::Idempotent,
             )?;
             let body = resp.text().map_err(|e| Error::ObjectStore {

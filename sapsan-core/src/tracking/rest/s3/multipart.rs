@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+use bytes::Bytes;
 use reqwest::Method;
 
 use super::{S3Client, S3Object, xml};
@@ -79,7 +80,7 @@ impl S3Client {
             &obj.bucket,
             "",
             &[("uploads", ""), ("prefix", &obj.key)],
-            &[],
+            Bytes::new(),
             Idempotency::Idempotent,
         )?;
         let body = self.text(obj, op, resp)?;
@@ -108,7 +109,7 @@ impl S3Client {
             &obj.bucket,
             &obj.key,
             &[("uploads", "")],
-            &[],
+            Bytes::new(),
             Idempotency::CreatesOnce,
         )?;
         let body = self.text(obj, op, resp)?;
@@ -129,12 +130,14 @@ impl S3Client {
         size: u64,
         part: usize,
     ) -> Result<Vec<String>> {
-        let mut buf = vec![0u8; part];
         let mut etags = Vec::new();
         let mut sent = 0u64;
         while sent < size {
             let n = part.min((size - sent) as usize);
-            file.read_exact(&mut buf[..n])
+            // A fresh buffer per part, handed to the HTTP client without a copy (retries share
+            // it); freed when the part is sent, before the next one is read.
+            let mut buf = vec![0u8; n];
+            file.read_exact(&mut buf)
                 .map_err(|e| Error::io("reading artifact", path, e))?;
             let number = (etags.len() + 1).to_string();
             let resp = self.send(
@@ -143,7 +146,7 @@ impl S3Client {
                 &obj.bucket,
                 &obj.key,
                 &[("partNumber", &number), ("uploadId", id)],
-                &buf[..n],
+                Bytes::from(buf),
                 Idempotency::Idempotent,
             )?;
             let etag = resp
@@ -181,7 +184,7 @@ impl S3Client {
             &obj.bucket,
             &obj.key,
             &[("uploadId", id)],
-            body.as_bytes(),
+            Bytes::from(body),
             Idempotency::Idempotent,
         );
         match sent {
@@ -219,7 +222,7 @@ impl S3Client {
             &obj.bucket,
             &obj.key,
             &[("uploadId", id)],
-            &[],
+            Bytes::new(),
             Idempotency::Idempotent,
         ) {
             Ok(_) => Ok(()),
