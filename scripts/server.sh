@@ -48,3 +48,92 @@ server_stop() {
     [ -n "${SERVER_DIR:-}" ] && rm -rf "$SERVER_DIR"
     SERVER_DIR=
 }
+
+# ---- Object store (S3) ---------------------------------------------------------------------
+# An S3-compatible store (moto's server mode) and an MLflow server that keeps artifacts in it:
+# the team set-up (`--no-serve-artifacts --default-artifact-root s3://...`), where clients write
+# and read artifacts in the bucket themselves.
+# s3_start           -> starts moto on a free loopback port, creates bucket $S3_BUCKET; exports
+#                       MLFLOW_S3_ENDPOINT_URL and dummy AWS_* credentials; sets S3_PID, S3_DIR.
+# s3_server_start    -> (after s3_start) an MLflow server with --no-serve-artifacts and
+#                       --default-artifact-root s3://$S3_BUCKET/mlruns; sets S3_SERVER_URL,
+#                       S3_SERVER_PID, S3_SERVER_DIR.
+# s3_stop            -> stops both (process groups) and removes their directories.
+S3_BUCKET=${S3_BUCKET:-sapsan-artifacts}
+
+# wait_http URL PID WHAT: polls URL until it answers below 500 (deadline 180 s) while PID lives.
+wait_http() {
+    "${SAPSAN_PYTHON:-python3}" - "$1" "$2" <<'PY'
+import sys, time, urllib.request, urllib.error, os
+url, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.time() + 180
+while time.time() < deadline:
+    try:
+        urllib.request.urlopen(url, timeout=2).read()
+        sys.exit(0)
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            sys.exit(0)
+    except Exception:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(1)
+    time.sleep(0.1)
+sys.exit(1)
+PY
+}
+
+s3_start() {
+    local py port
+    py="${SAPSAN_PYTHON:-python3}"
+    port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    S3_DIR=$(mktemp -d -t sapsan-s3-XXXXXX)
+    export MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$port"
+    # moto accepts any credentials; these are placeholders, never real keys.
+    export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+    setsid moto_server -H 127.0.0.1 -p "$port" >"$S3_DIR/moto.log" 2>&1 &
+    S3_PID=$!
+    if ! wait_http "$MLFLOW_S3_ENDPOINT_URL/moto-api/" "$S3_PID" ||
+        ! "$py" -c 'import boto3, os, sys
+boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"]).create_bucket(Bucket=sys.argv[1])' "$S3_BUCKET"; then
+        echo "[server] the S3 store did not start at $MLFLOW_S3_ENDPOINT_URL; its log:" >&2
+        cat "$S3_DIR/moto.log" >&2
+        s3_stop
+        return 1
+    fi
+}
+
+s3_server_start() {
+    local port py
+    py="${SAPSAN_PYTHON:-python3}"
+    port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    S3_SERVER_DIR=$(mktemp -d -t sapsan-mlflow-s3-XXXXXX)
+    S3_SERVER_URL="http://127.0.0.1:$port"
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid mlflow server --host 127.0.0.1 --port "$port" \
+        --backend-store-uri "sqlite:///$S3_SERVER_DIR/mlflow.db" \
+        --no-serve-artifacts --default-artifact-root "s3://$S3_BUCKET/mlruns" --workers 1 \
+        >"$S3_SERVER_DIR/server.log" 2>&1 &
+    S3_SERVER_PID=$!
+    if ! wait_http "$S3_SERVER_URL/health" "$S3_SERVER_PID"; then
+        echo "[server] MLflow (S3 artifacts) did not become ready at $S3_SERVER_URL; its log:" >&2
+        cat "$S3_SERVER_DIR/server.log" >&2
+        s3_stop
+        return 1
+    fi
+}
+
+s3_stop() {
+    local pid
+    for pid in "${S3_SERVER_PID:-}" "${S3_PID:-}"; do
+        [ -n "$pid" ] || continue
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+    S3_SERVER_PID= S3_PID=
+    [ -n "${S3_SERVER_DIR:-}" ] && rm -rf "$S3_SERVER_DIR"
+    [ -n "${S3_DIR:-}" ] && rm -rf "$S3_DIR"
+    S3_SERVER_DIR= S3_DIR=
+}

@@ -40,4 +40,10 @@ if ! "$venv/bin/python" -c "import mlflow, flask_wtf, sys; sys.exit(mlflow.__ver
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "mlflow[auth]==$MLFLOW_VERSION"
 fi
+# 4. The object-store tests: an S3-compatible server (moto's server mode) and boto3, with which
+#    MLflow's Python client reads artifacts from S3.
+if ! "$venv/bin/python" -c "import boto3, moto, flask_cors" 2>/dev/null || [ ! -x "$venv/bin/moto_server" ]; then
+    say "installing moto[server] and boto3 into $venv (the S3 store of the tests)"
+    "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]" boto3
+fi
 say "ready: $("$venv/bin/mlflow" --version)"

@@ -24,6 +24,13 @@ source scripts/server.sh
 server_start
 trap server_stop EXIT
 export SAPSAN_TEST_TRACKING_URI="$SERVER_URL"
+# The team set-up: an S3-compatible store (moto) on loopback and an MLflow server that keeps
+# artifacts in it (--no-serve-artifacts); exports MLFLOW_S3_ENDPOINT_URL and placeholder AWS_*.
+s3_start
+trap 'server_stop; s3_stop' EXIT
+s3_server_start
+export SAPSAN_TEST_S3_TRACKING_URI="$S3_SERVER_URL" SAPSAN_TEST_S3_BUCKET="$S3_BUCKET"
+echo "[test] S3 store at $MLFLOW_S3_ENDPOINT_URL, MLflow with artifacts in s3://$S3_BUCKET at $S3_SERVER_URL" >&2
 echo "[test] MLflow $(curl -s "$SERVER_URL/version" 2>/dev/null || true) at $SERVER_URL (store $SERVER_DIR)" >&2
 
 cargo test --workspace "$@"

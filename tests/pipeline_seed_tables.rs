@@ -248,25 +248,6 @@ fn train_and_two_nested_evaluations_record_every_row_of_the_seed_tables() {
     );
 }
 
-/// The quickstart example as `cargo test` built it (beside this test binary, in `examples/`), so the
-/// test never rebuilds the dependencies with another feature set; `cargo run` when it is missing.
-fn quickstart_command() -> std::process::Command {
-    let built = std::env::current_exe().ok().and_then(|exe| {
-        let bin = exe.parent()?.parent()?.join("examples").join("quickstart");
-        bin.is_file().then_some(bin)
-    });
-    let mut cmd = match built {
-        Some(bin) => std::process::Command::new(bin),
-        None => {
-            let mut c = std::process::Command::new(env!("CARGO"));
-            c.args(["run", "--quiet", "--example", "quickstart"]);
-            c
-        }
-    };
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
 /// The example binary itself, as `bash scripts/quickstart.sh` runs it (its default epochs), pointed
 /// at the test server through MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME, with a private data
 /// directory: the runs land, and the model learns: on each held-out checkpoint the MSE read back
@@ -275,7 +256,7 @@ fn quickstart_command() -> std::process::Command {
 fn quickstart_example_runs_against_the_configured_server() {
     let dir = tempfile::tempdir().unwrap();
     let experiment = common::unique("quickstart");
-    let out = quickstart_command()
+    let out = common::quickstart_command()
         .env("MLFLOW_TRACKING_URI", common::tracking_uri())
         .env("MLFLOW_EXPERIMENT_NAME", &experiment)
         .env("SAPSAN_DATA_DIR", dir.path())
@@ -451,7 +432,7 @@ fn quickstart_offline_then_sapsan_sync_gives_the_same_runs() {
     let data = tempfile::tempdir().unwrap();
     let journals = tempfile::tempdir().unwrap();
     let experiment = common::unique("quickstart-offline");
-    let out = quickstart_command()
+    let out = common::quickstart_command()
         .env_remove("MLFLOW_TRACKING_URI")
         .env("SAPSAN_OFFLINE", "1")
         .env("SAPSAN_JOURNAL_DIR", journals.path())

@@ -143,6 +143,21 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// The object store (S3) holding a run's artifacts refused or failed a request. The message
+    /// names the object and the setting to check; never a credential.
+    #[error("object store {operation} s3://{bucket}/{key} failed: {reason}")]
+    ObjectStore {
+        /// What was done (`PUT`, `GET`, `multipart upload`, `list`, ...).
+        operation: String,
+        /// The bucket.
+        bucket: String,
+        /// The object key (or prefix).
+        key: String,
+        /// The HTTP status of the store's answer; `None` when it could not be reached.
+        status: Option<u16>,
+        /// What the store said and what to check.
+        reason: String,
+    },
     // ---- tracking: the server process ----------------------------------------------------
     /// The `mlflow` executable is not available.
     #[error(

@@ -15,6 +15,39 @@ pub fn tracking_uri() -> String {
     }
 }
 
+/// URL of the MLflow server started by `scripts/test.sh` that keeps artifacts in an S3 store
+/// (`--no-serve-artifacts`, `s3://` artifact root; the store's address and credentials are in
+/// `MLFLOW_S3_ENDPOINT_URL` and `AWS_*`). A missing server is a failure, never a skip.
+pub fn s3_tracking_uri() -> String {
+    match std::env::var("SAPSAN_TEST_S3_TRACKING_URI") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "SAPSAN_TEST_S3_TRACKING_URI is not set: the object-store tests need an MLflow server \
+             with artifacts in an S3 store. Run them with `bash scripts/test.sh`, which starts \
+             one (moto) and sets it."
+        ),
+    }
+}
+
+/// The quickstart example as `cargo test` built it (beside this test binary, in `examples/`), so the
+/// test never rebuilds the dependencies with another feature set; `cargo run` when it is missing.
+pub fn quickstart_command() -> Command {
+    let built = std::env::current_exe().ok().and_then(|exe| {
+        let bin = exe.parent()?.parent()?.join("examples").join("quickstart");
+        bin.is_file().then_some(bin)
+    });
+    let mut cmd = match built {
+        Some(bin) => Command::new(bin),
+        None => {
+            let mut c = Command::new(env!("CARGO"));
+            c.args(["run", "--quiet", "--example", "quickstart"]);
+            c
+        }
+    };
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
 /// The Python interpreter of the venv that holds the official MLflow client.
 pub fn python() -> String {
     std::env::var("SAPSAN_PYTHON").unwrap_or_else(|_| {

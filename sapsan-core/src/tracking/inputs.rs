@@ -137,7 +137,7 @@ fn model_uuid() -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` in UTC for `ms` since the Unix epoch (MLflow's format).
-fn chrono_like_utc(ms: i64) -> String {
+pub(crate) fn chrono_like_utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -272,6 +272,7 @@ impl MlflowBackendBuilder {
             http,
             experiment_id: known,
             server,
+            s3: Default::default(),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! of each run ([`RunState`]), their run stack, and the SIGINT/SIGTERM hook. Every logging call
 //! of both goes through here: validate, record, hand to the pipeline.
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use super::RunState;
 use crate::error::Result;
 use crate::shared::Shared;
 use crate::tracking::inputs::{DatasetInput, LoggedModel};
+use crate::tracking::journal::Blob;
 use crate::tracking::run::RunStack;
 use crate::tracking::run::signals::{self, KILL_GRACE, SignalTarget};
 use crate::tracking::system_metrics::{Sampler, Sink, SystemMetricsOptions};
@@ -153,7 +155,12 @@ impl Core {
 
     /// Stores an artifact behind everything logged to the run.
     pub(crate) fn upload_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
-        self.pipeline.artifact(run_id, name, bytes)
+        self.pipeline.artifact(run_id, name, Blob::Bytes(bytes))
+    }
+
+    /// See [`Pipeline::artifact`]: the file at `path`, copied into the journal.
+    pub(crate) fn upload_artifact_file(&self, run_id: &str, name: &str, path: &Path) -> Result<()> {
+        self.pipeline.artifact(run_id, name, Blob::File(path))
     }
 
     /// See [`Pipeline::log_model`] (in this backend's experiment).

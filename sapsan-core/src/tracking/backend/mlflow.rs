@@ -37,6 +37,8 @@ pub struct MlflowBackend {
     /// Known once the server answered.
     pub(super) experiment_id: OnceLock<String>,
     pub(super) server: Option<MlflowServer>,
+    /// The S3 client for artifacts in a bucket (built on first use).
+    pub(super) s3: crate::tracking::rest::s3::S3Slot,
 }
 
 impl std::fmt::Debug for MlflowBackend {
@@ -138,6 +140,10 @@ impl Backend for MlflowBackend {
 
     fn upload_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
         self.core.upload_artifact(run_id, name, bytes)
+    }
+
+    fn upload_artifact_file(&self, run_id: &str, name: &str, path: &std::path::Path) -> Result<()> {
+        self.core.upload_artifact_file(run_id, name, path)
     }
 
     fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {

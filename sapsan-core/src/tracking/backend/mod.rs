@@ -46,6 +46,13 @@ pub trait Backend: Send + Sync {
     fn enqueue(&self, run_id: &str, item: LogItem) -> Result<()>;
     /// Stores `bytes` as artifact `name` (a relative path, no `..`) of `run_id`.
     fn upload_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Stores the file at `path` as artifact `name` of `run_id`. The default reads it and calls
+    /// [`Backend::upload_artifact`]; the MLflow and offline backends copy it into the journal
+    /// and send it from there, never holding it whole in memory on the way to S3.
+    fn upload_artifact_file(&self, run_id: &str, name: &str, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("reading artifact", path, e))?;
+        self.upload_artifact(run_id, name, &bytes)
+    }
     /// Sets the status of `run_id`; a terminal status also sets the end time. Everything queued for
     /// the run is delivered first.
     fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()>;
@@ -149,8 +156,7 @@ pub trait Backend: Send + Sync {
                 name: path.display().to_string(),
                 reason: "the path has no UTF-8 file name".into(),
             })?;
-        let bytes = std::fs::read(path).map_err(|e| Error::io("reading artifact", path, e))?;
-        self.upload_artifact(&run, name, &bytes)
+        self.upload_artifact_file(&run, name, path)
     }
     /// Ends the active run as FINISHED (its parent stays open).
     fn end(&self) -> Result<()> {

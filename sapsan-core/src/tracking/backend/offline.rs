@@ -96,6 +96,10 @@ impl Backend for OfflineBackend {
         self.core.upload_artifact(run_id, name, bytes)
     }
 
+    fn upload_artifact_file(&self, run_id: &str, name: &str, path: &std::path::Path) -> Result<()> {
+        self.core.upload_artifact_file(run_id, name, path)
+    }
+
     fn set_status(&self, run_id: &str, status: RunStatus) -> Result<()> {
         self.core.set_status(run_id, status)
     }

@@ -6,8 +6,9 @@ use serde_json::{Value, json};
 
 use super::MlflowBackend;
 use crate::error::{Error, Result};
-use crate::tracking::rest::artifacts;
+use crate::tracking::rest::artifacts::{self, ArtifactLocation};
 use crate::tracking::rest::client::{HttpClient, Idempotency};
+use crate::tracking::rest::s3::S3Root;
 use crate::tracking::rest::wire::{as_i64, as_string};
 use crate::tracking::{Metric, RunData, RunStatus, validate};
 
@@ -107,7 +108,8 @@ impl MlflowBackend {
         Ok(uri)
     }
 
-    /// Lists the artifacts of `run_id` under `path` (`None`: the root).
+    /// Lists the artifacts of `run_id` under `path` (`None`: the root): from the bucket itself
+    /// when they are in S3, else through the server.
     pub fn list_artifacts(&self, run_id: &str, path: Option<&str>) -> Result<Vec<ArtifactFile>> {
         let run_id = self.server_run_id(run_id)?;
         let run_id = run_id.as_str();
@@ -115,6 +117,9 @@ impl MlflowBackend {
         if let Some(p) = path {
             artifacts::check_name(p)?;
             q.push(("path", p));
+        }
+        if let ArtifactLocation::S3(root) = ArtifactLocation::parse(&self.artifact_uri(run_id)?) {
+            return self.list_s3(&root, path);
         }
         let v = self
             .http
@@ -173,13 +178,40 @@ impl MlflowBackend {
 
     /// `name` under artifact root `uri` of run or model `id`.
     fn download(&self, id: &str, uri: &str, name: &str) -> Result<Vec<u8>> {
-        match artifacts::target(self.http.base(), id, uri, name)? {
-            artifacts::Target::Url(url) => self.http.get_bytes(&url, &[]),
-            artifacts::Target::Path(dir, name) => {
-                let p = dir.join(name);
-                std::fs::read(&p).map_err(|e| Error::io("reading artifact", p, e))
-            }
-        }
+        let target = artifacts::target(self.http.base(), id, uri, name)?;
+        artifacts::get(&self.http, &self.s3, &target)
+    }
+
+    /// The files and directories right under `path` of an artifact root in S3, as MLflow lists
+    /// them (paths relative to the root).
+    fn list_s3(&self, root: &S3Root, path: Option<&str>) -> Result<Vec<ArtifactFile>> {
+        let under = match path {
+            Some(p) => format!("{}/", root.key(p)),
+            None if root.prefix.is_empty() => String::new(),
+            None => format!("{}/", root.prefix),
+        };
+        let listing = self.s3.get(&self.http)?.list(&root.bucket, &under)?;
+        let relative = |k: &str| {
+            let k = k.strip_prefix(root.prefix.as_str()).unwrap_or(k);
+            k.trim_matches('/').to_owned()
+        };
+        let mut out: Vec<ArtifactFile> = listing
+            .prefixes
+            .iter()
+            .map(|p| ArtifactFile {
+                path: relative(p),
+                is_dir: true,
+                file_size: None,
+            })
+            .chain(listing.objects.iter().map(|(k, size)| ArtifactFile {
+                path: relative(k),
+                is_dir: false,
+                file_size: Some(*size),
+            }))
+            .filter(|f| !f.path.is_empty())
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
     }
 }
 

@@ -50,7 +50,7 @@ pub use file::{DamagedRecord, Journal, JournalRead, read_journal, read_records};
 pub use origin::{Origin, host_name, leftovers};
 pub use record::{Record, RunRef};
 pub use shared::{DEFAULT_HELD_LIMIT, SharedJournal};
-pub use store::{MemoryStore, Source, Store};
+pub use store::{Blob, MemoryStore, Source, Store};
 
 /// Journal run key -> server run id, filled by the uploader as it creates runs (the backend
 /// resolves `local-...` ids with it; a compacted journal records the ids).

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{BLOB_DIR, Reader, Record, RunIds, RunRef, Source, Store};
+use super::{BLOB_DIR, Blob, Reader, Record, RunIds, RunRef, Source, Store};
 use crate::error::Result;
 
 /// A journal shared by a backend and its log queue: appends, tells the uploader, and knows which
@@ -335,7 +335,7 @@ impl SharedJournal {
     /// Journals artifact `name` of run `run_id`: its bytes go to a file in the journal directory
     /// (synced), then an [`Record::Artifact`] names it. Fails (nothing journaled) when the bytes
     /// cannot be written.
-    pub fn append_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    pub fn append_artifact(&self, run_id: &str, name: &str, bytes: Blob<'_>) -> Result<()> {
         crate::tracking::rest::artifacts::check_name(name)?;
         let file = {
             let mut w = self.lock_journal();
@@ -540,7 +540,7 @@ mod tests {
             .unwrap();
         shared.set_key("local-k1", "k1");
         shared
-            .append_artifact("local-k1", "a.txt", b"bytes")
+            .append_artifact("local-k1", "a.txt", Blob::Bytes(b"bytes"))
             .unwrap();
         let blob = dir.join(BLOB_DIR).join("1");
         assert!(blob.is_file());

@@ -15,6 +15,27 @@ use super::{BLOB_DIR, Journal, JournalRead, Record};
 use crate::error::{Error, Result};
 use crate::shared::Shared;
 
+/// The bytes of an artifact to keep: in memory, or a file copied without reading it whole.
+#[derive(Debug, Clone, Copy)]
+pub enum Blob<'a> {
+    /// Bytes in memory.
+    Bytes(&'a [u8]),
+    /// A file on this machine.
+    File(&'a Path),
+}
+
+impl Blob<'_> {
+    /// The bytes (a file is read whole).
+    pub fn read(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Blob::Bytes(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            Blob::File(p) => std::fs::read(p)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| Error::io("reading artifact", p, e)),
+        }
+    }
+}
+
 /// The records of a journal, in memory.
 #[derive(Debug, Default)]
 struct Memory {
@@ -120,16 +141,29 @@ impl Store {
         }
     }
 
-    /// Keeps the bytes of an artifact under `name` (a file in the journal directory, synced).
-    pub fn put_blob(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    /// Keeps the bytes of an artifact under `name` (a file in the journal directory, synced; a
+    /// [`Blob::File`] is copied there without being read into memory).
+    pub fn put_blob(&self, name: &str, blob: Blob<'_>) -> Result<()> {
         match self {
             Store::File(j) => {
                 use std::io::Write;
                 let path = j.dir().join(name);
-                let write = || -> std::io::Result<()> {
+                let mut source = match blob {
+                    Blob::File(p) => Some(
+                        std::fs::File::open(p).map_err(|e| Error::io("reading artifact", p, e))?,
+                    ),
+                    Blob::Bytes(_) => None,
+                };
+                let mut write = || -> std::io::Result<()> {
                     std::fs::create_dir_all(j.dir().join(BLOB_DIR))?;
                     let mut f = std::fs::File::create(&path)?;
-                    f.write_all(bytes)?;
+                    match (source.as_mut(), blob) {
+                        (Some(src), _) => {
+                            std::io::copy(src, &mut f)?;
+                        }
+                        (None, Blob::Bytes(bytes)) => f.write_all(bytes)?,
+                        (None, Blob::File(_)) => {}
+                    }
                     f.sync_data()
                 };
                 write().map_err(|e| {
@@ -138,6 +172,7 @@ impl Store {
                 })
             }
             Store::Memory(m) => {
+                let bytes = blob.read()?;
                 let mut g = m.mem.lock();
                 if g.bytes.len() + g.blob_bytes + bytes.len() > m.limit {
                     return Err(m.full(bytes.len()));
@@ -292,9 +327,28 @@ mod tests {
         assert!(refused);
         src.release(end);
         assert!(s.append(&[status("again")]).is_ok());
-        s.put_blob("artifacts/1", b"bytes").unwrap();
+        s.put_blob("artifacts/1", Blob::Bytes(b"bytes")).unwrap();
         assert_eq!(src.read_blob("artifacts/1").unwrap(), b"bytes");
         src.release_blob("artifacts/1");
         assert!(src.read_blob("artifacts/1").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.bin");
+        std::fs::write(&file, b"from a file").unwrap();
+        s.put_blob("artifacts/2", Blob::File(&file)).unwrap();
+        assert_eq!(src.read_blob("artifacts/2").unwrap(), b"from a file");
+    }
+
+    #[test]
+    fn a_file_blob_is_copied_into_the_journal_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let s = Store::File(Journal::create_in(root.path()).unwrap());
+        let file = root.path().join("weights.bin");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&file, &bytes).unwrap();
+        s.put_blob("artifacts/1", Blob::File(&file)).unwrap();
+        assert_eq!(s.source().read_blob("artifacts/1").unwrap(), bytes);
+        let missing = root.path().join("missing.bin");
+        let e = s.put_blob("artifacts/2", Blob::File(&missing)).unwrap_err();
+        assert!(e.to_string().contains("missing.bin"), "{e}");
     }
 }

@@ -1,9 +1,12 @@
 //! Where a run's artifacts go: the server's `mlflow-artifacts` proxy, a directory on this machine
-//! (server started with `--no-serve-artifacts` or a `file:` store), or something unsupported.
+//! (server started with `--no-serve-artifacts` or a `file:` store), an S3 bucket (`s3://`, see
+//! [`super::s3`]), or something unsupported. The one place that routes artifact transfers by
+//! location: [`put`], [`put_file`], [`get`].
 use std::path::{Path, PathBuf};
 
 use super::client::HttpClient;
 use super::encoding::percent_decode;
+use super::s3::{S3Object, S3Root, S3Slot};
 use crate::error::{Error, Result};
 
 /// A run's artifact store, from its `artifact_uri`.
@@ -16,7 +19,9 @@ pub enum ArtifactLocation {
     },
     /// A directory on the server's disk.
     Local(PathBuf),
-    /// Anything else (`s3://`, `gs://`, ...).
+    /// An S3 bucket (or any S3-compatible store): `s3://bucket/prefix`.
+    S3(S3Root),
+    /// Anything else (`gs://`, `wasbs://`, `hdfs://`, ...).
     Unsupported(String),
 }
 
@@ -43,6 +48,9 @@ impl ArtifactLocation {
         }
         if uri.starts_with('/') {
             return ArtifactLocation::Local(PathBuf::from(uri));
+        }
+        if let Some(root) = S3Root::parse(uri) {
+            return ArtifactLocation::S3(root);
         }
         ArtifactLocation::Unsupported(uri.to_owned())
     }
@@ -107,6 +115,8 @@ pub enum Target {
     Url(String),
     /// Write to `dir/name` on this machine.
     Path(PathBuf, String),
+    /// An object in an S3 bucket.
+    S3(S3Object),
 }
 
 /// Where artifact `name` of `run_id` (whose artifact root is `artifact_uri`) goes, for the tracking
@@ -138,22 +148,55 @@ pub fn target(base: &str, run_id: &str, artifact_uri: &str, name: &str) -> Resul
                 })
             }
         }
-        ArtifactLocation::Unsupported(u) => Err(Error::Artifact {
-            name: name.to_owned(),
-            reason: format!(
-                "run {run_id} stores artifacts at {u}, which sapsan cannot write to; start the \
-                 MLflow server with artifact proxying (the default, --serve-artifacts) so \
-                 artifacts go through it"
-            ),
-        }),
+        ArtifactLocation::S3(root) => Ok(Target::S3(root.object(name))),
+        ArtifactLocation::Unsupported(u) => {
+            let scheme = u.split_once("://").map_or(u.as_str(), |(s, _)| s);
+            Err(Error::Artifact {
+                name: name.to_owned(),
+                reason: format!(
+                    "run {run_id} stores artifacts at {u}: sapsan cannot write to `{scheme}` \
+                     stores; it writes through the server's proxy (mlflow-artifacts:, the \
+                     default, --serve-artifacts), to a local directory (file:) or to S3 and \
+                     S3-compatible stores (s3://, with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY \
+                     and MLFLOW_S3_ENDPOINT_URL); start the MLflow server with artifact proxying \
+                     so artifacts go through it"
+                ),
+            })
+        }
     }
 }
 
-/// Writes `bytes` to `target` (a PUT through `http`, or a local file).
-pub fn put(http: &HttpClient, target: &Target, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `target` (a PUT through `http`, a local file, or an S3 object with the
+/// client in `s3`, built from the environment on first use).
+pub fn put(http: &HttpClient, s3: &S3Slot, target: &Target, bytes: &[u8]) -> Result<()> {
     match target {
         Target::Url(url) => http.put_bytes(url, bytes),
         Target::Path(dir, name) => write_local(dir, name, bytes),
+        Target::S3(obj) => s3.get(http)?.put_object(obj, bytes),
+    }
+}
+
+/// Writes the file at `path` to `target`: to S3 streamed (one part in memory at a time), else
+/// as [`put`] of its bytes.
+pub fn put_file(http: &HttpClient, s3: &S3Slot, target: &Target, path: &Path) -> Result<()> {
+    match target {
+        Target::S3(obj) => s3.get(http)?.upload_file(obj, path),
+        _ => {
+            let bytes = std::fs::read(path).map_err(|e| Error::io("reading artifact", path, e))?;
+            put(http, s3, target, &bytes)
+        }
+    }
+}
+
+/// The bytes at `target`.
+pub fn get(http: &HttpClient, s3: &S3Slot, target: &Target) -> Result<Vec<u8>> {
+    match target {
+        Target::Url(url) => http.get_bytes(url, &[]),
+        Target::Path(dir, name) => {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| Error::io("reading artifact", p, e))
+        }
+        Target::S3(obj) => s3.get(http)?.get_object(obj),
     }
 }
 
@@ -193,8 +236,15 @@ mod tests {
             ArtifactLocation::parse("file:///srv/ml%20runs/1"),
             ArtifactLocation::Local("/srv/ml runs/1".into())
         );
-        assert!(matches!(
+        assert_eq!(
             ArtifactLocation::parse("s3://bucket/1/abc"),
+            ArtifactLocation::S3(S3Root {
+                bucket: "bucket".into(),
+                prefix: "1/abc".into()
+            })
+        );
+        assert!(matches!(
+            ArtifactLocation::parse("gs://bucket/1/abc"),
             ArtifactLocation::Unsupported(_)
         ));
     }
@@ -233,6 +283,28 @@ mod tests {
         assert!(is_local_host("[::1]"));
         assert!(!is_local_host("example.org"));
         assert!(!is_local_host("10.0.0.1"));
+    }
+
+    #[test]
+    fn routes_s3_and_names_unsupported_schemes() {
+        let t = target(
+            "http://h:5000",
+            "r1",
+            "s3://bkt/7/r1/artifacts",
+            "plots/a.png",
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            Target::S3(S3Object {
+                bucket: "bkt".into(),
+                key: "7/r1/artifacts/plots/a.png".into()
+            })
+        );
+        let e = target("http://h:5000", "r1", "gs://bkt/7/r1/artifacts", "a.png")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`gs` stores") && e.contains("s3://"), "{e}");
     }
 
     #[test]

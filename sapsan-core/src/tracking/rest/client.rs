@@ -235,6 +235,49 @@ impl HttpClient {
         Ok((status, body))
     }
 
+    /// A client for another host (an S3 endpoint) with this one's timeout, retries and backoff,
+    /// connections kept alive, no MLflow credentials; `insecure_tls` accepts any certificate.
+    pub(crate) fn sibling(&self, base: &str, insecure_tls: bool) -> Result<HttpClient> {
+        let settings = Settings {
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+            keep_alive: true,
+            insecure_tls,
+            ..Settings::default()
+        };
+        HttpClient::new(base, &settings)
+    }
+
+    /// Sends `method url` with `headers` and `body` under the one retry policy (as
+    /// [`Idempotency`] allows): the successful response, or the error answer as
+    /// `on_error(status, body)`, or [`Error::Connection`] once retries are exhausted.
+    pub(crate) fn send_raw(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &header::HeaderMap,
+        body: bytes::Bytes,
+        idem: Idempotency,
+        on_error: &dyn Fn(u16, &str) -> Error,
+    ) -> Result<Response> {
+        let map = |resp: Response| {
+            let status = resp.status().as_u16();
+            on_error(status, &resp.text().unwrap_or_default())
+        };
+        self.send_mapped(
+            url,
+            idem,
+            |c| {
+                c.request(method.clone(), url)
+                    .headers(headers.clone())
+                    .body(body.clone())
+            },
+            &map,
+        )
+    }
+
     /// Sends a request built by `make`, retrying connection errors, 429 and 5xx (never other 4xx)
     /// with capped exponential backoff. Returns the successful response, or the error answer
     /// mapped to [`Error::Mlflow`], or [`Error::Connection`] once retries are exhausted.
@@ -244,6 +287,18 @@ impl HttpClient {
         url: &str,
         idem: Idempotency,
         make: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Response> {
+        let map = |resp: Response| error_from_response(method.as_str(), url, resp);
+        self.send_mapped(url, idem, make, &map)
+    }
+
+    /// [`HttpClient::send`] with the error answer mapped by `on_error`.
+    fn send_mapped(
+        &self,
+        url: &str,
+        idem: Idempotency,
+        make: impl Fn(&Client) -> RequestBuilder,
+        on_error: &dyn Fn(Response) -> Error,
     ) -> Result<Response> {
         let mut attempt = 0u32;
         loop {
@@ -264,7 +319,7 @@ impl HttpClient {
                     }
                     let retry = idem == Idempotency::Idempotent
                         && (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error());
-                    let err = error_from_response(method.as_str(), url, resp);
+                    let err = on_error(resp);
                     if !retry || attempt >= self.max_retries {
                         return Err(err);
                     }

@@ -25,7 +25,7 @@ use super::replay::{NewModelRequest, NewRun, Replayer, is_transient};
 use super::uploader::{Delivery, UploadOptions, Uploader, Watch};
 use crate::error::{Error, Result};
 use crate::tracking::inputs::{DatasetInput, LoggedModel};
-use crate::tracking::journal::{self, Reader, Record, RunIds, SharedJournal, Source};
+use crate::tracking::journal::{self, Blob, Reader, Record, RunIds, SharedJournal, Source};
 use crate::tracking::{LogItem, RunStatus, now_ms};
 
 pub use crate::tracking::journal::LOCAL_RUN_PREFIX;
@@ -247,10 +247,12 @@ impl Pipeline {
     }
 
     /// Stores artifact `name` of `run_id` behind everything logged to it, then flushes. Bytes the
-    /// journal's disk refuses are sent to the server at once when the run is there.
-    pub fn artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    /// journal's disk refuses are sent to the server at once when the run is there. A file is
+    /// copied into the journal and sent from there without being read into memory whole (to S3;
+    /// the server's proxy takes it in one request).
+    pub fn artifact(&self, run_id: &str, name: &str, blob: Blob<'_>) -> Result<()> {
         self.queue.flush(self.flush_deadline())?;
-        match self.journal.append_artifact(run_id, name, bytes) {
+        match self.journal.append_artifact(run_id, name, blob) {
             Ok(()) => self.flush(),
             Err(e) => {
                 let (Some(o), Some(server_id)) = (&self.online, self.server_id(run_id)) else {
@@ -260,7 +262,11 @@ impl Pipeline {
                     target: "sapsan::upload",
                     "{e}; sending artifact {name:?} to MLflow directly"
                 );
-                o.uploader.replayer().put_artifact(&server_id, name, bytes)
+                let replayer = o.uploader.replayer();
+                match blob {
+                    Blob::Bytes(bytes) => replayer.put_artifact(&server_id, name, bytes),
+                    Blob::File(path) => replayer.put_artifact_file(&server_id, name, path),
+                }
             }
         }
     }
@@ -312,7 +318,7 @@ impl Pipeline {
         }])?;
         j.set_key(&id, &key);
         for (name, bytes) in &model.files {
-            j.append_artifact(&id, name, bytes)?;
+            j.append_artifact(&id, name, Blob::Bytes(bytes))?;
         }
         j.append(&[
             Record::ModelReady {

@@ -18,6 +18,7 @@ use crate::tracking::journal::{
 };
 use crate::tracking::rest::artifacts;
 use crate::tracking::rest::client::{HttpClient, Idempotency, TLS_HINT};
+use crate::tracking::rest::s3::S3Slot;
 use crate::tracking::rest::wire::{
     BatchBody, create_run_request, get_or_create_experiment, map_unknown_run,
 };
@@ -29,6 +30,10 @@ pub fn is_transient(e: &Error) -> bool {
         // An untrusted certificate stays untrusted.
         Error::Connection { reason, .. } => !reason.contains(TLS_HINT),
         Error::Mlflow { status, .. } => *status == 429 || *status >= 500,
+        Error::ObjectStore { status, reason, .. } => match status {
+            None => !reason.contains(crate::tracking::rest::s3::TLS_HINT),
+            Some(s) => *s == 429 || *s >= 500,
+        },
         _ => false,
     }
 }
@@ -98,6 +103,8 @@ pub struct Replayer {
     trust_ids: bool,
     /// Held while a run is looked up and created, so it is created once.
     creating: Shared<()>,
+    /// The S3 client for runs whose artifacts live in a bucket (built on first use).
+    s3: S3Slot,
 }
 
 impl Replayer {
@@ -113,6 +120,7 @@ impl Replayer {
             artifact_uris: Shared::new(HashMap::new()),
             trust_ids,
             creating: Shared::new(()),
+            s3: S3Slot::default(),
         }
     }
 
@@ -293,8 +301,17 @@ impl Replayer {
             }
             Record::Artifact { run, name, file } => {
                 let run_id = self.resolve(run)?;
-                let bytes = self.source.read_blob(file)?;
-                self.put_artifact(&run_id, name, &bytes)?;
+                let target = self.artifact_target(&run_id, name)?;
+                match (&target, self.source.dir()) {
+                    // Streamed from the journal's file: one part in memory at a time.
+                    (artifacts::Target::S3(_), Some(dir)) => {
+                        artifacts::put_file(&self.http, &self.s3, &target, &dir.join(file))?
+                    }
+                    _ => {
+                        let bytes = self.source.read_blob(file)?;
+                        artifacts::put(&self.http, &self.s3, &target, &bytes)?
+                    }
+                }
                 self.source.release_blob(file);
                 Ok(())
             }
@@ -503,12 +520,29 @@ impl Replayer {
         })
     }
 
-    /// Uploads artifact `name` of server run `run_id` (through the server's proxy, or into a
-    /// local artifact root).
+    /// Uploads artifact `name` of server run `run_id` (through the server's proxy, into a
+    /// local artifact root, or to S3).
     pub fn put_artifact(&self, run_id: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let target = self.artifact_target(run_id, name)?;
+        artifacts::put(&self.http, &self.s3, &target, bytes)
+    }
+
+    /// Uploads the file at `path` as artifact `name` of server run `run_id` (to S3 streamed, one
+    /// part in memory at a time).
+    pub fn put_artifact_file(
+        &self,
+        run_id: &str,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let target = self.artifact_target(run_id, name)?;
+        artifacts::put_file(&self.http, &self.s3, &target, path)
+    }
+
+    /// Where artifact `name` of server run `run_id` goes.
+    fn artifact_target(&self, run_id: &str, name: &str) -> Result<artifacts::Target> {
         let uri = self.artifact_uri(run_id)?;
-        let target = artifacts::target(self.http.base(), run_id, &uri, name)?;
-        artifacts::put(&self.http, &target, bytes)
+        artifacts::target(self.http.base(), run_id, &uri, name)
     }
 
     /// The artifact root of `run_id`: remembered from its creation, else read with `runs/get`.
