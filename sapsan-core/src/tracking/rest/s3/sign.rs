@@ -1,7 +1,7 @@
 //! AWS Signature Version 4 for S3 requests (the `Authorization` header form), checked against
 //! the worked examples of AWS's S3 API reference ("Signature Calculations for the Authorization
 //! Header: Transferring Payload in a Single Chunk").
-use aws_lc_rs::{digest, hmac};
+use ring::{digest, hmac};
 
 /// The SHA-256 of an empty body, hex.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
