@@ -250,14 +250,15 @@ impl HttpClient {
         HttpClient::new(base, &settings)
     }
 
-    /// Sends `method url` with `headers` and `body` under the one retry policy (as
-    /// [`Idempotency`] allows): the successful response, or the error answer as
-    /// `on_error(status, body)`, or [`Error::Connection`] once retries are exhausted.
+    /// Sends `method url` with the headers `headers()` makes for each attempt (a signature with
+    /// the attempt's time) and `body` under the one retry policy (as [`Idempotency`] allows): the
+    /// successful response, or the error answer as `on_error(status, body)`, or
+    /// [`Error::Connection`] once retries are exhausted.
     pub(crate) fn send_raw(
         &self,
         method: Method,
         url: &str,
-        headers: &header::HeaderMap,
+        headers: &dyn Fn() -> header::HeaderMap,
         body: bytes::Bytes,
         idem: Idempotency,
         on_error: &dyn Fn(u16, &str) -> Error,
@@ -271,7 +272,7 @@ impl HttpClient {
             idem,
             |c| {
                 c.request(method.clone(), url)
-                    .headers(headers.clone())
+                    .headers(headers())
                     .body(body.clone())
             },
             &map,

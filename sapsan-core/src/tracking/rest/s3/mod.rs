@@ -192,46 +192,53 @@ impl S3Client {
         } else {
             sign::sha256_hex(&body)
         };
-        let date = sign::amz_date(crate::tracking::now_ms());
-        let mut signed: Vec<(&str, &str)> = vec![
-            ("host", &host),
-            ("x-amz-content-sha256", &payload),
-            ("x-amz-date", &date),
-        ];
-        if let Some(t) = &creds.session_token {
-            signed.push(("x-amz-security-token", t));
-        }
-        let req = sign::Request {
-            method: method.as_str(),
-            canonical_uri: &canonical_uri,
-            canonical_query: &canonical_query,
-            headers: &signed,
-            payload_hash: &payload,
-        };
-        let authorization = sign::authorization(creds, &req, &self.config.region, &date);
-        let mut headers = HeaderMap::new();
-        for (name, value) in signed
-            .iter()
-            .filter(|(n, _)| *n != "host")
-            .copied()
-            .chain([("authorization", authorization.as_str())])
-        {
-            let mut v = HeaderValue::from_str(value).map_err(|_| {
-                setting(
-                    "AWS_ACCESS_KEY_ID / AWS_SESSION_TOKEN",
-                    "<redacted>",
-                    "the credentials hold characters not allowed in an HTTP header",
-                )
-            })?;
-            if matches!(name, "authorization" | "x-amz-security-token") {
-                v.set_sensitive(true);
+        // Signed headers for the time of signing: built once to check them, then again for
+        // every attempt, so a retry after a long backoff carries a fresh date.
+        let signed_headers = |date: &str| -> Result<HeaderMap> {
+            let mut signed: Vec<(&str, &str)> = vec![
+                ("host", &host),
+                ("x-amz-content-sha256", &payload),
+                ("x-amz-date", date),
+            ];
+            if let Some(t) = &creds.session_token {
+                signed.push(("x-amz-security-token", t));
             }
-            headers.insert(HeaderName::from_static(name), v);
-        }
+            let req = sign::Request {
+                method: method.as_str(),
+                canonical_uri: &canonical_uri,
+                canonical_query: &canonical_query,
+                headers: &signed,
+                payload_hash: &payload,
+            };
+            let authorization = sign::authorization(creds, &req, &self.config.region, date);
+            let mut headers = HeaderMap::new();
+            for (name, value) in signed
+                .iter()
+                .filter(|(n, _)| *n != "host")
+                .copied()
+                .chain([("authorization", authorization.as_str())])
+            {
+                let mut v = HeaderValue::from_str(value).map_err(|_| {
+                    setting(
+                        "AWS_ACCESS_KEY_ID / AWS_SESSION_TOKEN",
+                        "<redacted>",
+                        "the credentials hold characters not allowed in an HTTP header",
+                    )
+                })?;
+                if matches!(name, "authorization" | "x-amz-security-token") {
+                    v.set_sensitive(true);
+                }
+                headers.insert(HeaderName::from_static(name), v);
+            }
+            Ok(headers)
+        };
+        let now = || sign::amz_date(crate::tracking::now_ms());
+        let first = signed_headers(&now())?;
+        let per_attempt = || signed_headers(&now()).unwrap_or_else(|_| first.clone());
         let on_error =
             |status: u16, text: &str| self.answer_error(operation, bucket, key, status, text);
         self.http
-            .send_raw(method, &url, &headers, body, idem, &on_error)
+            .send_raw(method.clone(), &url, &per_attempt, body, idem, &on_error)
             .map_err(|e| self.unreachable(operation, bucket, key, e))
     }
 
@@ -597,6 +604,71 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A retry is signed again: a loopback store that answers 503 and then 200 sees two
+    /// different `x-amz-date`s (a second apart) and two different signatures.
+    #[test]
+    fn every_attempt_is_signed_with_its_own_time() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for status in [503, 200] {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                let mut dates = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if lower.starts_with("x-amz-date:") || lower.starts_with("authorization:") {
+                        dates.push(line.trim().to_owned());
+                    }
+                }
+                log.lock().unwrap().push(dates);
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        let endpoint = format!("http://{addr}");
+        let like = HttpClient::new(
+            &endpoint,
+            &Settings {
+                max_retries: 1,
+                backoff_base: std::time::Duration::from_millis(1100),
+                ..Settings::default()
+            },
+        )
+        .unwrap();
+        let c = S3Client::new(
+            &like,
+            config(&[
+                ("AWS_ACCESS_KEY_ID", "AKID"),
+                ("AWS_SECRET_ACCESS_KEY", SECRET),
+                ("MLFLOW_S3_ENDPOINT_URL", &endpoint),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        c.get_object(&S3Root::parse("s3://bkt/p").unwrap().object("x"))
+            .unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].len(), 2, "{seen:?}");
+        assert_ne!(
+            seen[0], seen[1],
+            "the retry reused the first signature: {seen:?}"
+        );
     }
 
     #[test]
