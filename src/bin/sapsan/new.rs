@@ -202,6 +202,31 @@ mod tests {
         assert!(CARGO_TOML.contains("candle-core = \"{{candle}}\""));
     }
 
+    /// The entries of a manifest's `[profile.dev.package]` table (comments left out).
+    fn dev_package_profiles(manifest: &str) -> Vec<&str> {
+        manifest
+            .lines()
+            .skip_while(|l| l.trim() != "[profile.dev.package]")
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty() && !l.starts_with('['))
+            .filter(|l| !l.starts_with('#'))
+            .collect()
+    }
+
+    #[test]
+    fn the_skeleton_optimises_dependencies_as_the_workspace_does() {
+        // The same profile per dependency: a new project built in this workspace's target
+        // directory (as the CLI tests do) shares candle and the rest instead of compiling them
+        // again, and users' first builds skip the same work.
+        let workspace = dev_package_profiles(include_str!("../../../Cargo.toml"));
+        assert!(
+            workspace.contains(&"\"*\" = { opt-level = 3 }"),
+            "{workspace:?}"
+        );
+        assert!(workspace.len() > 20, "{workspace:?}");
+        assert_eq!(dev_package_profiles(CARGO_TOML), workspace);
+    }
+
     #[test]
     fn paths_are_toml_strings() {
         assert_eq!(toml_string(r#"C:\a "b""#), r#""C:\\a \"b\"""#);
