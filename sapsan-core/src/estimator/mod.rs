@@ -11,12 +11,14 @@
 //! - [`train`]: the training loop, learning-rate schedule, early stopping.
 //! - [`loss`]: SmoothL1 (Sapsan's CNN3d) and MSE losses.
 //! - [`adam`]: [`Adam`](adam::Adam), the optimizer, updating parameters in place.
+//! - [`heap`]: keeps freed gradient-sized blocks for the next training step (glibc thresholds).
 //! - [`init`]: seeded parameter initialisation (reproducible weights on the CPU).
 pub mod adam;
 pub mod api;
 pub mod closure;
 pub mod cnn3d;
 pub mod config;
+pub mod heap;
 pub mod init;
 pub mod krr;
 pub mod layers;
