@@ -11,6 +11,7 @@ mod config;
 mod dataset;
 mod describe;
 pub(crate) mod fft;
+mod raw;
 pub mod synthetic;
 mod template;
 
