@@ -6,7 +6,8 @@
 //! and `y_n = W * col + b` is one `gemm` call with `W` the `(Cout, Cin*kD*kH*kW)` weight. The result is
 //! already in `(Cout, Do, Ho, Wo)` order: no permutes, no padded copy of the input.
 //!
-//! Backward, per sample: the columns are rebuilt (cheaper than keeping them), then
+//! Backward, per sample: the columns the forward pass kept (it keeps them when some argument
+//! needs a gradient; rebuilt otherwise), then
 //! `dW += g_n * col^T`, `db += sum(g_n)` and, only when the input needs a gradient (not for the
 //! network's input), `dcol = W^T * g_n` scattered back onto the input positions (col2im). One node
 //! in candle's graph instead of a dozen, so backprop allocates and adds three gradients, not one
@@ -15,6 +16,8 @@
 //! Samples run in parallel on rayon's pool (each worker with its own column buffer and partial
 //! weight gradient, summed at the end); a single sample, or a single thread, runs the samples in
 //! turn and lets `gemm` use the pool instead.
+use std::sync::Mutex;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -115,8 +118,22 @@ impl Geom {
         }
         let s = self.stride;
         self.for_each_run(|c, i, n| {
-            for (j, v) in col[c..c + n].iter_mut().enumerate() {
-                *v = x[i + j * s];
+            let (dst, src) = (&mut col[c..c + n], &x[i..i + (n - 1) * s + 1]);
+            match s {
+                1 => dst.copy_from_slice(src),
+                2 => {
+                    // The even elements of the window row: a shuffle the compiler vectorises.
+                    let (pairs, last) = src.split_at(2 * (n - 1));
+                    for (v, pair) in dst.iter_mut().zip(pairs.chunks_exact(2)) {
+                        *v = pair[0];
+                    }
+                    dst[n - 1] = last[0];
+                }
+                _ => {
+                    for (v, &u) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                        *v = u;
+                    }
+                }
             }
         });
     }
@@ -125,8 +142,9 @@ impl Geom {
     fn col2im<T: Elem>(&self, dcol: &[T], dx: &mut [T]) {
         let s = self.stride;
         self.for_each_run(|c, i, n| {
-            for (j, v) in dcol[c..c + n].iter().enumerate() {
-                dx[i + j * s] += *v;
+            let dst = &mut dx[i..i + (n - 1) * s + 1];
+            for (u, &v) in dst.iter_mut().step_by(s).zip(&dcol[c..c + n]) {
+                *u += v;
             }
         });
     }
@@ -143,14 +161,16 @@ fn valid(out: usize, len: usize, kk: usize, s: usize, p: usize) -> (usize, usize
     (lo.min(hi), hi)
 }
 
-/// Forward: `(B, Cout, Do*Ho*Wo)` values of the convolution of `x` with weight `w` and bias `b`.
-fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+/// Forward: `(B, Cout, Do*Ho*Wo)` values of the convolution of `x` with weight `w` and bias `b`,
+/// and, when `keep`, every sample's columns (for the backward pass; empty otherwise).
+fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: &[T], keep: bool) -> (Vec<T>, Vec<T>) {
     let (positions, rows, in_len) = (g.positions(), g.rows(), g.in_len());
-    let out_len = g.cout * positions;
+    let (out_len, cols_len) = (g.cout * positions, rows * positions);
     let mut y = vec![T::ZERO; g.batch * out_len];
     if out_len == 0 || in_len == 0 {
-        return y;
+        return (y, Vec::new());
     }
+    let mut kept = vec![T::ZERO; if keep { g.batch * cols_len } else { 0 }];
     let sample = |col: &mut [T], xn: &[T], yn: &mut [T], parallelism| {
         g.im2col(xn, col);
         for (row, &bias) in yn.chunks_mut(positions).zip(b) {
@@ -166,20 +186,33 @@ fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
             parallelism,
         );
     };
-    if g.parallel() {
-        y.par_chunks_mut(out_len)
+    match (g.parallel(), keep) {
+        (true, true) => y
+            .par_chunks_mut(out_len)
+            .zip(x.par_chunks(in_len))
+            .zip(kept.par_chunks_mut(cols_len))
+            .for_each(|((yn, xn), col)| sample(col, xn, yn, Parallelism::None)),
+        (true, false) => y
+            .par_chunks_mut(out_len)
             .zip(x.par_chunks(in_len))
             .for_each_init(
-                || vec![T::ZERO; rows * positions],
+                || vec![T::ZERO; cols_len],
                 |col, (yn, xn)| sample(col, xn, yn, Parallelism::None),
-            );
-    } else {
-        let mut col = vec![T::ZERO; rows * positions];
-        for (yn, xn) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
-            sample(&mut col, xn, yn, g.gemm_parallelism());
+            ),
+        (false, true) => {
+            let samples = y.chunks_mut(out_len).zip(x.chunks(in_len));
+            for ((yn, xn), col) in samples.zip(kept.chunks_mut(cols_len)) {
+                sample(col, xn, yn, g.gemm_parallelism());
+            }
+        }
+        (false, false) => {
+            let mut col = vec![T::ZERO; cols_len];
+            for (yn, xn) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
+                sample(&mut col, xn, yn, g.gemm_parallelism());
+            }
         }
     }
-    y
+    (y, kept)
 }
 
 /// One worker's buffers and partial sums in the backward pass.
@@ -191,12 +224,12 @@ struct Scratch<T> {
 }
 
 impl<T: Elem> Scratch<T> {
-    fn new(g: &Geom, need_dx: bool) -> Self {
+    fn new(g: &Geom, need_dx: bool, need_col: bool) -> Self {
         let cols = g.rows() * g.positions();
         Scratch {
             dw: vec![T::ZERO; g.cout * g.rows()],
             db: vec![T::ZERO; g.cout],
-            col: vec![T::ZERO; cols],
+            col: vec![T::ZERO; if need_col { cols } else { 0 }],
             dcol: vec![T::ZERO; if need_dx { cols } else { 0 }],
         }
     }
@@ -214,19 +247,35 @@ impl<T: Elem> Scratch<T> {
 }
 
 /// Backward: `dW`, `db` and (when `need_dx`) `dx`, packed one after the other in a flat vector.
-fn backward<T: Elem>(g: &Geom, x: &[T], w: &[T], gy: &[T], need_dx: bool) -> Vec<T> {
+/// `kept`: the forward pass's columns of every sample, if it kept them; else they are rebuilt.
+fn backward<T: Elem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    gy: &[T],
+    need_dx: bool,
+    kept: Option<&[T]>,
+) -> Vec<T> {
     let (positions, rows, in_len) = (g.positions(), g.rows(), g.in_len());
-    let out_len = g.cout * positions;
+    let (out_len, cols_len) = (g.cout * positions, rows * positions);
+    let kept = kept.filter(|k| k.len() == g.batch * cols_len);
+    let need_col = kept.is_none();
     let mut dx = vec![T::ZERO; if need_dx { g.batch * in_len } else { 0 }];
     let sample = |s: &mut Scratch<T>, n: usize, dxn: Option<&mut [T]>, parallelism| {
         let (xn, gn) = (
             &x[n * in_len..(n + 1) * in_len],
             &gy[n * out_len..(n + 1) * out_len],
         );
-        g.im2col(xn, &mut s.col);
+        let col = match kept {
+            Some(k) => &k[n * cols_len..(n + 1) * cols_len],
+            None => {
+                g.im2col(xn, &mut s.col);
+                &s.col[..]
+            }
+        };
         // dW (Cout x rows) += g_n (Cout x P) * col^T (P x rows)
         let shape = [g.cout, rows, positions];
-        let (gn_op, col_t) = ((gn, positions, 1), (&s.col[..], 1, positions));
+        let (gn_op, col_t) = ((gn, positions, 1), (col, 1, positions));
         matmul(shape, &mut s.dw, true, gn_op, col_t, parallelism);
         for (db, row) in s.db.iter_mut().zip(gn.chunks(positions)) {
             *db = row.iter().fold(*db, |acc, &v| acc + v);
@@ -244,22 +293,22 @@ fn backward<T: Elem>(g: &Geom, x: &[T], w: &[T], gy: &[T], need_dx: bool) -> Vec
         (0..g.batch).map(|_| None).collect()
     };
     let total = if out_len == 0 || in_len == 0 {
-        Scratch::new(g, false)
+        Scratch::new(g, false, false)
     } else if g.parallel() {
         parts
             .into_par_iter()
             .enumerate()
             .fold(
-                || Scratch::new(g, need_dx),
+                || Scratch::new(g, need_dx, need_col),
                 |mut s, (n, dxn)| {
                     sample(&mut s, n, dxn, Parallelism::None);
                     s
                 },
             )
             .reduce_with(Scratch::merge)
-            .unwrap_or_else(|| Scratch::new(g, false))
+            .unwrap_or_else(|| Scratch::new(g, false, false))
     } else {
-        let mut s = Scratch::new(g, need_dx);
+        let mut s = Scratch::new(g, need_dx, need_col);
         for (n, dxn) in parts.into_iter().enumerate() {
             sample(&mut s, n, dxn, g.gemm_parallelism());
         }
@@ -271,8 +320,19 @@ fn backward<T: Elem>(g: &Geom, x: &[T], w: &[T], gy: &[T], need_dx: bool) -> Vec
     packed
 }
 
-/// Forward op: `(x, weight, bias) -> y`.
-struct Conv3dOp(Geom);
+/// The columns a forward pass kept for its backward pass.
+enum Cols {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Forward op: `(x, weight, bias) -> y`. When `keep` (some argument needs a gradient) it keeps
+/// the columns it built, and its backward pass takes them instead of rebuilding them.
+struct Conv3dOp {
+    geom: Geom,
+    keep: bool,
+    cols: Mutex<Option<Cols>>,
+}
 
 impl CustomOp3 for Conv3dOp {
     fn name(&self) -> &'static str {
@@ -288,7 +348,7 @@ impl CustomOp3 for Conv3dOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
+        let g = &self.geom;
         let [od, oh, ow] = g.out;
         let shape = Shape::from((g.batch, g.cout, od, oh, ow));
         let name = self.name();
@@ -299,7 +359,9 @@ impl CustomOp3 for Conv3dOp {
                     contiguous(w, l2, name)?,
                     contiguous(b, l3, name)?,
                 );
-                CpuStorage::F32(forward(g, x, w, b))
+                let (y, cols) = forward(g, x, w, b, self.keep);
+                self.store(Cols::F32(cols))?;
+                CpuStorage::F32(y)
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
                 let (x, w, b) = (
@@ -307,7 +369,9 @@ impl CustomOp3 for Conv3dOp {
                     contiguous(w, l2, name)?,
                     contiguous(b, l3, name)?,
                 );
-                CpuStorage::F64(forward(g, x, w, b))
+                let (y, cols) = forward(g, x, w, b, self.keep);
+                self.store(Cols::F64(cols))?;
+                CpuStorage::F64(y)
             }
             (a, b, c) => candle_core::bail!(
                 "conv3d: input, weight and bias must be all f32 or all f64, got {:?}, {:?}, {:?}",
@@ -330,9 +394,12 @@ impl CustomOp3 for Conv3dOp {
         // The network's input is not a variable and depends on none: no gradient to compute.
         let need_dx = x.track_op();
         let grad = grad.contiguous()?;
+        // Taken: a second backward pass through the same graph rebuilds the columns.
+        let cols = self.cols.lock().ok().and_then(|mut c| c.take());
         let op = Conv3dGrad {
-            geom: self.0,
+            geom: self.geom,
             need_dx,
+            cols,
         };
         let packed = x.apply_op3_no_bwd(w, &grad, &op)?;
         let (nw, nb) = (w.elem_count(), b.elem_count());
@@ -351,10 +418,24 @@ impl CustomOp3 for Conv3dOp {
     }
 }
 
+impl Conv3dOp {
+    /// Keeps the forward pass's columns (when `keep`).
+    fn store(&self, cols: Cols) -> Result<()> {
+        if self.keep {
+            let mut slot = self.cols.lock().map_err(|_| {
+                candle_core::Error::Msg("conv3d: column cache lock poisoned".into())
+            })?;
+            *slot = Some(cols);
+        }
+        Ok(())
+    }
+}
+
 /// Backward op: `(x, weight, grad_y) -> [dW, db, dx]` flattened (see [`backward`]).
 struct Conv3dGrad {
     geom: Geom,
     need_dx: bool,
+    cols: Option<Cols>,
 }
 
 impl CustomOp3 for Conv3dGrad {
@@ -379,7 +460,11 @@ impl CustomOp3 for Conv3dGrad {
                     contiguous(w, l2, name)?,
                     contiguous(gy, l3, name)?,
                 );
-                CpuStorage::F32(backward(g, x, w, gy, self.need_dx))
+                let kept = match &self.cols {
+                    Some(Cols::F32(c)) => Some(&c[..]),
+                    _ => None,
+                };
+                CpuStorage::F32(backward(g, x, w, gy, self.need_dx, kept))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(gy)) => {
                 let (x, w, gy) = (
@@ -387,7 +472,11 @@ impl CustomOp3 for Conv3dGrad {
                     contiguous(w, l2, name)?,
                     contiguous(gy, l3, name)?,
                 );
-                CpuStorage::F64(backward(g, x, w, gy, self.need_dx))
+                let kept = match &self.cols {
+                    Some(Cols::F64(c)) => Some(&c[..]),
+                    _ => None,
+                };
+                CpuStorage::F64(backward(g, x, w, gy, self.need_dx, kept))
             }
             (a, b, c) => candle_core::bail!(
                 "conv3d backward: input, weight and gradient must be all f32 or all f64, got \
@@ -454,6 +543,10 @@ pub fn conv3d(
         stride,
         padding,
     };
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias, Conv3dOp(geom))
+    let op = Conv3dOp {
+        geom,
+        keep: x.track_op() || weight.track_op() || bias.track_op(),
+        cols: Mutex::new(None),
+    };
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, op)
 }
