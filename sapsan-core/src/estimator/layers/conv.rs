@@ -111,9 +111,10 @@ impl Geom {
         }
     }
 
-    /// Fills `col` `(Cin*kD*kH*kW, P)` with the input windows of one sample `x`.
-    fn im2col<T: Elem>(&self, x: &[T], col: &mut [T]) {
-        if self.padding > 0 {
+    /// Fills `col` `(Cin*kD*kH*kW, P)` with the input windows of one sample `x`; `zeroed`: `col`
+    /// is known to be all zeros already (a fresh buffer), so the padding needs no writing.
+    fn im2col<T: Elem>(&self, x: &[T], col: &mut [T], zeroed: bool) {
+        if self.padding > 0 && !zeroed {
             col.fill(T::ZERO);
         }
         let s = self.stride;
@@ -166,16 +167,19 @@ fn valid(out: usize, len: usize, kk: usize, s: usize, p: usize) -> (usize, usize
 fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: &[T], keep: bool) -> (Vec<T>, Vec<T>) {
     let (positions, rows, in_len) = (g.positions(), g.rows(), g.in_len());
     let (out_len, cols_len) = (g.cout * positions, rows * positions);
-    let mut y = vec![T::ZERO; g.batch * out_len];
     if out_len == 0 || in_len == 0 {
-        return (y, Vec::new());
+        return (vec![T::ZERO; g.batch * out_len], Vec::new());
+    }
+    // Every output row starts as its channel's bias (written once, no zero fill first).
+    let mut y = Vec::with_capacity(g.batch * out_len);
+    for _ in 0..g.batch {
+        for &bias in b {
+            y.extend(std::iter::repeat_n(bias, positions));
+        }
     }
     let mut kept = vec![T::ZERO; if keep { g.batch * cols_len } else { 0 }];
     let sample = |col: &mut [T], xn: &[T], yn: &mut [T], parallelism| {
-        g.im2col(xn, col);
-        for (row, &bias) in yn.chunks_mut(positions).zip(b) {
-            row.fill(bias);
-        }
+        g.im2col(xn, col, keep);
         let shape = [g.cout, positions, rows];
         matmul(
             shape,
@@ -269,7 +273,7 @@ fn backward<T: Elem>(
         let col = match kept {
             Some(k) => &k[n * cols_len..(n + 1) * cols_len],
             None => {
-                g.im2col(xn, &mut s.col);
+                g.im2col(xn, &mut s.col, false);
                 &s.col[..]
             }
         };
