@@ -6,7 +6,7 @@
 //! optionally decimated ([`sample_equidistant`]) and cut into non-overlapping sub-cubes
 //! ([`cut_cube`]); the checkpoints follow each other along the sample axis N. [`restore_cube`]
 //! undoes the cut.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ndarray::{Array4, Array5, ArrayView4, ArrayView5, ArrayViewMut5, Axis, s};
 use rand::SeedableRng;
@@ -15,6 +15,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use super::config::{CheckpointConfig, DataConfig};
+use super::read::read_named;
 use super::template::format_path;
 use crate::{Error, Result};
 
@@ -235,7 +236,7 @@ impl Hdf5Dataset {
         // Channels of each file at the first checkpoint: later checkpoints must match.
         let (mut x_channels, mut y_channels) = (Vec::new(), Vec::new());
         // The files of as many checkpoints as there are threads are read at once (contiguous
-        // datasets are read outside HDF5's lock, see `raw`); then stacked and cut in order.
+        // datasets are read outside HDF5's lock, see `read`); then stacked and cut in order.
         // Groups bound the memory to one group of whole cubes besides the cut sub-cubes.
         let group = rayon::current_num_threads().max(1);
         for times in self.chkpnt.time.chunks(group) {
@@ -405,149 +406,6 @@ fn cut_into(
         ..
     ];
     cut_cube_into(cube, layout.batch_size, out.slice_mut(rows))
-}
-
-/// Reads one dataset of one file as a (C, D, H, W) float32 cube: the dataset named `label`, or
-/// else the last one in name order (as h5py's `list(file.keys())[-1]`). A (D, H, W) dataset is
-/// read as C = 1; float64 is converted to float32. Every value must be finite.
-pub fn read_cube(path: &Path, label: Option<&str>) -> Result<Array4<f32>> {
-    read_named(path, label).map(|(cube, _)| cube)
-}
-
-/// [`read_cube`], also returning the name of the dataset read.
-fn read_named(path: &Path, label: Option<&str>) -> Result<(Array4<f32>, String)> {
-    let err = |dataset: Option<&str>, reason: String| Error::Data {
-        path: path.to_path_buf(),
-        dataset: dataset.map(str::to_string),
-        reason,
-    };
-    if !path.is_file() {
-        return Err(err(label, "file not found; check the path".into()));
-    }
-    let file = hdf5::File::open(path).map_err(|e| {
-        err(
-            label,
-            format!(
-                "cannot open it as HDF5 ({e}); the file is truncated, corrupt or not HDF5: \
-                 re-create or re-download it"
-            ),
-        )
-    })?;
-    let mut names = file.member_names().map_err(|e| {
-        err(
-            label,
-            format!("cannot list the datasets ({e}); the file may be corrupt: re-create it"),
-        )
-    })?;
-    names.sort();
-    let name = match label {
-        Some(l) => {
-            if !names.iter().any(|n| n == l) {
-                return Err(err(
-                    Some(l),
-                    format!(
-                        "no dataset with this label; the file has {names:?}: fix the label \
-                         (data - features_label / data - target_label) or leave it unset to take \
-                         the last dataset"
-                    ),
-                ));
-            }
-            l.to_string()
-        }
-        None => names
-            .last()
-            .cloned()
-            .ok_or_else(|| err(None, "the file holds no datasets; re-create it".into()))?,
-    };
-    let ds = file.dataset(&name).map_err(|e| {
-        err(
-            Some(&name),
-            format!("{name:?} is not a readable dataset ({e}); name a dataset with a label"),
-        )
-    })?;
-    let dtype = ds.dtype().and_then(|t| t.to_descriptor()).map_err(|e| {
-        err(
-            Some(&name),
-            format!("cannot read the data type ({e}); the file may be corrupt"),
-        )
-    })?;
-    if !matches!(dtype, hdf5::types::TypeDescriptor::Float(_)) {
-        return Err(err(
-            Some(&name),
-            format!(
-                "holds {dtype} data; sapsan reads float32 or float64 only: convert the dataset"
-            ),
-        ));
-    }
-    let shape = ds.shape();
-    let shape4 = match shape.as_slice() {
-        &[d, h, w] => [1, d, h, w],
-        &[c, d, h, w] => [c, d, h, w],
-        other => {
-            return Err(err(
-                Some(&name),
-                format!(
-                    "has shape {other:?} (rank {}); expected (C, D, H, W) or (D, H, W): write one \
-                     cube per file",
-                    other.len()
-                ),
-            ));
-        }
-    };
-    if shape4.contains(&0) {
-        return Err(err(
-            Some(&name),
-            format!("has an empty shape {shape:?}; re-create the file"),
-        ));
-    }
-    let n: usize = shape4.iter().product();
-    let failed = |e: String| {
-        err(
-            Some(&name),
-            format!("reading failed ({e}); the file is truncated or corrupt: re-create it"),
-        )
-    };
-    // Contiguous datasets straight from the file's bytes; the rest through HDF5.
-    let raw: Vec<f32> = match super::raw::read_contiguous(path, &ds, &dtype, n) {
-        Some(read) => read.map_err(|e| failed(e.to_string()))?,
-        None => ds.read_raw::<f32>().map_err(|e| failed(e.to_string()))?,
-    };
-    // A branch-free pass over blocks first (vectorised); the position only for the message.
-    let all_finite = raw
-        .chunks(4096)
-        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
-    if let Some(first) = (!all_finite)
-        .then(|| raw.iter().position(|v| !v.is_finite()))
-        .flatten()
-    {
-        let count = raw.iter().filter(|v| !v.is_finite()).count();
-        let [_, d, h, w] = shape4;
-        let (c, rest) = (first / (d * h * w), first % (d * h * w));
-        let (z, y, x) = (rest / (h * w), (rest / w) % h, rest % w);
-        return Err(err(
-            Some(&name),
-            format!(
-                "value at [channel {c}, {z}, {y}, {x}] is {}{}; {count} non-finite value(s) in \
-                 total: clean the data (NaN/inf cannot be trained on)",
-                raw[first],
-                if matches!(
-                    dtype,
-                    hdf5::types::TypeDescriptor::Float(hdf5::types::FloatSize::U8)
-                ) {
-                    " after conversion to float32"
-                } else {
-                    ""
-                }
-            ),
-        ));
-    }
-    let cube = Array4::from_shape_vec(shape4, raw).map_err(|e| {
-        err(
-            Some(&name),
-            format!("data does not match its shape {shape:?} ({e})"),
-        )
-    })?;
-    Ok((cube, name))
 }
 
 /// Sapsan's `EquidistantSampling`: keeps every `size / to`-th point along each spatial axis,

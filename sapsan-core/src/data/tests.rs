@@ -516,7 +516,7 @@ fn contiguous_and_chunked_datasets_read_the_same() {
         let file = hdf5::File::open(p).unwrap();
         let ds = file.dataset("u").unwrap();
         let dtype = ds.dtype().unwrap().to_descriptor().unwrap();
-        super::raw::read_contiguous(p, &ds, &dtype, cube.len()).is_some()
+        super::read::read_contiguous(p, &ds, &dtype, cube.len()).is_some()
     };
     assert!(direct(&p32) && direct(&p64) && !direct(&chunked));
 }
