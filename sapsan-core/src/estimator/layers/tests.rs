@@ -417,6 +417,28 @@ fn max_pool3d_gradients_match_finite_differences() {
 }
 
 #[test]
+fn max_pool3d_second_backward_and_nan_windows() {
+    // The first backward pass scatters at the positions the forward pass kept, a second one
+    // through the same graph finds them again; a window holding NaN passes NaN on (as PyTorch)
+    // and its gradient goes to the NaN.
+    let dev = Device::Cpu;
+    let mut v: Vec<f64> = (0..64).map(|i| ((i * 37) % 64) as f64).collect();
+    v[5] = f64::NAN;
+    let x = Var::from_tensor(&Tensor::from_vec(v, (1, 1, 4, 4, 4), &dev).unwrap()).unwrap();
+    let y = max_pool3d(x.as_tensor(), 2, 2, 1).unwrap();
+    assert!(values(&y)[4].is_nan(), "window (0, 1, 1) holds element 5");
+    let loss = y.affine(2.0, 0.0).unwrap().sum_all().unwrap();
+    let (first, second) = (loss.backward().unwrap(), loss.backward().unwrap());
+    let (a, b) = (
+        values(first.get(x.as_tensor()).unwrap()),
+        values(second.get(x.as_tensor()).unwrap()),
+    );
+    assert_eq!(a, b);
+    assert_eq!(a[5], 2.0);
+    assert_eq!(a.iter().sum::<f64>(), 2.0 * 27.0);
+}
+
+#[test]
 fn max_pool3d_gradient_is_not_scaled() {
     // A direct check of the 1/(k*k) bug: every window max gets gradient exactly 1.
     let dev = Device::Cpu;
