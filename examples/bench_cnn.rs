@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! sh bench/setup.sh            # once: creates .venv-bench with numpy, scipy, matplotlib, torch
-//! cargo run --release --example bench_cnn [timed_epochs] [--rust-only]
+//! cargo run --release --example bench_cnn [timed_epochs] [--rust-only] [--problem PREFIX]
 //! ```
 //!
-//! Two problems: the quickstart size (8 samples of a 3-channel 16^3 cube, a 1-channel 16^3
-//! target, the whole set per step, as `Cnn3d` trains by default) and a larger one (32 samples of
-//! 3x32^3 to 1x32^3 in batches of 8). Both sides run one untimed warm-up epoch, then time every
+//! Three problems: the quickstart size (8 samples of a 3-channel 16^3 cube, a 1-channel 16^3
+//! target, the whole set per step, as `Cnn3d` trains by default), a larger one (32 samples of
+//! 3x32^3 to 1x32^3 in batches of 8) and the 64^3 one (8 samples of 3x64^3 to 1x64^3 in batches
+//! of 2; 6.3 million parameters, almost all in the last Linear). Both sides run one untimed warm-up epoch, then time every
 //! epoch's training pass (forward, SmoothL1 loss, backward, Adam step, reading the loss) apart
 //! from the validation pass (a forward over the same samples without gradients). Our side uses
 //! the same calls as `sapsan::estimator::train::fit`; a `Cnn3d::train_with_observer` run reports
@@ -39,7 +40,7 @@ struct Problem {
     batch: usize,
 }
 
-const PROBLEMS: [Problem; 2] = [
+const PROBLEMS: [Problem; 3] = [
     Problem {
         name: "quickstart 8 x 3x16^3 -> 1x16^3, batch 8",
         samples: 8,
@@ -55,6 +56,14 @@ const PROBLEMS: [Problem; 2] = [
         edge: 32,
         target_channels: 1,
         batch: 8,
+    },
+    Problem {
+        name: "64^3 8 x 3x64^3 -> 1x64^3, batch 2",
+        samples: 8,
+        channels: 3,
+        edge: 64,
+        target_channels: 1,
+        batch: 2,
     },
 ];
 
@@ -106,6 +115,8 @@ fn median(t: &[f64]) -> f64 {
 /// Our side: the training step of `fit` (forward, loss, Adam `backward_step`, loss read back)
 /// per batch, then the validation forward, timed apart; one warm-up epoch first.
 fn ours(p: &Problem, x: &Array5<f32>, y: &Array5<f32>, epochs: usize) -> BoxResult<Timing> {
+    // As `fit` does: keep freed gradient-sized blocks for the next step.
+    sapsan::estimator::heap::retain_freed_memory();
     let config = Cnn3dConfig::default();
     let varmap = VarMap::new();
     let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
@@ -280,7 +291,16 @@ fn main() -> BoxResult<()> {
     }
     println!("{epochs} timed epochs after one warm-up epoch; {threads} threads on both sides");
     let mut rows = Vec::new();
-    for p in &PROBLEMS {
+    // `--problem PREFIX` runs only the problems whose name starts with PREFIX (e.g. `64`).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--problem")
+        .and_then(|i| args.get(i + 1));
+    for p in PROBLEMS
+        .iter()
+        .filter(|p| only.is_none_or(|o| p.name.starts_with(o.as_str())))
+    {
         println!("{}:", p.name);
         let (x, y) = data(p);
         let r = ours(p, &x, &y, epochs)?;

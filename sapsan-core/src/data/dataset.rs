@@ -6,14 +6,16 @@
 //! optionally decimated ([`sample_equidistant`]) and cut into non-overlapping sub-cubes
 //! ([`cut_cube`]); the checkpoints follow each other along the sample axis N. [`restore_cube`]
 //! undoes the cut.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use ndarray::{Array4, Array5, ArrayView4, ArrayView5, Axis, s};
+use ndarray::{Array4, Array5, ArrayView4, ArrayView5, ArrayViewMut5, Axis, s};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::SliceRandom;
+use rayon::prelude::*;
 
 use super::config::{CheckpointConfig, DataConfig};
+use super::read::read_named;
 use super::template::format_path;
 use crate::{Error, Result};
 
@@ -228,39 +230,46 @@ impl Hdf5Dataset {
     /// what evaluation and [`restore_cube`] want.
     pub fn load_all(&self) -> Result<(Samples, CubeLayout)> {
         let layout = self.layout()?;
-        let mut features = Vec::with_capacity(layout.checkpoints);
-        let mut targets = Vec::with_capacity(layout.checkpoints);
+        // Sub-cubes are cut straight into the result, allocated once the channels are known.
+        let (mut features, mut targets) = (None, None);
+        let mut position = 0;
         // Channels of each file at the first checkpoint: later checkpoints must match.
         let (mut x_channels, mut y_channels) = (Vec::new(), Vec::new());
-        for &t in &self.chkpnt.time {
-            let x = self.checkpoint_cube(
-                t,
-                &self.data.features,
-                self.data.features_label.as_deref(),
-                &mut x_channels,
-            )?;
-            features.push(self.cut(x.view(), &layout)?);
-            if let Some(target) = &self.data.target {
-                let y = self.checkpoint_cube(
-                    t,
-                    target,
-                    self.data.target_label.as_deref(),
-                    &mut y_channels,
-                )?;
-                targets.push(self.cut(y.view(), &layout)?);
+        // The files of as many checkpoints as there are threads are read at once (contiguous
+        // datasets are read outside HDF5's lock, see `read`); then stacked and cut in order.
+        // Groups bound the memory to one group of whole cubes besides the cut sub-cubes.
+        let group = rayon::current_num_threads().max(1);
+        for times in self.chkpnt.time.chunks(group) {
+            let read: Vec<_> = times
+                .par_iter()
+                .map(|&t| {
+                    let x = self.read_files(
+                        t,
+                        &self.data.features,
+                        self.data.features_label.as_deref(),
+                    );
+                    let y = self.data.target.as_ref().map(|target| {
+                        self.read_files(t, target, self.data.target_label.as_deref())
+                    });
+                    (x, y)
+                })
+                .collect();
+            for (&t, (x, y)) in times.iter().zip(read) {
+                let x = self.stack(t, x?, &mut x_channels)?;
+                cut_into(x.view(), &layout, position, &mut features)?;
+                if let Some(y) = y {
+                    let y = self.stack(t, y?, &mut y_channels)?;
+                    cut_into(y.view(), &layout, position, &mut targets)?;
+                }
+                position += 1;
             }
         }
-        let features = concat(features, "data - features")?;
-        let target = if self.data.target.is_some() {
-            Some(concat(targets, "data - target")?)
-        } else {
-            None
-        };
+        let features = features.unwrap_or_else(|| Array5::zeros((0, 0, 0, 0, 0)));
         let n = features.len_of(Axis(0));
         Ok((
             Samples {
                 features,
-                target,
+                target: targets,
                 index: (0..n).collect(),
             },
             layout,
@@ -290,16 +299,13 @@ impl Hdf5Dataset {
         })
     }
 
-    /// The (C, D, H, W) cube of checkpoint `t`: `columns` stacked along C, sampled. `channels`
-    /// holds each column's channel count from the first checkpoint (empty before it).
-    fn checkpoint_cube(
+    /// The files of `columns` at checkpoint `t`: for each its path, cube and dataset name.
+    fn read_files(
         &self,
         t: usize,
         columns: &[String],
         labels: Option<&[String]>,
-        channels: &mut Vec<usize>,
-    ) -> Result<Array4<f32>> {
-        let first = channels.is_empty();
+    ) -> Result<Vec<(PathBuf, Array4<f32>, String)>> {
         let mut parts = Vec::with_capacity(columns.len());
         for (i, feature) in columns.iter().enumerate() {
             let path = self.file_path(t, feature)?;
@@ -315,6 +321,23 @@ impl Hdf5Dataset {
                 });
             }
             let (cube, name) = read_named(&path, labels.map(|l| l[i].as_str()))?;
+            parts.push((path, cube, name));
+        }
+        Ok(parts)
+    }
+
+    /// The (C, D, H, W) cube of checkpoint `t` from its files `read` (see [`Self::read_files`]):
+    /// the columns stacked along C, sampled. `channels` holds each column's channel count from
+    /// the first checkpoint (empty before it).
+    fn stack(
+        &self,
+        t: usize,
+        read: Vec<(PathBuf, Array4<f32>, String)>,
+        channels: &mut Vec<usize>,
+    ) -> Result<Array4<f32>> {
+        let first = channels.is_empty();
+        let mut parts = Vec::with_capacity(read.len());
+        for (i, (path, cube, name)) in read.into_iter().enumerate() {
             let (_, d, h, w) = cube.dim();
             if [d, h, w] != self.chkpnt.initial_size {
                 return Err(Error::Data {
@@ -344,152 +367,45 @@ impl Hdf5Dataset {
             }
             parts.push(cube);
         }
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        let cube = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Data {
-            path: PathBuf::from(&self.data.path),
-            dataset: None,
-            reason: format!("cannot stack the features of checkpoint {t}: {e}"),
-        })?;
+        let cube = if parts.len() == 1 {
+            parts.pop().unwrap_or_else(|| Array4::zeros((0, 0, 0, 0)))
+        } else {
+            let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+            ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Data {
+                path: PathBuf::from(&self.data.path),
+                dataset: None,
+                reason: format!("cannot stack the features of checkpoint {t}: {e}"),
+            })?
+        };
         match self.chkpnt.sample_to_size {
             Some(to) => sample_equidistant(cube.view(), to),
             None => Ok(cube),
         }
     }
-
-    fn cut(&self, cube: ArrayView4<f32>, layout: &CubeLayout) -> Result<Array5<f32>> {
-        let all = cut_cube(cube, layout.batch_size)?;
-        Ok(all.slice_move(s![..layout.per_cube, .., .., .., ..]))
-    }
 }
 
-/// Reads one dataset of one file as a (C, D, H, W) float32 cube: the dataset named `label`, or
-/// else the last one in name order (as h5py's `list(file.keys())[-1]`). A (D, H, W) dataset is
-/// read as C = 1; float64 is converted to float32. Every value must be finite.
-pub fn read_cube(path: &Path, label: Option<&str>) -> Result<Array4<f32>> {
-    read_named(path, label).map(|(cube, _)| cube)
-}
-
-/// [`read_cube`], also returning the name of the dataset read.
-fn read_named(path: &Path, label: Option<&str>) -> Result<(Array4<f32>, String)> {
-    let err = |dataset: Option<&str>, reason: String| Error::Data {
-        path: path.to_path_buf(),
-        dataset: dataset.map(str::to_string),
-        reason,
-    };
-    if !path.is_file() {
-        return Err(err(label, "file not found; check the path".into()));
-    }
-    let file = hdf5::File::open(path).map_err(|e| {
-        err(
-            label,
-            format!(
-                "cannot open it as HDF5 ({e}); the file is truncated, corrupt or not HDF5: \
-                 re-create or re-download it"
-            ),
-        )
-    })?;
-    let mut names = file.member_names().map_err(|e| {
-        err(
-            label,
-            format!("cannot list the datasets ({e}); the file may be corrupt: re-create it"),
-        )
-    })?;
-    names.sort();
-    let name = match label {
-        Some(l) => {
-            if !names.iter().any(|n| n == l) {
-                return Err(err(
-                    Some(l),
-                    format!(
-                        "no dataset with this label; the file has {names:?}: fix the label \
-                         (data - features_label / data - target_label) or leave it unset to take \
-                         the last dataset"
-                    ),
-                ));
-            }
-            l.to_string()
-        }
-        None => names
-            .last()
-            .cloned()
-            .ok_or_else(|| err(None, "the file holds no datasets; re-create it".into()))?,
-    };
-    let ds = file.dataset(&name).map_err(|e| {
-        err(
-            Some(&name),
-            format!("{name:?} is not a readable dataset ({e}); name a dataset with a label"),
-        )
-    })?;
-    let dtype = ds.dtype().and_then(|t| t.to_descriptor()).map_err(|e| {
-        err(
-            Some(&name),
-            format!("cannot read the data type ({e}); the file may be corrupt"),
-        )
-    })?;
-    if !matches!(dtype, hdf5::types::TypeDescriptor::Float(_)) {
-        return Err(err(
-            Some(&name),
-            format!(
-                "holds {dtype} data; sapsan reads float32 or float64 only: convert the dataset"
-            ),
-        ));
-    }
-    let shape = ds.shape();
-    let shape4 = match shape.as_slice() {
-        &[d, h, w] => [1, d, h, w],
-        &[c, d, h, w] => [c, d, h, w],
-        other => {
-            return Err(err(
-                Some(&name),
-                format!(
-                    "has shape {other:?} (rank {}); expected (C, D, H, W) or (D, H, W): write one \
-                     cube per file",
-                    other.len()
-                ),
-            ));
-        }
-    };
-    if shape4.contains(&0) {
-        return Err(err(
-            Some(&name),
-            format!("has an empty shape {shape:?}; re-create the file"),
-        ));
-    }
-    let raw: Vec<f32> = ds.read_raw::<f32>().map_err(|e| {
-        err(
-            Some(&name),
-            format!("reading failed ({e}); the file is truncated or corrupt: re-create it"),
-        )
-    })?;
-    if let Some(first) = raw.iter().position(|v| !v.is_finite()) {
-        let count = raw.iter().filter(|v| !v.is_finite()).count();
-        let [_, d, h, w] = shape4;
-        let (c, rest) = (first / (d * h * w), first % (d * h * w));
-        let (z, y, x) = (rest / (h * w), (rest / w) % h, rest % w);
-        return Err(err(
-            Some(&name),
-            format!(
-                "value at [channel {c}, {z}, {y}, {x}] is {}{}; {count} non-finite value(s) in \
-                 total: clean the data (NaN/inf cannot be trained on)",
-                raw[first],
-                if matches!(
-                    dtype,
-                    hdf5::types::TypeDescriptor::Float(hdf5::types::FloatSize::U8)
-                ) {
-                    " after conversion to float32"
-                } else {
-                    ""
-                }
-            ),
-        ));
-    }
-    let cube = Array4::from_shape_vec(shape4, raw).map_err(|e| {
-        err(
-            Some(&name),
-            format!("data does not match its shape {shape:?} ({e})"),
-        )
-    })?;
-    Ok((cube, name))
+/// Cuts the first `layout.per_cube` sub-cubes of the cube of the checkpoint at `position` (in
+/// `chkpnt.time` order) into their rows of `out`, allocating `out` for all checkpoints with the
+/// cube's channels when it is `None`.
+fn cut_into(
+    cube: ArrayView4<f32>,
+    layout: &CubeLayout,
+    position: usize,
+    out: &mut Option<Array5<f32>>,
+) -> Result<()> {
+    let [c, ..] = dims(&cube);
+    let [bd, bh, bw] = layout.batch_size;
+    let per_cube = layout.per_cube;
+    let out =
+        out.get_or_insert_with(|| Array5::zeros((layout.checkpoints * per_cube, c, bd, bh, bw)));
+    let rows = s![
+        position * per_cube..(position + 1) * per_cube,
+        ..,
+        ..,
+        ..,
+        ..
+    ];
+    cut_cube_into(cube, layout.batch_size, out.slice_mut(rows))
 }
 
 /// Sapsan's `EquidistantSampling`: keeps every `size / to`-th point along each spatial axis,
@@ -522,11 +438,43 @@ pub fn cut_cube(cube: ArrayView4<f32>, batch: [usize; 3]) -> Result<Array5<f32>>
     let blocks = block_grid(size, batch, "chkpnt - batch_size")?;
     let n = blocks.iter().product();
     let mut out = Array5::<f32>::zeros((n, c, batch[0], batch[1], batch[2]));
+    cut_cube_into(cube, batch, out.view_mut())?;
+    Ok(out)
+}
+
+/// [`cut_cube`] into `out`: its N rows receive the first N sub-cubes in cut order. `out` must
+/// have the cube's channels and the sub-cube size.
+fn cut_cube_into(
+    cube: ArrayView4<f32>,
+    batch: [usize; 3],
+    mut out: ArrayViewMut5<f32>,
+) -> Result<()> {
+    let [c, d, h, w] = dims(&cube);
+    let blocks = block_grid([d, h, w], batch, "chkpnt - batch_size")?;
+    let (n, oc, od, oh, ow) = out.dim();
+    if [oc, od, oh, ow] != [c, batch[0], batch[1], batch[2]] || n > blocks.iter().product() {
+        return Err(setting(
+            "data - features",
+            py_list(&[c, d, h, w]),
+            format!(
+                "checkpoints disagree in their channels or sizes: {n} sub-cubes of {} do not fit                  {}; every checkpoint's files must hold the same channels",
+                py_list(&[c, batch[0], batch[1], batch[2]]),
+                py_list(&[oc, od, oh, ow])
+            ),
+        ));
+    }
+    if n == 1 && blocks == [1, 1, 1] {
+        // The whole cube is the one sub-cube: a flat copy when both are contiguous.
+        if let (Some(src), Some(dst)) = (cube.as_slice(), out.as_slice_mut()) {
+            dst.copy_from_slice(src);
+            return Ok(());
+        }
+    }
     for (i, mut sub) in out.outer_iter_mut().enumerate() {
         let (z, y, x) = block_origin(i, blocks, batch);
         sub.assign(&cube.slice(s![.., z..z + batch[0], y..y + batch[1], x..x + batch[2]]));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Puts sub-cubes (N, C, d, h, w) in [`cut_cube`] order back into full cubes of `cube_size`,
@@ -586,18 +534,6 @@ fn block_origin(i: usize, blocks: [usize; 3], batch: [usize; 3]) -> (usize, usiz
 fn dims(cube: &ArrayView4<f32>) -> [usize; 4] {
     let (c, d, h, w) = cube.dim();
     [c, d, h, w]
-}
-
-fn concat(parts: Vec<Array5<f32>>, what: &str) -> Result<Array5<f32>> {
-    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Setting {
-        name: what.to_string(),
-        value: String::new(),
-        reason: format!(
-            "checkpoints disagree in the number of channels ({e}); every checkpoint's files \
-             must hold the same channels"
-        ),
-    })
 }
 
 fn check_labels(name: &str, columns: &[String], labels: &Option<Vec<String>>) -> Result<()> {

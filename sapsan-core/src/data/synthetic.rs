@@ -26,8 +26,8 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use super::config::DataConfig;
-use super::dataset::read_cube;
 use super::fft::{C64, fft3, freq};
+use super::read::read_cube;
 use crate::{Error, Result};
 
 /// Box-filter width, in cells, used by [`generate`].

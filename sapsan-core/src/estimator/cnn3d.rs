@@ -9,26 +9,24 @@
 //! holds for every edge length from 2 to 65 (16 -> 9 -> 5 -> 3 -> 2 -> 2 -> 1; 32 -> 17 -> 9 -> 5 -> 3
 //! -> 2 -> 1). Larger inputs such as 128^3 are refused with [`Error::Estimator`].
 use candle_core::{Module, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::layers::{Conv3d, MaxPool3d};
+use super::layers::{Conv3d, Linear, MaxPool3d};
 use crate::error::{Error, Result};
 
-/// A linear layer initialised like PyTorch's `nn.Linear`: weight `(out, in)` and bias `(out,)`
-/// uniform in `±1/sqrt(in)`.
+/// A candle-nn linear layer initialised like PyTorch's `nn.Linear` (as [`Linear::new`]): weight
+/// `(out, in)` and bias `(out,)` uniform in `±1/sqrt(in)`. CNN3d itself uses the fused
+/// [`Linear`]; this is for networks that apply linear layers to input of any rank.
 pub fn linear(
     vb: VarBuilder,
     in_features: usize,
     out_features: usize,
-) -> candle_core::Result<Linear> {
-    let bound = 1.0 / (in_features as f64).sqrt();
-    let init = Init::Uniform {
-        lo: -bound,
-        up: bound,
-    };
-    let weight = vb.get_with_hints((out_features, in_features), "weight", init)?;
-    let bias = vb.get_with_hints(out_features, "bias", init)?;
-    Ok(Linear::new(weight, Some(bias)))
+) -> candle_core::Result<candle_nn::Linear> {
+    let l = Linear::new(vb, in_features, out_features)?;
+    Ok(candle_nn::Linear::new(
+        l.weight().clone(),
+        Some(l.bias().clone()),
+    ))
 }
 
 /// One row of the layer listing: name, PyTorch-style description, parameter shapes and count.
@@ -77,8 +75,8 @@ impl Cnn3dNet {
             pooling: MaxPool3d::new(2, 1),
             pooling2: MaxPool3d::new(2, 1),
             pooling3: MaxPool3d::new(2, 0),
-            linear: linear(vb.pp("linear"), 4 * c, 8 * c)?,
-            linear2: linear(vb.pp("linear2"), 8 * c, d_out)?,
+            linear: Linear::new(vb.pp("linear"), 4 * c, 8 * c)?,
+            linear2: Linear::new(vb.pp("linear2"), 8 * c, d_out)?,
             in_channels: c,
             target_shape,
         })
@@ -172,7 +170,7 @@ impl Cnn3dNet {
         };
         let lin = |name, l: &Linear| {
             let w = l.weight().dims().to_vec();
-            let b = l.bias().map(|b| b.dims().to_vec()).unwrap_or_default();
+            let b = l.bias().dims().to_vec();
             LayerInfo {
                 name,
                 description: format!(

@@ -13,6 +13,7 @@
 //! - [`train`]: the training loop, learning-rate schedule, early stopping.
 //! - [`loss`]: SmoothL1 (Sapsan's CNN3d) and MSE losses.
 //! - [`adam`]: [`Adam`](adam::Adam), the optimizer, updating parameters in place.
+//! - [`heap`]: keeps freed gradient-sized blocks for the next training step (glibc thresholds).
 //! - [`init`]: seeded parameter initialisation (reproducible weights on the CPU).
 //! - [`weights`]: a network's variables to and from safetensors bytes.
 pub mod adam;
@@ -22,6 +23,7 @@ pub mod cnn3d;
 pub mod config;
 #[cfg(test)]
 pub(crate) mod gradcheck;
+pub mod heap;
 pub mod init;
 pub mod krr;
 pub mod layers;

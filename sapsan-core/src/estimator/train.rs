@@ -412,6 +412,7 @@ pub fn fit(
             "batch_size is 0; set it to at least 1 (or None for the whole set)".into(),
         ));
     }
+    super::heap::retain_freed_memory();
     let device = Device::Cpu;
     let (train_x, train_y) = prepare(net, "training", train, &device)?;
     let (valid_x, valid_y) = prepare(net, "validation", valid, &device)?;

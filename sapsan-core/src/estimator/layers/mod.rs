@@ -1,0 +1,265 @@
+//! 3D layers that candle lacks: a differentiable [`conv3d`] and [`max_pool3d`], and their modules
+//! [`Conv3d`] and [`MaxPool3d`] in the style of candle-nn; and a fused [`linear`] ([`Linear`]).
+//!
+//! The 3D ones work on `(batch, channels, depth, height, width)` tensors; all train with `backward()`.
+//! Each is one custom op with its own forward and fused backward pass (f32 or f64, CPU):
+//! - `conv`: the convolution as im2col + one matrix product (the `gemm` crate candle itself
+//!   uses) per sample, backward recomputing the columns and producing the weight, bias and (only
+//!   when needed) input gradients in one pass; samples run in parallel on rayon's pool.
+//! - `linear`: `x W^T + b` on `(B, in)` input, whose backward pass writes the weight gradient in
+//!   the weight's own layout (candle-nn's `Linear` transposes and copies it twice).
+//! - `pool`: max pooling with a one-pass backward (gradient to the first maximum of each window).
+//!   candle's own `max_pool2d` is avoided on purpose: its backward pass scales gradients by
+//!   `1/(k*k)`.
+use candle_core::{Layout, Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use gemm::Parallelism;
+
+mod conv;
+mod linear;
+mod pool;
+#[cfg(test)]
+mod tests;
+
+pub use conv::conv3d;
+pub use linear::{Linear, linear};
+pub use pool::max_pool3d;
+
+/// Element types the custom ops compute in: `f32` and `f64`.
+pub(crate) trait Elem:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::Mul<Output = Self>
+    + 'static
+{
+    /// Additive identity.
+    const ZERO: Self;
+    /// Multiplicative identity.
+    const ONE: Self;
+}
+
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// The contiguous data of a storage slice under `l`, or an error naming the op.
+fn contiguous<'a, T>(data: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{name}: input must be contiguous"),
+    }
+}
+
+/// A matrix operand: data, row stride, column stride.
+pub(crate) type Operand<'a, T> = (&'a [T], usize, usize);
+
+/// `dst (m x n, row-major) = [dst +] lhs (m x k) * rhs (k x n)` through the `gemm` crate.
+pub(crate) fn matmul<T: Elem>(
+    [m, n, k]: [usize; 3],
+    dst: &mut [T],
+    accumulate: bool,
+    (a, a_rs, a_cs): Operand<T>,
+    (b, b_rs, b_cs): Operand<T>,
+    parallelism: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n, "matmul: destination too small");
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::ZERO);
+        }
+        return;
+    }
+    assert!(
+        a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
+        "matmul: operand too small"
+    );
+    // SAFETY: the asserts above keep every index gemm forms, `i*rs + j*cs` for `i < rows` and
+    // `j < cols` of each matrix, inside its slice; `dst` does not alias `a` or `b` (a `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Output length of a convolution or pooling along one axis (PyTorch's formula, `ceil_mode=False`).
+///
+/// Returns `None` when the kernel does not fit into the padded input.
+pub fn out_len(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+    let padded = len + 2 * padding;
+    if stride == 0 || kernel == 0 || padded < kernel {
+        return None;
+    }
+    Some((padded - kernel) / stride + 1)
+}
+
+/// A 3D convolution layer with weight `(out, in, k, k, k)` and bias `(out,)`.
+///
+/// Initialised like PyTorch's `nn.Conv3d`: weight and bias uniform in `±1/sqrt(fan_in)` with
+/// `fan_in = in * k^3`.
+#[derive(Debug, Clone)]
+pub struct Conv3d {
+    weight: Tensor,
+    bias: Tensor,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv3d {
+    /// Creates (or fetches from `vb`) the variables `weight` and `bias` of a convolution from
+    /// `in_channels` to `out_channels` with a cubic `kernel`, `stride` and zero `padding`.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let fan_in = (in_channels * kernel * kernel * kernel) as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let weight = vb.get_with_hints(
+            (out_channels, in_channels, kernel, kernel, kernel),
+            "weight",
+            init,
+        )?;
+        let bias = vb.get_with_hints(out_channels, "bias", init)?;
+        Ok(Self {
+            weight,
+            bias,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    /// The weight `(out, in, k, k, k)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias `(out,)`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// Output shape `(C, D, H, W)` for an input of spatial size `dhw`, or `None` if it does not fit.
+    pub fn out_dims(&self, dhw: [usize; 3]) -> Option<[usize; 3]> {
+        let f = |n| out_len(n, self.kernel, self.stride, self.padding);
+        Some([f(dhw[0])?, f(dhw[1])?, f(dhw[2])?])
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
+    }
+}
+
+impl std::fmt::Display for Conv3d {
+    /// PyTorch-style description, e.g. `Conv3d(3, 6, kernel_size=(2, 2, 2), stride=(2, 2, 2), padding=(1, 1, 1))`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        write!(
+            f,
+            "Conv3d({}, {}, kernel_size=({k}, {k}, {k}), stride=({s}, {s}, {s}), padding=({p}, {p}, {p}))",
+            self.in_channels, self.out_channels
+        )
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        conv3d(
+            xs,
+            &self.weight,
+            Some(&self.bias),
+            self.stride,
+            self.padding,
+        )
+    }
+}
+
+/// A 3D max-pooling layer (no parameters); stride defaults to the kernel size, as in PyTorch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool3d {
+    /// Window edge length.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// `-inf` padding on each side of every spatial axis.
+    pub padding: usize,
+}
+
+impl MaxPool3d {
+    /// Pooling with window `kernel`, stride `kernel` and `padding`.
+    pub fn new(kernel: usize, padding: usize) -> Self {
+        Self {
+            kernel,
+            stride: kernel,
+            padding,
+        }
+    }
+
+    /// Output spatial size for an input of spatial size `dhw`, or `None` if it does not fit.
+    pub fn out_dims(&self, dhw: [usize; 3]) -> Option<[usize; 3]> {
+        let f = |n| out_len(n, self.kernel, self.stride, self.padding);
+        Some([f(dhw[0])?, f(dhw[1])?, f(dhw[2])?])
+    }
+}
+
+impl std::fmt::Display for MaxPool3d {
+    /// PyTorch-style description, e.g. `MaxPool3d(kernel_size=2, stride=2, padding=1, dilation=1, ceil_mode=False)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MaxPool3d(kernel_size={}, stride={}, padding={}, dilation=1, ceil_mode=False)",
+            self.kernel, self.stride, self.padding
+        )
+    }
+}
+
+impl Module for MaxPool3d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        max_pool3d(xs, self.kernel, self.stride, self.padding)
+    }
+}
