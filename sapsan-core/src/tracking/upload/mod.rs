@@ -3,6 +3,7 @@
 //! what the store holds with the [`Replayer`], the only code that sends runs, batches, statuses
 //! and artifacts. [`sync_dir`] replays journals left on disk (`sapsan sync`).
 pub mod pipeline;
+pub mod plan;
 pub mod queue;
 pub mod replay;
 pub mod sync;
@@ -10,7 +11,6 @@ pub mod uploader;
 
 pub use pipeline::{LOCAL_RUN_PREFIX, Limits, Pipeline};
 pub use replay::{Replayer, is_transient};
-pub use sync::{
-    JournalPlan, OpenRuns, PlannedRun, SyncPlan, SyncReport, journal_dirs, plan_sync, sync_dir,
-};
+pub use plan::{JournalPlan, PlannedRun, SyncPlan, plan_sync};
+pub use sync::{OpenRuns, SyncReport, journal_dirs, sync_dir};
 pub use uploader::{UploadOptions, Uploader, Watch};
