@@ -5,23 +5,8 @@ mod common;
 
 use serde_json::Value;
 
-/// The example as `cargo test` built it (beside this test binary, in `examples/`); `cargo run`
-/// when it is missing.
 fn krr_command() -> std::process::Command {
-    let built = std::env::current_exe().ok().and_then(|exe| {
-        let bin = exe.parent()?.parent()?.join("examples").join("krr");
-        bin.is_file().then_some(bin)
-    });
-    let mut cmd = match built {
-        Some(bin) => std::process::Command::new(bin),
-        None => {
-            let mut c = std::process::Command::new(env!("CARGO"));
-            c.args(["run", "--quiet", "--example", "krr"]);
-            c
-        }
-    };
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
+    common::example_command("krr")
 }
 
 const READ_RUNS: &str = r#"

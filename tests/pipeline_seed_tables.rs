@@ -248,23 +248,8 @@ fn train_and_two_nested_evaluations_record_every_row_of_the_seed_tables() {
     );
 }
 
-/// The quickstart example as `cargo test` built it (beside this test binary, in `examples/`), so the
-/// test never rebuilds the dependencies with another feature set; `cargo run` when it is missing.
 fn quickstart_command() -> std::process::Command {
-    let built = std::env::current_exe().ok().and_then(|exe| {
-        let bin = exe.parent()?.parent()?.join("examples").join("quickstart");
-        bin.is_file().then_some(bin)
-    });
-    let mut cmd = match built {
-        Some(bin) => std::process::Command::new(bin),
-        None => {
-            let mut c = std::process::Command::new(env!("CARGO"));
-            c.args(["run", "--quiet", "--example", "quickstart"]);
-            c
-        }
-    };
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
+    common::example_command("quickstart")
 }
 
 /// The example binary itself, as `bash scripts/quickstart.sh` runs it (its default epochs), pointed

@@ -42,6 +42,38 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// URL of the team server `scripts/test.sh` started: MLflow with 4 workers on PostgreSQL, proxied
+/// artifacts. A missing server is a failure, never a skip.
+pub fn team_tracking_uri() -> String {
+    match std::env::var("SAPSAN_TEST_TEAM_TRACKING_URI") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "SAPSAN_TEST_TEAM_TRACKING_URI is not set: this test needs the team server (MLflow on \
+             PostgreSQL). Run it with `bash scripts/test.sh`, which starts one and sets it."
+        ),
+    }
+}
+
+/// Example `name` as `cargo test` built it (beside the test binary, in `examples/`), so the test
+/// never rebuilds the dependencies with another feature set; `cargo run` when it is missing. Runs
+/// in the repository root.
+pub fn example_command(name: &str) -> Command {
+    let built = std::env::current_exe().ok().and_then(|exe| {
+        let bin = exe.parent()?.parent()?.join("examples").join(name);
+        bin.is_file().then_some(bin)
+    });
+    let mut cmd = match built {
+        Some(bin) => Command::new(bin),
+        None => {
+            let mut c = Command::new(env!("CARGO"));
+            c.args(["run", "--quiet", "--example", name, "--"]);
+            c
+        }
+    };
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
 /// Runs `script` with the official Python client (`mlflow`, `client = MlflowClient()` and `json` are
 /// in scope; `args` is `sys.argv[1:]`), pointed at the test server. The script prints one JSON value
 /// on its last line of stdout; that value is returned.

@@ -10,7 +10,10 @@ pub mod sync;
 pub mod uploader;
 
 pub use pipeline::{LOCAL_RUN_PREFIX, Limits, Pipeline};
-pub use replay::{Replayer, is_transient};
 pub use plan::{JournalPlan, PlannedRun, SyncPlan, plan_sync};
-pub use sync::{OpenRuns, SyncReport, journal_dirs, sync_dir};
+pub use replay::{Replayer, is_transient};
+pub use sync::{
+    DEFAULT_SYNC_JOBS, JournalDone, OpenRuns, SYNC_MARK_FILE, SyncOptions, SyncReport,
+    journal_dirs, sync_dir,
+};
 pub use uploader::{UploadOptions, Uploader, Watch};

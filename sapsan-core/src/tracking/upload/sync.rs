@@ -3,9 +3,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::replay::{Replayer, is_transient};
 use crate::error::{Error, Result};
+use crate::shared::Shared;
 use crate::tracking::RunStatus;
 use crate::tracking::journal::{self, Record, RunRef, Source};
 use crate::tracking::rest::client::HttpClient;
@@ -14,8 +16,11 @@ use crate::tracking::rest::settings::Settings;
 /// What [`sync_dir`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
-    /// Journal directories read.
+    /// Journal directories delivered.
     pub journals: usize,
+    /// Journal directories skipped: delivered completely to this server by an earlier sync and
+    /// unchanged since (their [`SYNC_MARK_FILE`]).
+    pub skipped: usize,
     /// Records applied.
     pub records: usize,
     /// Logged items (metrics + params + tags, one per run creation or status change) delivered.
@@ -112,18 +117,84 @@ pub(super) fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
         .collect()
 }
 
+/// Journals [`sync_dir`] uploads at once unless told otherwise (`sapsan sync --jobs`).
+pub const DEFAULT_SYNC_JOBS: usize = 4;
+
+/// The file [`sync_dir`] leaves in a journal directory it delivered completely: the server and
+/// the journal's length then. A later sync to the same server skips that journal while its
+/// length is unchanged (delete the file to send it again).
+pub const SYNC_MARK_FILE: &str = "synced.json";
+
+/// How [`sync_dir`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// What to do with runs a journal leaves open.
+    pub open: OpenRuns,
+    /// Journals uploaded at once, each by one worker thread sending its records in order
+    /// (at least 1).
+    pub jobs: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            open: OpenRuns::default(),
+            jobs: DEFAULT_SYNC_JOBS,
+        }
+    }
+}
+
+/// One journal that [`sync_dir`] finished, handed to its progress callback as it finishes.
+#[derive(Debug)]
+pub struct JournalDone<'a> {
+    /// The journal directory.
+    pub dir: &'a Path,
+    /// Journals finished so far, this one included.
+    pub done: usize,
+    /// Journals to sync in all.
+    pub total: usize,
+    /// What was delivered ([`SyncReport::skipped`] is 1 for a journal delivered before), or why
+    /// it stopped.
+    pub outcome: std::result::Result<&'a SyncReport, &'a Error>,
+}
+
+impl SyncReport {
+    /// Adds `other`'s counts and notes to this report.
+    fn absorb(&mut self, other: SyncReport) {
+        self.journals += other.journals;
+        self.skipped += other.skipped;
+        self.records += other.records;
+        self.items += other.items;
+        self.runs += other.runs;
+        self.models += other.models;
+        self.killed += other.killed;
+        self.refused.extend(other.refused);
+        self.left_open.extend(other.left_open);
+        self.damaged.extend(other.damaged);
+    }
+}
+
 /// Uploads the journal(s) in `dir` (one instance directory, or a root holding several) to the
 /// server at `tracking_uri`, recreating runs (nesting, names, start and end times, statuses) that
-/// the server does not have. Runs the journal leaves open are ended KILLED (at the last time
-/// anything was logged to them) as `open` says. Idempotent: a second call changes nothing on the
-/// server. Stops at the first transient error (server away: run it again later); records refused
-/// for good are listed in [`SyncReport::refused`] and skipped, damaged journal lines in
-/// [`SyncReport::damaged`].
+/// the server does not have. `opts.jobs` journals go at once, each journal's records in order;
+/// `progress` is called as each journal finishes (from the worker threads, one call at a time
+/// per journal). Runs a journal leaves open are ended KILLED (at the last time anything was
+/// logged to them) as `opts.open` says.
+///
+/// Resumable and idempotent: a journal delivered completely gets a [`SYNC_MARK_FILE`] and is
+/// skipped by later syncs to the same server while unchanged; one that was cut short (a killed
+/// sync, a server gone) is sent again from its start, which adds nothing twice (runs and models
+/// are found again by their key tags, the server drops exact duplicate metric points, params,
+/// tags and statuses are set to the same values again). Stops handing out journals at the first
+/// error that ends one (a transient one: the server is away, run it again later) and returns it;
+/// records refused for good are listed in [`SyncReport::refused`] and skipped, damaged journal
+/// lines in [`SyncReport::damaged`].
 pub fn sync_dir(
     dir: &Path,
     tracking_uri: &str,
     settings: &Settings,
-    open: OpenRuns,
+    opts: &SyncOptions,
+    progress: &(dyn Fn(&JournalDone<'_>) + Sync),
 ) -> Result<SyncReport> {
     let mut settings = settings.clone();
     settings.set_tracking_uri(tracking_uri)?;
@@ -136,42 +207,137 @@ pub fn sync_dir(
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     }
-    let mut report = SyncReport::default();
-    for d in dirs {
-        let rep = Replayer::new(http.clone(), Source::Dir(d.clone()), false);
-        let read = journal::read_journal(&d, 0, None)?;
-        report.damaged.extend(read.damaged);
-        let records = read.records;
-        for (rec, _) in &records {
-            match rep.apply(rec) {
-                Ok(()) => {
-                    report.records += 1;
-                    report.items += rec.items();
-                }
-                Err(e) if is_transient(&e) => return Err(e),
-                Err(e) => report.refused.push(format!("{}: {e}", d.display())),
+    let total = dirs.len();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let results: Vec<Shared<Option<Result<SyncReport>>>> =
+        dirs.iter().map(|_| Shared::new(None)).collect();
+    let worker = || {
+        while !stop.load(Ordering::Acquire) {
+            let i = next.fetch_add(1, Ordering::AcqRel);
+            let Some(d) = dirs.get(i) else { return };
+            let r = sync_journal(&http, d, tracking_uri, opts.open);
+            if r.is_err() {
+                stop.store(true, Ordering::Release);
+            }
+            progress(&JournalDone {
+                dir: d,
+                done: done.fetch_add(1, Ordering::AcqRel) + 1,
+                total,
+                outcome: r.as_ref(),
+            });
+            *results[i].lock() = Some(r);
+        }
+    };
+    let jobs = opts.jobs.clamp(1, total);
+    std::thread::scope(|s| {
+        // The calling thread is one worker; the others are spawned.
+        for n in 1..jobs {
+            let spawned = std::thread::Builder::new()
+                .name(format!("sapsan-sync-{n}"))
+                .spawn_scoped(s, worker);
+            if let Err(e) = spawned {
+                log::warn!("sapsan sync: {n} worker thread(s) instead of {jobs}: {e}");
+                break;
             }
         }
-        // The replayer maps run keys and model keys alike: count each kind by its creation.
-        let ids = rep.ids();
-        let ids = ids.lock();
-        let (mut runs, mut models) = (HashSet::new(), HashSet::new());
-        for (rec, _) in &records {
-            match rec {
-                Record::Create { key, .. } if ids.contains_key(key) => runs.insert(key),
-                Record::CreateModel { key, .. } if ids.contains_key(key) => models.insert(key),
-                _ => false,
-            };
+        worker();
+    });
+    let mut report = SyncReport::default();
+    for r in &results {
+        match r.lock().take() {
+            Some(Ok(one)) => report.absorb(one),
+            Some(Err(e)) => return Err(e),
+            // Not started: an earlier error stopped the sync.
+            None => {}
         }
-        report.runs += runs.len();
-        report.models += models.len();
-        drop(ids);
-        report.journals += 1;
-        let left_open = open_runs(&records);
-        if left_open.is_empty() {
-            continue;
+    }
+    Ok(report)
+}
+
+/// Whether journal `d` was delivered completely to `tracking_uri` by an earlier sync and has not
+/// changed since (its [`SYNC_MARK_FILE`]).
+fn marked_synced(d: &Path, tracking_uri: &str, len: u64) -> bool {
+    let Ok(text) = std::fs::read(d.join(SYNC_MARK_FILE)) else {
+        return false;
+    };
+    let Ok(mark) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return false;
+    };
+    mark.get("tracking_uri").and_then(serde_json::Value::as_str) == Some(tracking_uri)
+        && mark
+            .get("journal_bytes")
+            .and_then(serde_json::Value::as_u64)
+            == Some(len)
+}
+
+/// Leaves the [`SYNC_MARK_FILE`] of journal `d`: delivered to `tracking_uri` up to byte `len`.
+/// A mark that cannot be written (a read-only copy) only costs a resend next time: logged.
+fn mark_synced(d: &Path, tracking_uri: &str, len: u64) {
+    let mark = serde_json::json!({"tracking_uri": tracking_uri, "journal_bytes": len});
+    let tmp = d.join(format!("{SYNC_MARK_FILE}.tmp"));
+    let written = std::fs::write(&tmp, mark.to_string())
+        .and_then(|()| std::fs::rename(&tmp, d.join(SYNC_MARK_FILE)));
+    if let Err(e) = written {
+        log::warn!(
+            "sapsan sync: could not write {} (the next sync sends this journal again, \
+             which adds nothing twice): {e}",
+            d.join(SYNC_MARK_FILE).display()
+        );
+    }
+}
+
+/// Uploads one journal directory, its records in order (see [`sync_dir`]).
+fn sync_journal(
+    http: &Arc<HttpClient>,
+    d: &Path,
+    tracking_uri: &str,
+    open: OpenRuns,
+) -> Result<SyncReport> {
+    let path = d.join(journal::JOURNAL_FILE);
+    let len = std::fs::metadata(&path)
+        .map_err(|e| Error::io("reading the journal", &path, e))?
+        .len();
+    if marked_synced(d, tracking_uri, len) {
+        return Ok(SyncReport {
+            skipped: 1,
+            ..SyncReport::default()
+        });
+    }
+    let mut report = SyncReport::default();
+    let rep = Replayer::new(http.clone(), Source::Dir(d.to_owned()), false);
+    let read = journal::read_journal(d, 0, None)?;
+    report.damaged.extend(read.damaged);
+    let records = read.records;
+    for (rec, _) in &records {
+        match rep.apply(rec) {
+            Ok(()) => {
+                report.records += 1;
+                report.items += rec.items();
+            }
+            Err(e) if is_transient(&e) => return Err(e),
+            Err(e) => report.refused.push(format!("{}: {e}", d.display())),
         }
-        let origin = journal::Origin::read(&d);
+    }
+    // The replayer maps run keys and model keys alike: count each kind by its creation.
+    let ids = rep.ids();
+    let ids = ids.lock();
+    let (mut runs, mut models) = (HashSet::new(), HashSet::new());
+    for (rec, _) in &records {
+        match rec {
+            Record::Create { key, .. } if ids.contains_key(key) => runs.insert(key),
+            Record::CreateModel { key, .. } if ids.contains_key(key) => models.insert(key),
+            _ => false,
+        };
+    }
+    report.runs += runs.len();
+    report.models += models.len();
+    drop(ids);
+    report.journals += 1;
+    let left_open = open_runs(&records);
+    if !left_open.is_empty() {
+        let origin = journal::Origin::read(d);
         let alive = origin.as_ref().and_then(journal::Origin::alive);
         if open == OpenRuns::End || alive == Some(false) {
             for (run, last_ms) in left_open {
@@ -189,8 +355,12 @@ pub fn sync_dir(
         } else {
             report
                 .left_open
-                .push(left_open_note(&d, left_open.len(), origin.as_ref(), alive));
+                .push(left_open_note(d, left_open.len(), origin.as_ref(), alive));
         }
+    }
+    // Only a journal with nothing left to do is skipped next time.
+    if report.refused.is_empty() && report.left_open.is_empty() && report.damaged.is_empty() {
+        mark_synced(d, tracking_uri, len);
     }
     Ok(report)
 }
