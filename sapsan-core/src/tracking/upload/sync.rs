@@ -388,3 +388,103 @@ pub(super) fn left_open_note(
     };
     format!("{}: {count} run(s) have no end yet: {why}", d.display())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracking::journal::Journal;
+    use std::time::Duration;
+
+    /// Journals under `root`, one finished run each.
+    fn journals(root: &Path, n: usize) -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| {
+                let mut j = Journal::create_in(root).unwrap();
+                let key = format!("k{i}");
+                j.append(&[
+                    Record::Create {
+                        key: key.clone(),
+                        experiment: "exp".into(),
+                        name: "train".into(),
+                        parent: None,
+                        start_ms: 5,
+                        tags: vec![],
+                        id: None,
+                    },
+                    Record::Status {
+                        run: RunRef::Key(key),
+                        status: RunStatus::Finished,
+                        end_ms: Some(9),
+                    },
+                ])
+                .unwrap();
+                j.dir().to_owned()
+            })
+            .collect()
+    }
+
+    /// Nothing listens on port 1: any request fails at once (no retries).
+    const NOWHERE: &str = "http://127.0.0.1:1";
+
+    fn no_retries() -> Settings {
+        Settings {
+            max_retries: 0,
+            timeout: Duration::from_secs(5),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn journals_marked_delivered_and_unchanged_are_skipped_without_a_request() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = journals(root.path(), 5);
+        for d in &dirs {
+            let len = std::fs::metadata(d.join(journal::JOURNAL_FILE))
+                .unwrap()
+                .len();
+            mark_synced(d, NOWHERE, len);
+        }
+        let seen = Shared::new(Vec::new());
+        let opts = SyncOptions {
+            open: OpenRuns::End,
+            jobs: 3,
+        };
+        let report = sync_dir(root.path(), NOWHERE, &no_retries(), &opts, &|j| {
+            assert_eq!(j.total, 5);
+            assert_eq!(j.outcome.map(|r| r.skipped).ok(), Some(1));
+            seen.lock().push(j.done);
+        })
+        .unwrap();
+        assert_eq!((report.skipped, report.journals, report.records), (5, 0, 0));
+        let mut done = seen.lock().clone();
+        done.sort_unstable();
+        assert_eq!(done, [1, 2, 3, 4, 5], "one progress call per journal");
+    }
+
+    #[test]
+    fn a_journal_that_grew_or_a_mark_for_another_server_is_sent_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = journals(root.path(), 2);
+        let len = |d: &Path| {
+            std::fs::metadata(d.join(journal::JOURNAL_FILE))
+                .unwrap()
+                .len()
+        };
+        mark_synced(&dirs[0], NOWHERE, len(&dirs[0]) - 1);
+        mark_synced(&dirs[1], "http://elsewhere:5000", len(&dirs[1]));
+        assert!(!marked_synced(&dirs[0], NOWHERE, len(&dirs[0])));
+        assert!(!marked_synced(&dirs[1], NOWHERE, len(&dirs[1])));
+        assert!(marked_synced(
+            &dirs[1],
+            "http://elsewhere:5000",
+            len(&dirs[1])
+        ));
+        // Sending is tried (and fails: nothing listens there), with the first error returned.
+        let opts = SyncOptions {
+            open: OpenRuns::End,
+            jobs: 2,
+        };
+        let e = sync_dir(root.path(), NOWHERE, &no_retries(), &opts, &|_| {}).unwrap_err();
+        assert!(is_transient(&e), "{e}");
+    }
+}
