@@ -140,6 +140,7 @@ fn sync(root: &Path, uri: &str, jobs: usize) -> BoxResult<(SyncReport, Duration)
     let opts = SyncOptions {
         open: OpenRuns::End,
         jobs,
+        resend: false,
     };
     let t = Instant::now();
     let report = sync_dir(root, uri, &Settings::default(), &opts, &|_| {})?;

@@ -154,10 +154,29 @@ pub fn sapsan_sync(dir: &std::path::Path, uri: &str) -> String {
 
 /// Runs `sapsan sync <dir> --tracking-uri <uri>`; its exit status and output, whatever they are.
 pub fn sapsan_sync_output(dir: &std::path::Path, uri: &str) -> std::process::Output {
+    sapsan_sync_with(dir, uri, &[])
+}
+
+/// Runs `sapsan sync <dir> --tracking-uri <uri> --resend`: journals delivered before are sent
+/// again (to check that this adds nothing twice); its stdout.
+pub fn sapsan_sync_resend(dir: &std::path::Path, uri: &str) -> String {
+    let out = sapsan_sync_with(dir, uri, &["--resend"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sapsan sync --resend failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs `sapsan sync <dir> --tracking-uri <uri> <extra>`; its exit status and output.
+fn sapsan_sync_with(dir: &std::path::Path, uri: &str, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sapsan"))
         .args(["sync"])
         .arg(dir)
         .args(["--tracking-uri", uri])
+        .args(extra)
         .output()
         .expect("cannot run the sapsan binary")
 }

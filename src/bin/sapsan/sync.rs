@@ -25,6 +25,7 @@ pub fn run(args: &SyncArgs) -> Result<()> {
     let opts = SyncOptions {
         open,
         jobs: args.jobs,
+        resend: args.resend,
     };
     let report = sync_dir(&args.dir, &uri, &settings, &opts, &progress)?;
     println!(
@@ -34,7 +35,7 @@ pub fn run(args: &SyncArgs) -> Result<()> {
     if report.skipped > 0 {
         println!(
             "sapsan sync: {} journal(s) skipped: delivered to {uri} before and unchanged since \
-             (delete their synced.json to send them again)",
+             (--resend sends them again)",
             report.skipped
         );
     }

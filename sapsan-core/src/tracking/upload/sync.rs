@@ -122,7 +122,7 @@ pub const DEFAULT_SYNC_JOBS: usize = 4;
 
 /// The file [`sync_dir`] leaves in a journal directory it delivered completely: the server and
 /// the journal's length then. A later sync to the same server skips that journal while its
-/// length is unchanged (delete the file to send it again).
+/// length is unchanged ([`SyncOptions::resend`] sends it again).
 pub const SYNC_MARK_FILE: &str = "synced.json";
 
 /// How [`sync_dir`] runs.
@@ -133,6 +133,9 @@ pub struct SyncOptions {
     /// Journals uploaded at once, each by one worker thread sending its records in order
     /// (at least 1).
     pub jobs: usize,
+    /// Send journals again even when their [`SYNC_MARK_FILE`] says this server has them (its
+    /// store was restored from an older backup, say); nothing lands twice.
+    pub resend: bool,
 }
 
 impl Default for SyncOptions {
@@ -140,6 +143,7 @@ impl Default for SyncOptions {
         SyncOptions {
             open: OpenRuns::default(),
             jobs: DEFAULT_SYNC_JOBS,
+            resend: false,
         }
     }
 }
@@ -217,7 +221,7 @@ pub fn sync_dir(
         while !stop.load(Ordering::Acquire) {
             let i = next.fetch_add(1, Ordering::AcqRel);
             let Some(d) = dirs.get(i) else { return };
-            let r = sync_journal(&http, d, tracking_uri, opts.open);
+            let r = sync_journal(&http, d, tracking_uri, opts);
             if r.is_err() {
                 stop.store(true, Ordering::Release);
             }
@@ -293,13 +297,14 @@ fn sync_journal(
     http: &Arc<HttpClient>,
     d: &Path,
     tracking_uri: &str,
-    open: OpenRuns,
+    opts: &SyncOptions,
 ) -> Result<SyncReport> {
+    let open = opts.open;
     let path = d.join(journal::JOURNAL_FILE);
     let len = std::fs::metadata(&path)
         .map_err(|e| Error::io("reading the journal", &path, e))?
         .len();
-    if marked_synced(d, tracking_uri, len) {
+    if !opts.resend && marked_synced(d, tracking_uri, len) {
         return Ok(SyncReport {
             skipped: 1,
             ..SyncReport::default()
@@ -448,6 +453,7 @@ mod tests {
         let opts = SyncOptions {
             open: OpenRuns::End,
             jobs: 3,
+            resend: false,
         };
         let report = sync_dir(root.path(), NOWHERE, &no_retries(), &opts, &|j| {
             assert_eq!(j.total, 5);
@@ -459,6 +465,13 @@ mod tests {
         let mut done = seen.lock().clone();
         done.sort_unstable();
         assert_eq!(done, [1, 2, 3, 4, 5], "one progress call per journal");
+        // --resend: sending is tried (and fails: nothing listens there).
+        let resend = SyncOptions {
+            resend: true,
+            ..opts
+        };
+        let e = sync_dir(root.path(), NOWHERE, &no_retries(), &resend, &|_| {}).unwrap_err();
+        assert!(is_transient(&e), "{e}");
     }
 
     #[test]
@@ -483,6 +496,7 @@ mod tests {
         let opts = SyncOptions {
             open: OpenRuns::End,
             jobs: 2,
+            resend: false,
         };
         let e = sync_dir(root.path(), NOWHERE, &no_retries(), &opts, &|_| {}).unwrap_err();
         assert!(is_transient(&e), "{e}");
