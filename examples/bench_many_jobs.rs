@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! cargo build --example job --example bench_many_jobs
-//! PATH=$PWD/.venv/bin:$PATH bash -c 'source scripts/server.sh && pg_server_start &&
-//!   trap pg_server_stop EXIT && SAPSAN_BENCH_TRACKING_URI=$PG_SERVER_URL
+//! PATH=$PWD/.venv/bin:$PATH bash -c 'source scripts/server.sh && trap pg_server_stop EXIT &&
+//!   pg_server_start && SAPSAN_BENCH_TRACKING_URI=$PG_SERVER_URL
 //!   target/debug/examples/bench_many_jobs'
 //! ```
 //!
@@ -15,7 +15,8 @@
 //! beside this program.
 //!
 //! 1. Many jobs: `SAPSAN_BENCH_ROUNDS` rounds (default 3) of: the server's ingest ceiling (the
-//!    raw-HTTP client of `bench_tracking`, `bench_common/ceiling.rs`), then 8 `job` programs
+//!    raw-HTTP client of `bench_tracking`, `bench_common/ceiling.rs`, here with 8 connections
+//!    writing into 8 runs, as the 8 jobs do), then 8 `job` programs
 //!    started at once (each: a train run, 10,000 loss points, params, an artifact, 2 nested
 //!    evaluate runs), then the ceiling again. Their combined rate is the 80,000 points over the
 //!    wall time from the first start to the last exit (process start, run creation, evaluate
@@ -33,7 +34,7 @@ use sapsan::tracking::{Backend, MlflowBackend, RunStatus, Settings};
 
 #[path = "bench_common/ceiling.rs"]
 mod ceiling;
-use ceiling::{BoxResult, batch_body, ceiling, load, median, raw_post};
+use ceiling::{BoxResult, batch_body, ceiling_spread, load, median, raw_post};
 
 /// Programs started at once.
 const JOBS: u32 = 8;
@@ -179,20 +180,24 @@ fn main() -> BoxResult<()> {
     // The ceiling client writes into a run of its own; every worker warmed first.
     let setup = MlflowBackend::builder()
         .tracking_uri(&uri)
-        .experiment(&format!("ceiling-{stamp}"))
+        .experiment(format!("ceiling-{stamp}"))
         .journal(false)
         .build()?;
-    let ceiling_run = setup.create_run("ceiling", None)?;
-    for _ in 0..16 {
-        raw_post(
-            addr,
-            "/api/2.0/mlflow/runs/log-batch",
-            &batch_body(&ceiling_run, 0, 1),
-        )?;
+    // One run per writer, as the jobs have: rows of one run are a point of contention that 8
+    // programs with a run each do not share.
+    let ceiling_runs = (0..JOBS)
+        .map(|i| setup.create_run(&format!("ceiling {i}"), None))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runs: Vec<&str> = ceiling_runs.iter().map(String::as_str).collect();
+    let ceiling = || ceiling_spread(addr, &runs, JOBS as usize);
+    for r in &runs {
+        for _ in 0..2 {
+            raw_post(addr, "/api/2.0/mlflow/runs/log-batch", &batch_body(r, 0, 1))?;
+        }
     }
 
     eprintln!("[bench] ceiling ...");
-    let mut last = ceiling(addr, &ceiling_run)?;
+    let mut last = ceiling()?;
     let mut lines = Vec::new();
     let mut ratios = Vec::new();
     for round in 0..rounds {
@@ -202,7 +207,7 @@ fn main() -> BoxResult<()> {
         );
         let (rate, wall) = many_jobs(&bin, &uri, &format!("jobs-{stamp}-{round}"))?;
         eprintln!("[bench] round {}/{rounds}: ceiling ...", round + 1);
-        let after = ceiling(addr, &ceiling_run)?;
+        let after = ceiling()?;
         let ratio = rate / ((last + after) / 2.0);
         lines.push(format!(
             "round {}: {JOBS} jobs at once, {:.0} points/s combined ({} in {:.2} s) between \
@@ -216,7 +221,9 @@ fn main() -> BoxResult<()> {
         ratios.push(ratio);
         last = after;
     }
-    setup.set_status(&ceiling_run, RunStatus::Finished)?;
+    for r in &runs {
+        setup.set_status(r, RunStatus::Finished)?;
+    }
     drop(setup);
 
     eprintln!("[bench] making 2 x {JOURNALS} offline journals ({sync_points} points each) ...");
@@ -233,8 +240,8 @@ fn main() -> BoxResult<()> {
         load()
     );
     println!(
-        "ceiling: raw HTTP, {} conns, {}/request, measured before and after each round",
-        ceiling::CONNECTIONS,
+        "ceiling: raw HTTP, {JOBS} conns into {JOBS} runs, {}/request, a fresh connection each, \
+         measured before and after each round",
         ceiling::BATCH
     );
     for l in &lines {

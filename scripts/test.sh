@@ -28,8 +28,8 @@ export SAPSAN_TEST_TRACKING_URI="$SERVER_URL"
 echo "[test] MLflow $(curl -s "$SERVER_URL/version" 2>/dev/null || true) at $SERVER_URL (store $SERVER_DIR)" >&2
 # The team server: MLflow with 4 workers on a private PostgreSQL cluster, proxied artifacts
 # (tests/many_jobs.rs runs against it; the second pass below re-runs the tracking tests on it).
-pg_server_start
 trap 'server_stop; pg_server_stop' EXIT
+pg_server_start
 export SAPSAN_TEST_TEAM_TRACKING_URI="$PG_SERVER_URL"
 echo "[test] MLflow on PostgreSQL (4 workers) at $PG_SERVER_URL (store $PG_URI)" >&2
 

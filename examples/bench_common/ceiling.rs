@@ -70,14 +70,20 @@ pub fn raw_post(addr: SocketAddr, path: &str, body: &[u8]) -> BoxResult<u16> {
 /// The server's ingest ceiling: N metrics in log-batch requests of BATCH over CONNECTIONS
 /// connections, a fresh one per request. Bodies are built before the clock starts. Metrics/s.
 pub fn ceiling(addr: SocketAddr, run_id: &str) -> BoxResult<f64> {
+    ceiling_spread(addr, &[run_id], CONNECTIONS)
+}
+
+/// [`ceiling`] for several writers: request `i` goes to run `run_ids[i % len]`, over
+/// `connections` connections (one writer per run: as many connections as runs).
+pub fn ceiling_spread(addr: SocketAddr, run_ids: &[&str], connections: usize) -> BoxResult<f64> {
     let ts = now_ms();
     let bodies: Vec<Vec<u8>> = (0..N / BATCH)
-        .map(|b| batch_body(run_id, b * BATCH, ts))
+        .map(|b| batch_body(run_ids[b % run_ids.len()], b * BATCH, ts))
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let t = Instant::now();
     let results: Vec<BoxResult<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..CONNECTIONS)
+        let handles: Vec<_> = (0..connections)
             .map(|_| {
                 s.spawn(|| -> BoxResult<()> {
                     loop {
