@@ -122,8 +122,9 @@ pub const DEFAULT_SYNC_JOBS: usize = 4;
 
 /// The file [`sync_dir`] leaves in a journal directory it delivered completely: the server and
 /// the journal's length then. A later sync to the same server skips that journal while its
-/// length is unchanged ([`SyncOptions::resend`] sends it again).
-pub const SYNC_MARK_FILE: &str = "synced.json";
+/// length is unchanged ([`SyncOptions::resend`] sends it again), and programs no longer name it
+/// as left over.
+pub use crate::tracking::journal::SYNC_MARK_FILE;
 
 /// How [`sync_dir`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
