@@ -196,8 +196,8 @@ print(json.dumps({r.info.run_name: r.info.run_id for r in runs}))
     );
     let seen = common::judge(READ, &[train, eval]);
     check(&seen, train, eval);
-    // A second sync creates nothing twice.
-    common::sapsan_sync(&dir, &uri);
+    // A second sync sending everything again (--resend) creates nothing twice.
+    common::sapsan_sync_resend(&dir, &uri);
     let again = common::judge(READ, &[train, eval]);
     assert_eq!(again["models"], 1, "{again}");
     assert_eq!(again["model_id"], seen["model_id"]);

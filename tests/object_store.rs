@@ -71,7 +71,7 @@ fn main_job_writes_every_artifact_to_the_bucket() {
     let uri = common::s3_tracking_uri();
     let dir = tempfile::tempdir().unwrap();
     let experiment = common::unique("object-store");
-    let out = common::quickstart_command()
+    let out = common::example_command("quickstart")
         .env("MLFLOW_TRACKING_URI", &uri)
         .env("MLFLOW_EXPERIMENT_NAME", &experiment)
         .env("SAPSAN_DATA_DIR", dir.path())

@@ -256,7 +256,7 @@ fn train_and_two_nested_evaluations_record_every_row_of_the_seed_tables() {
 fn quickstart_example_runs_against_the_configured_server() {
     let dir = tempfile::tempdir().unwrap();
     let experiment = common::unique("quickstart");
-    let out = common::quickstart_command()
+    let out = common::example_command("quickstart")
         .env("MLFLOW_TRACKING_URI", common::tracking_uri())
         .env("MLFLOW_EXPERIMENT_NAME", &experiment)
         .env("SAPSAN_DATA_DIR", dir.path())
@@ -432,7 +432,7 @@ fn quickstart_offline_then_sapsan_sync_gives_the_same_runs() {
     let data = tempfile::tempdir().unwrap();
     let journals = tempfile::tempdir().unwrap();
     let experiment = common::unique("quickstart-offline");
-    let out = common::quickstart_command()
+    let out = common::example_command("quickstart")
         .env_remove("MLFLOW_TRACKING_URI")
         .env("SAPSAN_OFFLINE", "1")
         .env("SAPSAN_JOURNAL_DIR", journals.path())

@@ -353,7 +353,7 @@ fn server_gone_for_good_then_sapsan_sync_delivers_everything() {
     assert!(first.contains("2 runs"), "{first}");
     let runs = runs_at(server.url(), &exp);
     assert_job_landed(&runs, 7);
-    common::sapsan_sync(&root, server.url());
+    common::sapsan_sync_resend(&root, server.url());
     assert_eq!(
         runs_at(server.url(), &exp),
         runs,

@@ -29,25 +29,6 @@ pub fn s3_tracking_uri() -> String {
     }
 }
 
-/// The quickstart example as `cargo test` built it (beside this test binary, in `examples/`), so the
-/// test never rebuilds the dependencies with another feature set; `cargo run` when it is missing.
-pub fn quickstart_command() -> Command {
-    let built = std::env::current_exe().ok().and_then(|exe| {
-        let bin = exe.parent()?.parent()?.join("examples").join("quickstart");
-        bin.is_file().then_some(bin)
-    });
-    let mut cmd = match built {
-        Some(bin) => Command::new(bin),
-        None => {
-            let mut c = Command::new(env!("CARGO"));
-            c.args(["run", "--quiet", "--example", "quickstart"]);
-            c
-        }
-    };
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
 /// The Python interpreter of the venv that holds the official MLflow client.
 pub fn python() -> String {
     std::env::var("SAPSAN_PYTHON").unwrap_or_else(|_| {
@@ -73,6 +54,38 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// URL of the team server `scripts/test.sh` started: MLflow with 4 workers on PostgreSQL, proxied
+/// artifacts. A missing server is a failure, never a skip.
+pub fn team_tracking_uri() -> String {
+    match std::env::var("SAPSAN_TEST_TEAM_TRACKING_URI") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "SAPSAN_TEST_TEAM_TRACKING_URI is not set: this test needs the team server (MLflow on \
+             PostgreSQL). Run it with `bash scripts/test.sh`, which starts one and sets it."
+        ),
+    }
+}
+
+/// Example `name` as `cargo test` built it (beside the test binary, in `examples/`), so the test
+/// never rebuilds the dependencies with another feature set; `cargo run` when it is missing. Runs
+/// in the repository root.
+pub fn example_command(name: &str) -> Command {
+    let built = std::env::current_exe().ok().and_then(|exe| {
+        let bin = exe.parent()?.parent()?.join("examples").join(name);
+        bin.is_file().then_some(bin)
+    });
+    let mut cmd = match built {
+        Some(bin) => Command::new(bin),
+        None => {
+            let mut c = Command::new(env!("CARGO"));
+            c.args(["run", "--quiet", "--example", name, "--"]);
+            c
+        }
+    };
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
 }
 
 /// Runs `script` with the official Python client (`mlflow`, `client = MlflowClient()` and `json` are
@@ -155,10 +168,29 @@ pub fn sapsan_sync(dir: &std::path::Path, uri: &str) -> String {
 
 /// Runs `sapsan sync <dir> --tracking-uri <uri>`; its exit status and output, whatever they are.
 pub fn sapsan_sync_output(dir: &std::path::Path, uri: &str) -> std::process::Output {
+    sapsan_sync_with(dir, uri, &[])
+}
+
+/// Runs `sapsan sync <dir> --tracking-uri <uri> --resend`: journals delivered before are sent
+/// again (to check that this adds nothing twice); its stdout.
+pub fn sapsan_sync_resend(dir: &std::path::Path, uri: &str) -> String {
+    let out = sapsan_sync_with(dir, uri, &["--resend"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sapsan sync --resend failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs `sapsan sync <dir> --tracking-uri <uri> <extra>`; its exit status and output.
+fn sapsan_sync_with(dir: &std::path::Path, uri: &str, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sapsan"))
         .args(["sync"])
         .arg(dir)
         .args(["--tracking-uri", uri])
+        .args(extra)
         .output()
         .expect("cannot run the sapsan binary")
 }
@@ -182,25 +214,6 @@ pub fn run_tests(tests: &[(&str, fn())]) {
         eprintln!("ok");
     }
     eprintln!("test result: ok. {} passed; 0 failed", tests.len());
-}
-
-/// The example `name` as `cargo test` built it (beside the test binary, in `examples/`); `cargo
-/// run --example name` when it is missing. Runs in the repository root.
-pub fn example_command(name: &str) -> Command {
-    let built = std::env::current_exe().ok().and_then(|exe| {
-        let bin = exe.parent()?.parent()?.join("examples").join(name);
-        bin.is_file().then_some(bin)
-    });
-    let mut cmd = match built {
-        Some(bin) => Command::new(bin),
-        None => {
-            let mut c = Command::new(env!("CARGO"));
-            c.args(["run", "--quiet", "--example", name]);
-            c
-        }
-    };
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
 }
 
 /// A [`judge`] script: for every run id in `args`, its status, name, parent run (tag

@@ -61,7 +61,10 @@ impl Command {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Exits non-zero when the server refused a record for good or a journal \
-    line was damaged (each is named on stderr; everything else is delivered)."
+    line was damaged (each is named on stderr; everything else is delivered). A journal \
+    delivered completely gets a synced.json and is skipped by later syncs to the same server \
+    while unchanged (--resend sends it again); a sync cut short (killed, server gone) resumes \
+    when run again."
 )]
 pub struct SyncArgs {
     /// A journal directory (holding journal.jsonl), or a root holding several (such as
@@ -79,6 +82,15 @@ pub struct SyncArgs {
     /// and send nothing; needs no server.
     #[arg(long)]
     pub dry_run: bool,
+    /// Journals uploaded at once (each journal's records in order; one line per journal as it
+    /// finishes).
+    #[arg(long, short = 'j', value_name = "N", default_value_t = sapsan::tracking::upload::DEFAULT_SYNC_JOBS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub jobs: usize,
+    /// Send journals again even when their synced.json says this server has them (a server whose
+    /// store was restored from an older backup); nothing lands twice.
+    #[arg(long)]
+    pub resend: bool,
 }
 
 /// When to colour the output.

@@ -1,6 +1,8 @@
 //! `sapsan sync <journal-dir>`: upload journals to a server, or with `--dry-run` say what would
 //! be sent.
-use sapsan::tracking::upload::{OpenRuns, plan_sync, sync_dir};
+use std::io::Write;
+
+use sapsan::tracking::upload::{JournalDone, OpenRuns, SyncOptions, plan_sync, sync_dir};
 
 use crate::cli::SyncArgs;
 use crate::env;
@@ -20,11 +22,23 @@ pub fn run(args: &SyncArgs) -> Result<()> {
     let Some(uri) = settings.tracking_uri.clone() else {
         return Err(CliError::NoServer { what: "sync to" });
     };
-    let report = sync_dir(&args.dir, &uri, &settings, open)?;
+    let opts = SyncOptions {
+        open,
+        jobs: args.jobs,
+        resend: args.resend,
+    };
+    let report = sync_dir(&args.dir, &uri, &settings, &opts, &progress)?;
     println!(
         "sapsan sync: {} journal(s), {} runs, {} records ({} items) delivered to {uri}",
         report.journals, report.runs, report.records, report.items
     );
+    if report.skipped > 0 {
+        println!(
+            "sapsan sync: {} journal(s) skipped: delivered to {uri} before and unchanged since \
+             (--resend sends them again)",
+            report.skipped
+        );
+    }
     if report.models > 0 {
         println!("sapsan sync: {} logged model(s)", report.models);
     }
@@ -61,6 +75,28 @@ pub fn run(args: &SyncArgs) -> Result<()> {
     } else {
         Err(CliError::SyncIncomplete(problems.join("; ")))
     }
+}
+
+/// One whole line per journal as it finishes (the workers finish in any order; each line is
+/// written at once under the stdout lock, so lines never interleave).
+fn progress(j: &JournalDone<'_>) {
+    let what = match j.outcome {
+        Ok(r) if r.skipped > 0 => "already delivered, unchanged: skipped".to_owned(),
+        Ok(r) => format!(
+            "{} runs, {} records ({} items) delivered",
+            r.runs, r.records, r.items
+        ),
+        Err(e) => format!("stopped: {e}"),
+    };
+    let line = format!(
+        "sapsan sync: [{}/{}] {}: {what}\n",
+        j.done,
+        j.total,
+        j.dir.display()
+    );
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (a pipe whose reader left) must not stop the upload.
+    let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
 }
 
 /// `--dry-run`: the journals alone are read; nothing is sent, no server is needed.

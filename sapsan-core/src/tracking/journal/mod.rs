@@ -76,6 +76,9 @@ pub trait Reader: std::fmt::Debug + Send + Sync {
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// File beside the journal saying which program on which machine writes it ([`Origin`]).
 pub const ORIGIN_FILE: &str = "writer.json";
+/// File `sapsan sync` leaves beside a journal it delivered completely: the server and the
+/// journal's length then (see `upload::sync_dir`). Such a journal is no leftover.
+pub const SYNC_MARK_FILE: &str = "synced.json";
 /// Subdirectory of a journal directory holding the bytes of journaled artifacts.
 pub const BLOB_DIR: &str = "artifacts";
 /// Temporary file a compacted journal is written to before it replaces [`JOURNAL_FILE`].

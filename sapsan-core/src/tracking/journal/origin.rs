@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{JOURNAL_FILE, ORIGIN_FILE};
+use super::{JOURNAL_FILE, ORIGIN_FILE, SYNC_MARK_FILE};
 
 /// Which program writes a journal: read by `sapsan sync` to tell a journal whose program died (its
 /// open runs are ended KILLED) from one still being written.
@@ -64,7 +64,7 @@ pub fn host_name() -> String {
 }
 
 /// Journal directories under `root` other than `except` whose program ended on this machine
-/// without delivering them (oldest first).
+/// without delivering them, and that `sapsan sync` has not delivered since (oldest first).
 pub fn leftovers(root: &Path, except: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(root) else {
         return Vec::new();
@@ -72,6 +72,7 @@ pub fn leftovers(root: &Path, except: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p != except && p.join(JOURNAL_FILE).is_file())
+        .filter(|p| !p.join(SYNC_MARK_FILE).is_file())
         .filter(|p| Origin::read(p).and_then(|o| o.alive()) == Some(false))
         .collect();
     out.sort();
@@ -116,5 +117,8 @@ mod tests {
             leftovers(tmp.path(), third.dir()),
             vec![other.dir().to_owned()]
         );
+        // Once `sapsan sync` has delivered it, it is none.
+        std::fs::write(other.dir().join(SYNC_MARK_FILE), b"{}").unwrap();
+        assert!(leftovers(tmp.path(), third.dir()).is_empty());
     }
 }

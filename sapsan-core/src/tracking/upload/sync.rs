@@ -3,9 +3,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::replay::{Replayer, is_transient};
 use crate::error::{Error, Result};
+use crate::shared::Shared;
 use crate::tracking::RunStatus;
 use crate::tracking::journal::{self, Record, RunRef, Source};
 use crate::tracking::rest::client::HttpClient;
@@ -14,8 +16,11 @@ use crate::tracking::rest::settings::Settings;
 /// What [`sync_dir`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
-    /// Journal directories read.
+    /// Journal directories delivered.
     pub journals: usize,
+    /// Journal directories skipped: delivered completely to this server by an earlier sync and
+    /// unchanged since (their [`SYNC_MARK_FILE`]).
+    pub skipped: usize,
     /// Records applied.
     pub records: usize,
     /// Logged items (metrics + params + tags, one per run creation or status change) delivered.
@@ -65,7 +70,7 @@ pub enum OpenRuns {
 }
 
 /// Which runs a journal leaves open, with the last time anything was logged to each.
-fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
+pub(super) fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
     let mut runs: Vec<(RunRef, bool, i64)> = Vec::new();
     let mut touch = |run: &RunRef, open: Option<bool>, t: i64| {
         let i = match runs.iter().position(|(r, ..)| r == run) {
@@ -112,18 +117,89 @@ fn open_runs(records: &[(Record, u64)]) -> Vec<(RunRef, i64)> {
         .collect()
 }
 
+/// Journals [`sync_dir`] uploads at once unless told otherwise (`sapsan sync --jobs`).
+pub const DEFAULT_SYNC_JOBS: usize = 4;
+
+/// The file [`sync_dir`] leaves in a journal directory it delivered completely: the server and
+/// the journal's length then. A later sync to the same server skips that journal while its
+/// length is unchanged ([`SyncOptions::resend`] sends it again), and programs no longer name it
+/// as left over.
+pub use crate::tracking::journal::SYNC_MARK_FILE;
+
+/// How [`sync_dir`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// What to do with runs a journal leaves open.
+    pub open: OpenRuns,
+    /// Journals uploaded at once, each by one worker thread sending its records in order
+    /// (at least 1).
+    pub jobs: usize,
+    /// Send journals again even when their [`SYNC_MARK_FILE`] says this server has them (its
+    /// store was restored from an older backup, say); nothing lands twice.
+    pub resend: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            open: OpenRuns::default(),
+            jobs: DEFAULT_SYNC_JOBS,
+            resend: false,
+        }
+    }
+}
+
+/// One journal that [`sync_dir`] finished, handed to its progress callback as it finishes.
+#[derive(Debug)]
+pub struct JournalDone<'a> {
+    /// The journal directory.
+    pub dir: &'a Path,
+    /// Journals finished so far, this one included.
+    pub done: usize,
+    /// Journals to sync in all.
+    pub total: usize,
+    /// What was delivered ([`SyncReport::skipped`] is 1 for a journal delivered before), or why
+    /// it stopped.
+    pub outcome: std::result::Result<&'a SyncReport, &'a Error>,
+}
+
+impl SyncReport {
+    /// Adds `other`'s counts and notes to this report.
+    fn absorb(&mut self, other: SyncReport) {
+        self.journals += other.journals;
+        self.skipped += other.skipped;
+        self.records += other.records;
+        self.items += other.items;
+        self.runs += other.runs;
+        self.models += other.models;
+        self.killed += other.killed;
+        self.refused.extend(other.refused);
+        self.left_open.extend(other.left_open);
+        self.damaged.extend(other.damaged);
+    }
+}
+
 /// Uploads the journal(s) in `dir` (one instance directory, or a root holding several) to the
 /// server at `tracking_uri`, recreating runs (nesting, names, start and end times, statuses) that
-/// the server does not have. Runs the journal leaves open are ended KILLED (at the last time
-/// anything was logged to them) as `open` says. Idempotent: a second call changes nothing on the
-/// server. Stops at the first transient error (server away: run it again later); records refused
-/// for good are listed in [`SyncReport::refused`] and skipped, damaged journal lines in
-/// [`SyncReport::damaged`].
+/// the server does not have. `opts.jobs` journals go at once, each journal's records in order;
+/// `progress` is called as each journal finishes (from the worker threads, one call at a time
+/// per journal). Runs a journal leaves open are ended KILLED (at the last time anything was
+/// logged to them) as `opts.open` says.
+///
+/// Resumable and idempotent: a journal delivered completely gets a [`SYNC_MARK_FILE`] and is
+/// skipped by later syncs to the same server while unchanged; one that was cut short (a killed
+/// sync, a server gone) is sent again from its start, which adds nothing twice (runs and models
+/// are found again by their key tags, the server drops exact duplicate metric points, params,
+/// tags and statuses are set to the same values again). Stops handing out journals at the first
+/// error that ends one (a transient one: the server is away, run it again later) and returns it;
+/// records refused for good are listed in [`SyncReport::refused`] and skipped, damaged journal
+/// lines in [`SyncReport::damaged`].
 pub fn sync_dir(
     dir: &Path,
     tracking_uri: &str,
     settings: &Settings,
-    open: OpenRuns,
+    opts: &SyncOptions,
+    progress: &(dyn Fn(&JournalDone<'_>) + Sync),
 ) -> Result<SyncReport> {
     let mut settings = settings.clone();
     settings.set_tracking_uri(tracking_uri)?;
@@ -136,42 +212,138 @@ pub fn sync_dir(
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
     }
-    let mut report = SyncReport::default();
-    for d in dirs {
-        let rep = Replayer::new(http.clone(), Source::Dir(d.clone()), false);
-        let read = journal::read_journal(&d, 0, None)?;
-        report.damaged.extend(read.damaged);
-        let records = read.records;
-        for (rec, _) in &records {
-            match rep.apply(rec) {
-                Ok(()) => {
-                    report.records += 1;
-                    report.items += rec.items();
-                }
-                Err(e) if is_transient(&e) => return Err(e),
-                Err(e) => report.refused.push(format!("{}: {e}", d.display())),
+    let total = dirs.len();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let results: Vec<Shared<Option<Result<SyncReport>>>> =
+        dirs.iter().map(|_| Shared::new(None)).collect();
+    let worker = || {
+        while !stop.load(Ordering::Acquire) {
+            let i = next.fetch_add(1, Ordering::AcqRel);
+            let Some(d) = dirs.get(i) else { return };
+            let r = sync_journal(&http, d, tracking_uri, opts);
+            if r.is_err() {
+                stop.store(true, Ordering::Release);
+            }
+            progress(&JournalDone {
+                dir: d,
+                done: done.fetch_add(1, Ordering::AcqRel) + 1,
+                total,
+                outcome: r.as_ref(),
+            });
+            *results[i].lock() = Some(r);
+        }
+    };
+    let jobs = opts.jobs.clamp(1, total);
+    std::thread::scope(|s| {
+        // The calling thread is one worker; the others are spawned.
+        for n in 1..jobs {
+            let spawned = std::thread::Builder::new()
+                .name(format!("sapsan-sync-{n}"))
+                .spawn_scoped(s, worker);
+            if let Err(e) = spawned {
+                log::warn!("sapsan sync: {n} worker thread(s) instead of {jobs}: {e}");
+                break;
             }
         }
-        // The replayer maps run keys and model keys alike: count each kind by its creation.
-        let ids = rep.ids();
-        let ids = ids.lock();
-        let (mut runs, mut models) = (HashSet::new(), HashSet::new());
-        for (rec, _) in &records {
-            match rec {
-                Record::Create { key, .. } if ids.contains_key(key) => runs.insert(key),
-                Record::CreateModel { key, .. } if ids.contains_key(key) => models.insert(key),
-                _ => false,
-            };
+        worker();
+    });
+    let mut report = SyncReport::default();
+    for r in &results {
+        match r.lock().take() {
+            Some(Ok(one)) => report.absorb(one),
+            Some(Err(e)) => return Err(e),
+            // Not started: an earlier error stopped the sync.
+            None => {}
         }
-        report.runs += runs.len();
-        report.models += models.len();
-        drop(ids);
-        report.journals += 1;
-        let left_open = open_runs(&records);
-        if left_open.is_empty() {
-            continue;
+    }
+    Ok(report)
+}
+
+/// Whether journal `d` was delivered completely to `tracking_uri` by an earlier sync and has not
+/// changed since (its [`SYNC_MARK_FILE`]).
+fn marked_synced(d: &Path, tracking_uri: &str, len: u64) -> bool {
+    let Ok(text) = std::fs::read(d.join(SYNC_MARK_FILE)) else {
+        return false;
+    };
+    let Ok(mark) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return false;
+    };
+    mark.get("tracking_uri").and_then(serde_json::Value::as_str) == Some(tracking_uri)
+        && mark
+            .get("journal_bytes")
+            .and_then(serde_json::Value::as_u64)
+            == Some(len)
+}
+
+/// Leaves the [`SYNC_MARK_FILE`] of journal `d`: delivered to `tracking_uri` up to byte `len`.
+/// A mark that cannot be written (a read-only copy) only costs a resend next time: logged.
+fn mark_synced(d: &Path, tracking_uri: &str, len: u64) {
+    let mark = serde_json::json!({"tracking_uri": tracking_uri, "journal_bytes": len});
+    let tmp = d.join(format!("{SYNC_MARK_FILE}.tmp"));
+    let written = std::fs::write(&tmp, mark.to_string())
+        .and_then(|()| std::fs::rename(&tmp, d.join(SYNC_MARK_FILE)));
+    if let Err(e) = written {
+        log::warn!(
+            "sapsan sync: could not write {} (the next sync sends this journal again, \
+             which adds nothing twice): {e}",
+            d.join(SYNC_MARK_FILE).display()
+        );
+    }
+}
+
+/// Uploads one journal directory, its records in order (see [`sync_dir`]).
+fn sync_journal(
+    http: &Arc<HttpClient>,
+    d: &Path,
+    tracking_uri: &str,
+    opts: &SyncOptions,
+) -> Result<SyncReport> {
+    let open = opts.open;
+    let path = d.join(journal::JOURNAL_FILE);
+    let len = std::fs::metadata(&path)
+        .map_err(|e| Error::io("reading the journal", &path, e))?
+        .len();
+    if !opts.resend && marked_synced(d, tracking_uri, len) {
+        return Ok(SyncReport {
+            skipped: 1,
+            ..SyncReport::default()
+        });
+    }
+    let mut report = SyncReport::default();
+    let rep = Replayer::new(http.clone(), Source::Dir(d.to_owned()), false);
+    let read = journal::read_journal(d, 0, None)?;
+    report.damaged.extend(read.damaged);
+    let records = read.records;
+    for (rec, _) in &records {
+        match rep.apply(rec) {
+            Ok(()) => {
+                report.records += 1;
+                report.items += rec.items();
+            }
+            Err(e) if is_transient(&e) => return Err(e),
+            Err(e) => report.refused.push(format!("{}: {e}", d.display())),
         }
-        let origin = journal::Origin::read(&d);
+    }
+    // The replayer maps run keys and model keys alike: count each kind by its creation.
+    let ids = rep.ids();
+    let ids = ids.lock();
+    let (mut runs, mut models) = (HashSet::new(), HashSet::new());
+    for (rec, _) in &records {
+        match rec {
+            Record::Create { key, .. } if ids.contains_key(key) => runs.insert(key),
+            Record::CreateModel { key, .. } if ids.contains_key(key) => models.insert(key),
+            _ => false,
+        };
+    }
+    report.runs += runs.len();
+    report.models += models.len();
+    drop(ids);
+    report.journals += 1;
+    let left_open = open_runs(&records);
+    if !left_open.is_empty() {
+        let origin = journal::Origin::read(d);
         let alive = origin.as_ref().and_then(journal::Origin::alive);
         if open == OpenRuns::End || alive == Some(false) {
             for (run, last_ms) in left_open {
@@ -189,14 +361,18 @@ pub fn sync_dir(
         } else {
             report
                 .left_open
-                .push(left_open_note(&d, left_open.len(), origin.as_ref(), alive));
+                .push(left_open_note(d, left_open.len(), origin.as_ref(), alive));
         }
+    }
+    // Only a journal with nothing left to do is skipped next time.
+    if report.refused.is_empty() && report.left_open.is_empty() && report.damaged.is_empty() {
+        mark_synced(d, tracking_uri, len);
     }
     Ok(report)
 }
 
 /// Why the open runs of journal `d` stay open, and what to do.
-fn left_open_note(
+pub(super) fn left_open_note(
     d: &Path,
     count: usize,
     origin: Option<&journal::Origin>,
@@ -219,413 +395,111 @@ fn left_open_note(
     format!("{}: {count} run(s) have no end yet: {why}", d.display())
 }
 
-/// One run of a journal, as [`plan_sync`] finds it: what `sapsan sync` would send for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedRun {
-    /// The run as the journal names it: a client key for a run created through the journal, a
-    /// server id for a run that existed before (resumed).
-    pub run: RunRef,
-    /// Run name (runs created through the journal).
-    pub name: Option<String>,
-    /// Experiment name (runs created through the journal).
-    pub experiment: Option<String>,
-    /// The run it is nested under, if any.
-    pub parent: Option<RunRef>,
-    /// Params in its batches.
-    pub params: usize,
-    /// Metric points in its batches.
-    pub metrics: usize,
-    /// Tags: those set at creation and those in its batches.
-    pub tags: usize,
-    /// Artifacts.
-    pub artifacts: usize,
-    /// Dataset inputs.
-    pub datasets: usize,
-    /// Logged models it produced (their files are not counted in `artifacts`).
-    pub models: usize,
-    /// Status changes in the order they were recorded (creation is `RUNNING`).
-    pub statuses: Vec<RunStatus>,
-    /// The journal leaves the run open; `true` when `sapsan sync` would end it KILLED, `false`
-    /// when it would leave it open (the note of its [`JournalPlan`] says why).
-    pub open: Option<bool>,
-}
-
-impl PlannedRun {
-    fn new(run: RunRef) -> Self {
-        PlannedRun {
-            run,
-            datasets: 0,
-            models: 0,
-            name: None,
-            experiment: None,
-            parent: None,
-            params: 0,
-            metrics: 0,
-            tags: 0,
-            artifacts: 0,
-            statuses: Vec::new(),
-            open: None,
-        }
-    }
-
-    /// How the run is named in messages: `"train"`, or `<id> (an existing run)` for a run
-    /// the journal did not create.
-    pub fn label(&self) -> String {
-        match (&self.name, &self.run) {
-            (Some(n), _) => format!("{n:?}"),
-            (None, RunRef::Id(id)) => format!("{id} (an existing run)"),
-            (None, RunRef::Key(k)) => format!("with key {k}"),
-        }
-    }
-}
-
-/// What [`plan_sync`] found in one journal directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JournalPlan {
-    /// The journal directory.
-    pub dir: PathBuf,
-    /// Intact records.
-    pub records: usize,
-    /// Logged items they stand for ([`Record::items`]).
-    pub items: usize,
-    /// Its runs, in the order the journal first names them.
-    pub runs: Vec<PlannedRun>,
-    /// Why runs it leaves open would stay open (see [`OpenRuns`]), and what to do.
-    pub left_open: Option<String>,
-}
-
-/// What [`sync_dir`] would send: [`plan_sync`]'s answer, read from the journals alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncPlan {
-    /// Each journal directory, oldest first.
-    pub journals: Vec<JournalPlan>,
-    /// Journal lines that could not be read back; `sapsan sync` would skip them.
-    pub damaged: Vec<journal::DamagedRecord>,
-}
-
-impl SyncPlan {
-    /// Runs in all journals.
-    pub fn runs(&self) -> usize {
-        self.journals.iter().map(|j| j.runs.len()).sum()
-    }
-    /// Intact records in all journals.
-    pub fn records(&self) -> usize {
-        self.journals.iter().map(|j| j.records).sum()
-    }
-    /// Logged items in all journals.
-    pub fn items(&self) -> usize {
-        self.journals.iter().map(|j| j.items).sum()
-    }
-}
-
-impl std::fmt::Display for SyncPlan {
-    /// One line per journal, then one per run: its name, nesting, what would be sent, statuses.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for j in &self.journals {
-            writeln!(
-                f,
-                "journal {}: {} records ({} items), {} run(s)",
-                j.dir.display(),
-                j.records,
-                j.items,
-                j.runs.len()
-            )?;
-            for r in &j.runs {
-                let mut line = format!("  run {}", r.label());
-                if let Some(e) = &r.experiment {
-                    line.push_str(&format!(" in experiment {e:?}"));
-                }
-                if let Some(p) = &r.parent {
-                    let parent = j.runs.iter().find(|x| &x.run == p);
-                    let label = parent
-                        .map_or_else(|| PlannedRun::new(p.clone()).label(), PlannedRun::label);
-                    line.push_str(&format!(", nested under {label}"));
-                }
-                line.push_str(&format!(
-                    ": {} params, {} metric points, {} tags, {} artifacts",
-                    r.params, r.metrics, r.tags, r.artifacts
-                ));
-                if r.datasets > 0 {
-                    line.push_str(&format!(", {} datasets", r.datasets));
-                }
-                if r.models > 0 {
-                    line.push_str(&format!(", {} logged models", r.models));
-                }
-                line.push_str("; status ");
-                let statuses: Vec<&str> = r.statuses.iter().map(|s| s.as_str()).collect();
-                line.push_str(&if statuses.is_empty() {
-                    "unchanged".to_owned()
-                } else {
-                    statuses.join(" -> ")
-                });
-                match r.open {
-                    Some(true) => line.push_str(" -> KILLED (left open by a program that is gone)"),
-                    Some(false) => line.push_str(" (left open)"),
-                    None => {}
-                }
-                writeln!(f, "{line}")?;
-            }
-            if let Some(note) = &j.left_open {
-                writeln!(f, "  {note}")?;
-            }
-        }
-        for d in &self.damaged {
-            writeln!(f, "damaged journal record (would be skipped, lost): {d}")?;
-        }
-        Ok(())
-    }
-}
-
-/// What [`sync_dir`] with the same `dir` and `open` would send, read from the journals alone:
-/// nothing is sent and no server is needed. A run the server already has is listed too (a sync
-/// would find it and send only what it lacks, which the journal cannot tell).
-pub fn plan_sync(dir: &Path, open: OpenRuns) -> Result<SyncPlan> {
-    let dirs = journal_dirs(dir)?;
-    if dirs.is_empty() {
-        return Err(Error::io(
-            "no journal (journal.jsonl) found in",
-            dir,
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
-    }
-    let mut plan = SyncPlan::default();
-    for d in dirs {
-        let read = journal::read_journal(&d, 0, None)?;
-        plan.damaged.extend(read.damaged);
-        let records = read.records;
-        let mut runs: Vec<PlannedRun> = Vec::new();
-        let mut models: Vec<RunRef> = Vec::new();
-        let mut items = 0;
-        for (rec, _) in &records {
-            items += rec.items();
-            match rec {
-                Record::Create {
-                    key,
-                    experiment,
-                    name,
-                    parent,
-                    tags,
-                    ..
-                } => {
-                    let r = planned(&mut runs, &RunRef::Key(key.clone()));
-                    r.name = Some(name.clone());
-                    r.experiment = Some(experiment.clone());
-                    r.parent = parent.clone();
-                    r.tags += tags.len() + usize::from(parent.is_some());
-                    r.statuses.push(RunStatus::Running);
-                }
-                Record::Batch {
-                    run: rr,
-                    metrics,
-                    params,
-                    tags,
-                } => {
-                    let r = planned(&mut runs, rr);
-                    r.metrics += metrics.len();
-                    r.params += params.len();
-                    r.tags += tags.len();
-                }
-                Record::Status {
-                    run: rr, status, ..
-                } => {
-                    planned(&mut runs, rr).statuses.push(*status);
-                }
-                Record::Artifact { run: rr, .. } => {
-                    // A logged model's files belong to the model, counted with its run.
-                    if !models.contains(rr) {
-                        planned(&mut runs, rr).artifacts += 1;
-                    }
-                }
-                Record::CreateModel { key, source, .. } => {
-                    models.push(RunRef::Key(key.clone()));
-                    if let Some(src) = source {
-                        planned(&mut runs, src).models += 1;
-                    }
-                }
-                Record::Inputs {
-                    run: rr, datasets, ..
-                } => {
-                    planned(&mut runs, rr).datasets += datasets.len();
-                }
-                Record::ModelReady { .. } | Record::Outputs { .. } => {}
-            }
-        }
-        let left_open = open_runs(&records);
-        let mut note = None;
-        if !left_open.is_empty() {
-            let origin = journal::Origin::read(&d);
-            let alive = origin.as_ref().and_then(journal::Origin::alive);
-            let ended = open == OpenRuns::End || alive == Some(false);
-            for (r, _) in &left_open {
-                planned(&mut runs, r).open = Some(ended);
-            }
-            if !ended {
-                note = Some(left_open_note(&d, left_open.len(), origin.as_ref(), alive));
-            }
-        }
-        plan.journals.push(JournalPlan {
-            dir: d,
-            records: records.len(),
-            items,
-            runs,
-            left_open: note,
-        });
-    }
-    Ok(plan)
-}
-
-/// The entry of `run` in `runs`, added when missing.
-fn planned<'a>(runs: &'a mut Vec<PlannedRun>, run: &RunRef) -> &'a mut PlannedRun {
-    let i = match runs.iter().position(|x| &x.run == run) {
-        Some(i) => i,
-        None => {
-            runs.push(PlannedRun::new(run.clone()));
-            runs.len() - 1
-        }
-    };
-    &mut runs[i]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracking::Metric;
     use crate::tracking::journal::Journal;
+    use std::time::Duration;
 
-    fn metric(key: &str, step: i64) -> Metric {
-        Metric::new(key, 0.5, 10 + step, step)
+    /// Journals under `root`, one finished run each.
+    fn journals(root: &Path, n: usize) -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| {
+                let mut j = Journal::create_in(root).unwrap();
+                let key = format!("k{i}");
+                j.append(&[
+                    Record::Create {
+                        key: key.clone(),
+                        experiment: "exp".into(),
+                        name: "train".into(),
+                        parent: None,
+                        start_ms: 5,
+                        tags: vec![],
+                        id: None,
+                    },
+                    Record::Status {
+                        run: RunRef::Key(key),
+                        status: RunStatus::Finished,
+                        end_ms: Some(9),
+                    },
+                ])
+                .unwrap();
+                j.dir().to_owned()
+            })
+            .collect()
     }
 
-    fn create(key: &str, name: &str, parent: Option<&str>) -> Record {
-        Record::Create {
-            key: key.into(),
-            experiment: "exp".into(),
-            name: name.into(),
-            parent: parent.map(|p| RunRef::Key(p.into())),
-            start_ms: 5,
-            tags: vec![("mlflow.user".into(), "me".into())],
-            id: None,
+    /// Nothing listens on port 1: any request fails at once (no retries).
+    const NOWHERE: &str = "http://127.0.0.1:1";
+
+    fn no_retries() -> Settings {
+        Settings {
+            max_retries: 0,
+            timeout: Duration::from_secs(5),
+            ..Settings::default()
         }
     }
 
-    /// A train run with two evaluate runs nested under it, one of them left open, and a resumed
-    /// run known by its server id.
-    fn journal(root: &Path) -> PathBuf {
-        let mut j = Journal::create_in(root).unwrap();
-        let train = RunRef::Key("t".into());
-        let eval = |k: &str| RunRef::Key(k.into());
-        j.append(&[
-            create("t", "train", None),
-            Record::Batch {
-                run: train.clone(),
-                metrics: vec![metric("train - loss", 0), metric("train - loss", 1)],
-                params: vec![("model - lr".into(), "0.1".into())],
-                tags: vec![],
-            },
-            Record::Artifact {
-                run: train.clone(),
-                name: "model.safetensors".into(),
-                file: "artifacts/1".into(),
-            },
-            create("e1", "evaluate", Some("t")),
-            Record::Batch {
-                run: eval("e1"),
-                metrics: vec![metric("eval - MSE Loss", 0)],
-                params: vec![],
-                tags: vec![("note".into(), "x".into())],
-            },
-            Record::Status {
-                run: eval("e1"),
-                status: RunStatus::Finished,
-                end_ms: Some(20),
-            },
-            create("e2", "evaluate 2", Some("t")),
-            Record::Status {
-                run: train.clone(),
-                status: RunStatus::Finished,
-                end_ms: Some(30),
-            },
-            Record::Batch {
-                run: RunRef::Id("abc123".into()),
-                metrics: vec![metric("extra", 0)],
-                params: vec![],
-                tags: vec![],
-            },
-        ])
-        .unwrap();
-        j.dir().to_owned()
-    }
-
     #[test]
-    fn a_plan_counts_what_each_run_would_send_and_reads_no_server() {
+    fn journals_marked_delivered_and_unchanged_are_skipped_without_a_request() {
         let root = tempfile::tempdir().unwrap();
-        let dir = journal(root.path());
-        // This program wrote the journal and is alive: the open run would stay open.
-        let plan = plan_sync(root.path(), OpenRuns::EndIfWriterGone).unwrap();
-        assert_eq!(plan.journals.len(), 1);
-        let j = &plan.journals[0];
-        assert_eq!(j.dir, dir);
-        assert_eq!((j.records, plan.records(), plan.runs()), (9, 9, 4));
-        assert_eq!(plan.items(), 1 + 3 + 1 + 1 + 2 + 1 + 1 + 1 + 1);
-        let by_name = |n: &str| {
-            j.runs
-                .iter()
-                .find(|r| r.name.as_deref() == Some(n))
+        let dirs = journals(root.path(), 5);
+        for d in &dirs {
+            let len = std::fs::metadata(d.join(journal::JOURNAL_FILE))
                 .unwrap()
+                .len();
+            mark_synced(d, NOWHERE, len);
+        }
+        let seen = Shared::new(Vec::new());
+        let opts = SyncOptions {
+            open: OpenRuns::End,
+            jobs: 3,
+            resend: false,
         };
-        let train = by_name("train");
-        assert_eq!(
-            (train.params, train.metrics, train.tags, train.artifacts),
-            (1, 2, 1, 1)
-        );
-        assert_eq!(train.statuses, [RunStatus::Running, RunStatus::Finished]);
-        assert_eq!((train.parent.as_ref(), train.open), (None, None));
-        let e1 = by_name("evaluate");
-        assert_eq!(e1.parent, Some(RunRef::Key("t".into())));
-        // The creation tags, the parent tag, one batch tag.
-        assert_eq!((e1.metrics, e1.tags), (1, 3));
-        assert_eq!(by_name("evaluate 2").open, Some(false));
-        let resumed = &j.runs[3];
-        assert_eq!(resumed.run, RunRef::Id("abc123".into()));
-        assert_eq!(
-            (resumed.label(), resumed.metrics),
-            ("abc123 (an existing run)".into(), 1)
-        );
-        let note = j.left_open.as_deref().unwrap();
-        assert!(note.contains("1 run(s) have no end yet"), "{note}");
-
-        let text = plan.to_string();
-        assert!(
-            text.contains(
-                "run \"evaluate\" in experiment \"exp\", nested under \"train\": 0 params, \
-                 1 metric points, 3 tags, 0 artifacts; status RUNNING -> FINISHED"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("run \"evaluate 2\" in experiment \"exp\", nested under \"train\"")
-                && text.contains("status RUNNING (left open)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("run abc123 (an existing run): 0 params, 1 metric points"),
-            "{text}"
-        );
-
-        // --end-open: the open run would be ended KILLED, no note.
-        let plan = plan_sync(&dir, OpenRuns::End).unwrap();
-        let j = &plan.journals[0];
-        assert_eq!(j.runs[2].open, Some(true));
-        assert_eq!(j.left_open, None);
-        assert!(plan.to_string().contains("-> KILLED"));
+        let report = sync_dir(root.path(), NOWHERE, &no_retries(), &opts, &|j| {
+            assert_eq!(j.total, 5);
+            assert_eq!(j.outcome.map(|r| r.skipped).ok(), Some(1));
+            seen.lock().push(j.done);
+        })
+        .unwrap();
+        assert_eq!((report.skipped, report.journals, report.records), (5, 0, 0));
+        let mut done = seen.lock().clone();
+        done.sort_unstable();
+        assert_eq!(done, [1, 2, 3, 4, 5], "one progress call per journal");
+        // --resend: sending is tried (and fails: nothing listens there).
+        let resend = SyncOptions {
+            resend: true,
+            ..opts
+        };
+        let e = sync_dir(root.path(), NOWHERE, &no_retries(), &resend, &|_| {}).unwrap_err();
+        assert!(is_transient(&e), "{e}");
     }
 
     #[test]
-    fn a_plan_of_a_directory_without_journal_names_it() {
+    fn a_journal_that_grew_or_a_mark_for_another_server_is_sent_again() {
         let root = tempfile::tempdir().unwrap();
-        let e = plan_sync(root.path(), OpenRuns::End)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("no journal") && e.contains(&root.path().display().to_string()));
+        let dirs = journals(root.path(), 2);
+        let len = |d: &Path| {
+            std::fs::metadata(d.join(journal::JOURNAL_FILE))
+                .unwrap()
+                .len()
+        };
+        mark_synced(&dirs[0], NOWHERE, len(&dirs[0]) - 1);
+        mark_synced(&dirs[1], "http://elsewhere:5000", len(&dirs[1]));
+        assert!(!marked_synced(&dirs[0], NOWHERE, len(&dirs[0])));
+        assert!(!marked_synced(&dirs[1], NOWHERE, len(&dirs[1])));
+        assert!(marked_synced(
+            &dirs[1],
+            "http://elsewhere:5000",
+            len(&dirs[1])
+        ));
+        // Sending is tried (and fails: nothing listens there), with the first error returned.
+        let opts = SyncOptions {
+            open: OpenRuns::End,
+            jobs: 2,
+            resend: false,
+        };
+        let e = sync_dir(root.path(), NOWHERE, &no_retries(), &opts, &|_| {}).unwrap_err();
+        assert!(is_transient(&e), "{e}");
     }
 }
