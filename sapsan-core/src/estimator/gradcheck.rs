@@ -1,9 +1,8 @@
 //! Test helpers shared by the estimators' layer tests: random inputs, tensor values, and the
 //! check of analytic gradients against central finite differences.
 //!
-//! The same check as the one private to `layers.rs`'s tests, made shareable so new layers
-//! (PICAE's transposed convolution and curl) are held to the same standard; `layers.rs`'s tests
-//! can switch to it once that file's rewrite has landed.
+//! Every layer with a hand-written backward pass (conv3d, pooling, the fused Linear, PICAE's
+//! transposed convolution and curl) is held to this one check.
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 

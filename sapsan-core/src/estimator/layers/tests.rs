@@ -1,19 +1,7 @@
 use super::*;
+use crate::estimator::gradcheck::{check_gradients, max_abs_diff, random, values};
 use candle_core::{DType, Device, Var};
-use rand::{RngExt, SeedableRng, rngs::StdRng};
-
-fn random(rng: &mut StdRng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect()
-}
-
-fn values(x: &Tensor) -> Vec<f64> {
-    x.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+use rand::{SeedableRng, rngs::StdRng};
 
 /// Plain nested loops: PyTorch's definition of conv3d.
 #[allow(clippy::too_many_arguments)]
@@ -111,14 +99,6 @@ fn naive_max_pool3d(
     (y, [b, c, od, oh, ow])
 }
 
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn conv3d_forward_matches_naive_loops() {
     let mut rng = StdRng::seed_from_u64(1);
@@ -188,58 +168,6 @@ fn max_pool3d_forward_matches_naive_loops() {
         let err = max_abs_diff(&values(&y), &want);
         assert!(err < 1e-6, "case {dims:?} k{k} s{s} p{p}: max err {err}");
     }
-}
-
-/// Checks the gradient of `sum(f(inputs) * r)` with respect to every input against central
-/// finite differences, on f64 tensors. Returns the largest relative error seen.
-fn check_gradients(inputs: &[(Vec<f64>, Vec<usize>)], f: &dyn Fn(&[Tensor]) -> Tensor) -> f64 {
-    let dev = Device::Cpu;
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|(v, s)| {
-            Var::from_tensor(&Tensor::from_vec(v.clone(), s.clone(), &dev).unwrap()).unwrap()
-        })
-        .collect();
-    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let y = f(&tensors);
-    let mut rng = StdRng::seed_from_u64(99);
-    let r = Tensor::from_vec(random(&mut rng, y.elem_count()), y.dims(), &dev).unwrap();
-    let loss = (&y * &r).unwrap().sum_all().unwrap();
-    let grads = loss.backward().unwrap();
-    let scalar = |ts: &[Tensor]| -> f64 {
-        (&f(ts) * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let eps = 1e-6;
-    let mut worst: f64 = 0.0;
-    for (i, (v, s)) in inputs.iter().enumerate() {
-        let analytic = values(grads.get(vars[i].as_tensor()).expect("gradient present"));
-        assert_eq!(analytic.len(), v.len());
-        for j in 0..v.len() {
-            let mut ts = tensors.clone();
-            let mut plus = v.clone();
-            plus[j] += eps;
-            ts[i] = Tensor::from_vec(plus, s.clone(), &dev).unwrap();
-            let fp = scalar(&ts);
-            let mut minus = v.clone();
-            minus[j] -= eps;
-            ts[i] = Tensor::from_vec(minus, s.clone(), &dev).unwrap();
-            let fm = scalar(&ts);
-            let numeric = (fp - fm) / (2.0 * eps);
-            let rel = (numeric - analytic[j]).abs() / (1e-3 + numeric.abs().max(analytic[j].abs()));
-            worst = worst.max(rel);
-            assert!(
-                rel < 1e-5,
-                "input {i} element {j}: analytic {} vs numeric {numeric}",
-                analytic[j]
-            );
-        }
-    }
-    worst
 }
 
 #[test]
