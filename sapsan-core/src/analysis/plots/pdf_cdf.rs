@@ -27,7 +27,7 @@ pub fn pdf_cdf_png(target: &[f32], prediction: &[f32], ks: &KsResult) -> Result<
 }
 
 /// [`pdf_cdf_png`] on samples already sorted (for example the ones given to
-/// [`super::ks_2samp_sorted`]), which saves sorting them twice.
+/// [`crate::analysis::ks_2samp_sorted`]), which saves sorting them twice.
 pub fn pdf_cdf_png_sorted(
     target: &SortedSample,
     prediction: &SortedSample,
