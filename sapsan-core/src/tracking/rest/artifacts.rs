@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::client::HttpClient;
+use super::encoding::encode_path;
 use super::encoding::percent_decode;
 use super::s3::{S3Object, S3Root, S3Slot};
 use crate::error::{Error, Result};
@@ -83,20 +84,6 @@ pub fn check_name(name: &str) -> Result<()> {
         return bad("control characters are not allowed");
     }
     Ok(())
-}
-
-/// Percent-encodes each `/`-separated part of `name` for a URL path.
-pub(crate) fn encode_path(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// Whether a tracking server at `host` shares this machine's disk (a loopback address).

@@ -1,4 +1,19 @@
-//! Percent-decoding of URI parts (artifact paths, credentials in a tracking URI).
+//! Percent-encoding and -decoding of URI parts (artifact paths and object keys, credentials in a
+//! tracking URI).
+
+/// Percent-encodes each `/`-separated part of `name` for a URL path.
+pub(crate) fn encode_path(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
 
 /// Decodes `%XX` escapes (URI paths, and credentials written into a tracking URI).
 pub(crate) fn percent_decode(p: &str) -> String {

@@ -15,8 +15,8 @@ use reqwest::Method;
 use reqwest::blocking::Response;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::artifacts::encode_path;
 use super::client::{HttpClient, Idempotency};
+use super::encoding::encode_path;
 use crate::error::{Error, Result};
 
 mod config;

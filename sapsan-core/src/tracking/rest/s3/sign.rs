@@ -234,7 +234,7 @@ mod tests {
             method: "PUT",
             canonical_uri: &format!(
                 "/{}",
-                crate::tracking::rest::artifacts::encode_path("test$file.text")
+                crate::tracking::rest::encoding::encode_path("test$file.text")
             ),
             canonical_query: "",
             headers: &headers,
