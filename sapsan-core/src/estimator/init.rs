@@ -101,6 +101,16 @@ impl SimpleBackend for SeededVarMap {
     }
 }
 
+/// PyTorch's default initialisation of a layer's weight and bias (`nn.Linear`, `nn.Conv3d`,
+/// `nn.ConvTranspose3d`): uniform in `±1/sqrt(fan_in)`.
+pub fn fan_in_uniform(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
 /// A [`VarBuilder`] that stores new variables in `varmap` and draws their initial values from a
 /// generator seeded with `seed` (supports `Init::Uniform` and `Init::Const`).
 ///

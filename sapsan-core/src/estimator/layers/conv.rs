@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Elem, contiguous, matmul, out_len};
+use super::{Elem, contiguous, matmul, out_len, unpack_grads};
 
 /// Sizes of one convolution call.
 #[derive(Debug, Clone, Copy)]
@@ -406,19 +406,7 @@ impl CustomOp3 for Conv3dOp {
             cols,
         };
         let packed = x.apply_op3_no_bwd(w, &grad, &op)?;
-        let (nw, nb) = (w.elem_count(), b.elem_count());
-        let dw = packed.narrow(0, 0, nw)?.reshape(w.shape())?;
-        let db = packed.narrow(0, nw, nb)?;
-        let dx = if need_dx {
-            Some(
-                packed
-                    .narrow(0, nw + nb, x.elem_count())?
-                    .reshape(x.shape())?,
-            )
-        } else {
-            None
-        };
-        Ok((dx, Some(dw), Some(db)))
+        unpack_grads(&packed, x, w, b, need_dx)
     }
 }
 

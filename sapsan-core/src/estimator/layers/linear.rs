@@ -8,10 +8,12 @@
 //! gradient in the same pass, and `dx = g W` only when the input needs a gradient.
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Module, Result, Shape, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::estimator::init::fan_in_uniform;
 use gemm::Parallelism;
 
-use super::{Elem, contiguous, matmul};
+use super::{Elem, contiguous, matmul, unpack_grads};
 
 /// Sizes of one call: `batch` rows of `inputs` features to `outputs` features.
 #[derive(Debug, Clone, Copy)]
@@ -177,19 +179,7 @@ impl CustomOp3 for LinearOp {
             need_dx,
         };
         let packed = x.apply_op3_no_bwd(w, &grad, &op)?;
-        let (nw, nb) = (w.elem_count(), b.elem_count());
-        let dw = packed.narrow(0, 0, nw)?.reshape(w.shape())?;
-        let db = packed.narrow(0, nw, nb)?;
-        let dx = if need_dx {
-            Some(
-                packed
-                    .narrow(0, nw + nb, x.elem_count())?
-                    .reshape(x.shape())?,
-            )
-        } else {
-            None
-        };
-        Ok((dx, Some(dw), Some(db)))
+        unpack_grads(&packed, x, w, b, need_dx)
     }
 }
 
@@ -257,11 +247,7 @@ impl Linear {
     /// Creates (or fetches from `vb`) the variables `weight` and `bias`, initialised like
     /// PyTorch's `nn.Linear`: uniform in `±1/sqrt(in_features)`.
     pub fn new(vb: VarBuilder, in_features: usize, out_features: usize) -> Result<Self> {
-        let bound = 1.0 / (in_features as f64).sqrt();
-        let init = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
+        let init = fan_in_uniform(in_features);
         let weight = vb.get_with_hints((out_features, in_features), "weight", init)?;
         let bias = vb.get_with_hints(out_features, "bias", init)?;
         Ok(Self { weight, bias })

@@ -12,7 +12,9 @@
 //!   candle's own `max_pool2d` is avoided on purpose: its backward pass scales gradients by
 //!   `1/(k*k)`.
 use candle_core::{Layout, Module, Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::estimator::init::fan_in_uniform;
 use gemm::Parallelism;
 
 mod conv;
@@ -62,6 +64,30 @@ fn contiguous<'a, T>(data: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
 
 /// A matrix operand: data, row stride, column stride.
 pub(crate) type Operand<'a, T> = (&'a [T], usize, usize);
+
+/// The gradients of `(x, w, b)` from the one flat tensor a fused backward op returns, laid out
+/// as `[dW, db, dx]` (`dx` present only when `need_dx`).
+pub(crate) fn unpack_grads(
+    packed: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    need_dx: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (nw, nb) = (w.elem_count(), b.elem_count());
+    let dw = packed.narrow(0, 0, nw)?.reshape(w.shape())?;
+    let db = packed.narrow(0, nw, nb)?;
+    let dx = if need_dx {
+        Some(
+            packed
+                .narrow(0, nw + nb, x.elem_count())?
+                .reshape(x.shape())?,
+        )
+    } else {
+        None
+    };
+    Ok((dx, Some(dw), Some(db)))
+}
 
 /// `dst (m x n, row-major) = [dst +] lhs (m x k) * rhs (k x n)` through the `gemm` crate.
 pub(crate) fn matmul<T: Elem>(
@@ -150,12 +176,7 @@ impl Conv3d {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
-        let fan_in = (in_channels * kernel * kernel * kernel) as f64;
-        let bound = 1.0 / fan_in.sqrt();
-        let init = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
+        let init = fan_in_uniform(in_channels * kernel * kernel * kernel);
         let weight = vb.get_with_hints(
             (out_channels, in_channels, kernel, kernel, kernel),
             "weight",

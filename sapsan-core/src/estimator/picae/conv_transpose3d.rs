@@ -17,7 +17,9 @@
 //! against central finite differences.
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::estimator::init::fan_in_uniform;
 
 /// Output length of a transposed convolution along one axis (PyTorch's formula):
 /// `(len - 1) * stride - 2 * padding + kernel + output_padding`; `None` when it is not positive
@@ -313,12 +315,7 @@ impl ConvTranspose3d {
                 "ConvTranspose3d: output padding {output_padding} must be below the stride {stride}"
             )
         }
-        let fan_in = (out_channels * kernel * kernel * kernel) as f64;
-        let bound = 1.0 / fan_in.sqrt();
-        let init = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
+        let init = fan_in_uniform(out_channels * kernel * kernel * kernel);
         let weight = vb.get_with_hints(
             (in_channels, out_channels, kernel, kernel, kernel),
             "weight",
