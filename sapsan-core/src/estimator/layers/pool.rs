@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Tensor};
 
-use super::{contiguous, out_len};
+use super::{Elem, contiguous, out_len};
 
 /// Window geometry of a 3D max pooling over a contiguous `(B, C, D, H, W)` input.
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +26,7 @@ struct Pool3d {
 }
 
 impl Pool3d {
-    /// Keeps the maxima positions (when `keep`).
+    /// Keeps the maxima positions (when `keep`; dropped otherwise).
     fn store(&self, argmax: Vec<usize>) -> Result<()> {
         if self.keep {
             let mut slot = self.argmax.lock().map_err(|_| {
@@ -42,6 +42,11 @@ impl PoolGeom {
     /// Input dims, output dims, or an error naming the axis that does not fit.
     fn dims(&self, shape: &candle_core::Shape) -> Result<([usize; 5], [usize; 3])> {
         let (b, c, d, h, w) = shape.dims5()?;
+        if d * h * w > u32::MAX as usize {
+            candle_core::bail!(
+                "max_pool3d: a plane of {d}x{h}x{w} values is larger than supported (2^32); pool in sub-cubes"
+            )
+        }
         let mut out = [0; 3];
         for (o, len) in out.iter_mut().zip([d, h, w]) {
             let Some(n) = out_len(len, self.kernel, self.stride, self.padding) else {
@@ -57,55 +62,218 @@ impl PoolGeom {
         Ok(([b, c, d, h, w], out))
     }
 
-    /// Calls `f(out_index, in_index)` with the flat index of the first maximum (in window order)
-    /// of every output window of `x`; padded positions are skipped, as `-inf` padding never wins.
-    fn for_each_argmax<T: Copy + PartialOrd>(
+    /// Writes every output window's maximum of `x` into `y` and the flat input index of its first
+    /// maximum (in window order) into `idx`. Padded positions are skipped, as `-inf` padding never
+    /// wins; a NaN wins over numbers and stays, as in PyTorch.
+    ///
+    /// One scan over the input in memory order: each value is offered to the windows that hold it
+    /// (one per axis when kernel == stride, as in CNN3d), and a window takes it only when it is
+    /// strictly better, so every window keeps its first maximum in (depth, height, width) order.
+    /// Planes run in parallel on rayon's pool.
+    fn argmax<T: Elem>(
         &self,
         x: &[T],
         [b, c, d, h, w]: [usize; 5],
         [od, oh, ow]: [usize; 3],
-        mut f: impl FnMut(usize, usize),
+        y: &mut [T],
+        idx: &mut [usize],
     ) {
-        let (k, s, p) = (self.kernel, self.stride, self.padding);
-        // Input range [lo, hi) covered by window `o` along an axis of length `len`.
-        let range = |o: usize, len: usize| {
-            let start = o * s;
-            (
-                start.saturating_sub(p),
-                (start + k).saturating_sub(p).min(len),
-            )
+        let (in_plane, out_plane) = (d * h * w, od * oh * ow);
+        if out_plane == 0 {
+            return;
+        }
+        let axes = [self.axis(d, od), self.axis(h, oh), self.axis(w, ow)];
+        let plane = |p: usize, y: &mut [T], idx: &mut [usize]| {
+            let x = &x[p * in_plane..(p + 1) * in_plane];
+            plane_argmax(x, &axes, [d, h, w], [od, oh, ow], y, idx);
+            for i in idx.iter_mut() {
+                *i += p * in_plane;
+            }
         };
-        let mut out = 0;
-        for plane in 0..b * c {
-            let base = plane * d * h * w;
-            for z in 0..od {
-                let (z0, z1) = range(z, d);
-                for y in 0..oh {
-                    let (y0, y1) = range(y, h);
-                    for xo in 0..ow {
-                        let (x0, x1) = range(xo, w);
-                        let mut best = base + (z0 * h + y0) * w + x0;
-                        let mut top = x[best];
-                        // NaN propagates like PyTorch: a NaN is taken as the maximum (and stays).
-                        let mut top_nan = top.partial_cmp(&top).is_none();
-                        for iz in z0..z1 {
-                            for iy in y0..y1 {
-                                let row = base + (iz * h + iy) * w;
-                                for (i, &v) in x[row + x0..row + x1].iter().enumerate() {
-                                    let v_nan = v.partial_cmp(&v).is_none();
-                                    if v > top || (v_nan && !top_nan) {
-                                        (best, top, top_nan) = (row + x0 + i, v, v_nan);
-                                    }
-                                }
-                            }
-                        }
-                        f(out, best);
-                        out += 1;
+        let parallel = b * c > 1 && rayon::current_num_threads() > 1 && b * c * in_plane >= 1 << 14;
+        if parallel {
+            use rayon::prelude::*;
+            y.par_chunks_mut(out_plane)
+                .zip(idx.par_chunks_mut(out_plane))
+                .enumerate()
+                .for_each(|(p, (y, idx))| plane(p, y, idx));
+        } else {
+            for (p, (y, idx)) in y
+                .chunks_mut(out_plane)
+                .zip(idx.chunks_mut(out_plane))
+                .enumerate()
+            {
+                plane(p, y, idx);
+            }
+        }
+    }
+
+    /// Along one axis of `len` inputs and `out` windows: the first input of every window and, for
+    /// every input, the windows `[lo, hi)` that hold it (empty where no window reaches).
+    fn axis(&self, len: usize, out: usize) -> Axis {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let first: Vec<usize> = (0..out).map(|o| (o * s).saturating_sub(p)).collect();
+        let spans = (0..out)
+            .map(|o| (first[o], (o * s + k).saturating_sub(p).min(len)))
+            .collect();
+        let windows = (0..len)
+            .map(|i| {
+                // Window o holds i when o*s - p <= i < o*s - p + k.
+                let lo = (i + p + 1).saturating_sub(k).div_ceil(s);
+                let hi = ((i + p) / s + 1).min(out);
+                (lo.min(hi), hi)
+            })
+            .collect();
+        Axis {
+            first,
+            spans,
+            pairs: (k == 2 && s == 2).then_some(p),
+            windows,
+        }
+    }
+}
+
+/// Window tables of one axis (see [`PoolGeom::axis`]).
+struct Axis {
+    first: Vec<usize>,
+    /// Every window's inputs `[first, end)`.
+    spans: Vec<(usize, usize)>,
+    /// `Some(padding)` when windows are pairs (kernel 2, stride 2): [`row_pairs`] applies.
+    pairs: Option<usize>,
+    windows: Vec<(usize, usize)>,
+}
+
+/// [`PoolGeom::argmax`] of one plane `x`, with indices inside the plane: [`scan`] with plain
+/// `>` when the plane holds no NaN (the common case, and the fast one), NaN-aware otherwise.
+#[allow(clippy::eq_op)]
+fn plane_argmax<T: Elem>(
+    x: &[T],
+    axes: &[Axis; 3],
+    dims: [usize; 3],
+    out: [usize; 3],
+    y: &mut [T],
+    idx: &mut [usize],
+) {
+    if x.iter().fold(false, |nan, &v| nan | (v != v)) {
+        scan(x, axes, dims, out, y, idx, better);
+    } else {
+        scan(x, axes, dims, out, y, idx, |v, top| v > top);
+    }
+}
+
+/// The scan of [`PoolGeom::argmax`] over one plane; `better(v, top)`: `v` replaces `top`.
+fn scan<T: Elem>(
+    x: &[T],
+    [az, ay, ax]: &[Axis; 3],
+    [_, h, w]: [usize; 3],
+    [od, oh, ow]: [usize; 3],
+    y: &mut [T],
+    idx: &mut [usize],
+    better: impl Fn(T, T) -> bool,
+) {
+    // Every window starts from its first input (padding <= kernel / 2, so it has one).
+    for oz in 0..od {
+        for oy in 0..oh {
+            let row = (az.first[oz] * h + ay.first[oy]) * w;
+            let o = (oz * oh + oy) * ow;
+            for (ox, &fx) in ax.first.iter().enumerate() {
+                (y[o + ox], idx[o + ox]) = (x[row + fx], row + fx);
+            }
+        }
+    }
+    for (z, &(z0, z1)) in az.windows.iter().enumerate() {
+        for (yy, &(y0, y1)) in ay.windows.iter().enumerate() {
+            let start = (z * h + yy) * w;
+            let row = &x[start..start + w];
+            for oz in z0..z1 {
+                for oy in y0..y1 {
+                    let o = (oz * oh + oy) * ow;
+                    let (yv, yi) = (&mut y[o..o + ow], &mut idx[o..o + ow]);
+                    if let Some(padding) = ax.pairs {
+                        row_pairs(row, start, padding, yv, yi, &better);
+                    } else {
+                        row_spans(row, start, &ax.spans, yv, yi, &better);
                     }
                 }
             }
         }
     }
+}
+
+/// Offers one input row (flat offset `start`) to a row of windows given by their spans; each
+/// window takes the row's best (first of equals) when it is better than what it holds.
+fn row_spans<T: Elem>(
+    row: &[T],
+    start: usize,
+    spans: &[(usize, usize)],
+    yv: &mut [T],
+    yi: &mut [usize],
+    better: &impl Fn(T, T) -> bool,
+) {
+    for (&(xs, xe), (yv, yi)) in spans.iter().zip(yv.iter_mut().zip(yi)) {
+        let (mut bv, mut bi) = (row[xs], start + xs);
+        for (xx, &v) in (xs..xe).zip(&row[xs..xe]).skip(1) {
+            offer(v, start + xx, &mut bv, &mut bi, better);
+        }
+        offer(bv, bi, yv, yi, better);
+    }
+}
+
+/// [`row_spans`] for kernel 2, stride 2 (CNN3d's pooling): windows are the pairs of the row
+/// after `padding` (0 or 1) lone leading values, so the pair loop has no inner loop at all.
+fn row_pairs<T: Elem>(
+    row: &[T],
+    start: usize,
+    padding: usize,
+    yv: &mut [T],
+    yi: &mut [usize],
+    better: &impl Fn(T, T) -> bool,
+) {
+    let ow = yv.len();
+    let mut o = 0;
+    if padding == 1 {
+        offer(row[0], start, &mut yv[0], &mut yi[0], better);
+        o = 1;
+    }
+    let body = &row[padding..];
+    let full = (body.len() / 2).min(ow - o);
+    let (pairs, yv_full, yi_full) = (
+        &body[..2 * full],
+        &mut yv[o..o + full],
+        &mut yi[o..o + full],
+    );
+    for j in 0..full {
+        let (a, b) = (pairs[2 * j], pairs[2 * j + 1]);
+        let second = better(b, a);
+        let v = if second { b } else { a };
+        let i = start + padding + 2 * j + usize::from(second);
+        offer(v, i, &mut yv_full[j], &mut yi_full[j], better);
+    }
+    o += full;
+    if o < ow {
+        // A last window holding one value.
+        let i = padding + 2 * full;
+        offer(row[i], start + i, &mut yv[o], &mut yi[o], better);
+    }
+}
+
+/// Window `(yv, yi)` takes value `v` at flat index `i` when `v` is better than what it holds.
+#[inline(always)]
+fn offer<T: Elem>(v: T, i: usize, yv: &mut T, yi: &mut usize, better: &impl Fn(T, T) -> bool) {
+    let take = better(v, *yv);
+    // The index by mask, not by branch: which value wins is data, not a pattern a branch
+    // predictor could learn.
+    let mask = usize::from(take).wrapping_neg();
+    *yi = (i & mask) | (*yi & !mask);
+    *yv = if take { v } else { *yv };
+}
+
+/// Whether `v` replaces the current maximum `top`: larger, or the first NaN.
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn better<T: PartialOrd>(v: T, top: T) -> bool {
+    // `|` and `&`, not `||` and `&&`: no branches.
+    (v > top) | ((v != v) & (top == top))
 }
 
 impl CustomOp1 for Pool3d {
@@ -117,29 +285,28 @@ impl CustomOp1 for Pool3d {
         let (dims, out) = self.geom.dims(l.shape())?;
         let n_out = dims[0] * dims[1] * out.iter().product::<usize>();
         let shape = candle_core::Shape::from((dims[0], dims[1], out[0], out[1], out[2]));
-        let mut argmax = vec![0usize; if self.keep { n_out } else { 0 }];
-        let keep = self.keep;
+        let mut argmax = vec![0usize; n_out];
         let storage = match s {
             CpuStorage::F32(x) => {
-                let x = contiguous(x, l, self.name())?;
                 let mut y = vec![0f32; n_out];
-                self.geom.for_each_argmax(x, dims, out, |o, i| {
-                    y[o] = x[i];
-                    if keep {
-                        argmax[o] = i;
-                    }
-                });
+                self.geom.argmax(
+                    contiguous(x, l, self.name())?,
+                    dims,
+                    out,
+                    &mut y,
+                    &mut argmax,
+                );
                 CpuStorage::F32(y)
             }
             CpuStorage::F64(x) => {
-                let x = contiguous(x, l, self.name())?;
                 let mut y = vec![0f64; n_out];
-                self.geom.for_each_argmax(x, dims, out, |o, i| {
-                    y[o] = x[i];
-                    if keep {
-                        argmax[o] = i;
-                    }
-                });
+                self.geom.argmax(
+                    contiguous(x, l, self.name())?,
+                    dims,
+                    out,
+                    &mut y,
+                    &mut argmax,
+                );
                 CpuStorage::F64(y)
             }
             other => {
@@ -171,23 +338,21 @@ struct Pool3dGrad {
 
 impl Pool3dGrad {
     /// Adds `g[o]` onto `dx` at the maximum of window `o` of `x`.
-    fn scatter<T: Copy + PartialOrd + std::ops::AddAssign>(
-        &self,
-        x: &[T],
-        g: &[T],
-        dx: &mut [T],
-        dims: [usize; 5],
-        out: [usize; 3],
-    ) {
+    fn scatter<T: Elem>(&self, x: &[T], g: &[T], dx: &mut [T], dims: [usize; 5], out: [usize; 3]) {
         match &self.argmax {
             Some(argmax) if argmax.len() == g.len() => {
                 for (&i, &v) in argmax.iter().zip(g) {
                     dx[i] += v;
                 }
             }
-            _ => self
-                .geom
-                .for_each_argmax(x, dims, out, |o, i| dx[i] += g[o]),
+            _ => {
+                let mut y = vec![T::ZERO; g.len()];
+                let mut argmax = vec![0; g.len()];
+                self.geom.argmax(x, dims, out, &mut y, &mut argmax);
+                for (&i, &v) in argmax.iter().zip(g) {
+                    dx[i] += v;
+                }
+            }
         }
     }
 }

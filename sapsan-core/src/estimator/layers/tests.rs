@@ -58,22 +58,35 @@ fn naive_conv3d(
 /// Plain nested loops: PyTorch's definition of max_pool3d (padding counts as -inf).
 fn naive_max_pool3d(
     x: &[f64],
-    [b, c, d, h, w]: [usize; 5],
+    dims: [usize; 5],
     k: usize,
     s: usize,
     p: usize,
 ) -> (Vec<f64>, [usize; 5]) {
+    let (y, _, out) = naive_max_pool3d_argmax(x, dims, k, s, p);
+    (y, out)
+}
+
+/// [`naive_max_pool3d`] with the flat input index of each window's first maximum (window order).
+fn naive_max_pool3d_argmax(
+    x: &[f64],
+    [b, c, d, h, w]: [usize; 5],
+    k: usize,
+    s: usize,
+    p: usize,
+) -> (Vec<f64>, Vec<usize>, [usize; 5]) {
     let (od, oh, ow) = (
         out_len(d, k, s, p).unwrap(),
         out_len(h, k, s, p).unwrap(),
         out_len(w, k, s, p).unwrap(),
     );
     let mut y = vec![f64::NEG_INFINITY; b * c * od * oh * ow];
+    let mut arg = vec![usize::MAX; y.len()];
     for n in 0..b * c {
         for z in 0..od {
             for yy in 0..oh {
                 for xx in 0..ow {
-                    let mut m = f64::NEG_INFINITY;
+                    let (mut m, mut at) = (f64::NEG_INFINITY, usize::MAX);
                     for kz in 0..k {
                         for ky in 0..k {
                             for kx in 0..k {
@@ -87,16 +100,20 @@ fn naive_max_pool3d(
                                 if iz >= d || iy >= h || ix >= w {
                                     continue;
                                 }
-                                m = m.max(x[((n * d + iz) * h + iy) * w + ix]);
+                                let i = ((n * d + iz) * h + iy) * w + ix;
+                                if at == usize::MAX || x[i] > m {
+                                    (m, at) = (x[i], i);
+                                }
                             }
                         }
                     }
-                    y[((n * od + z) * oh + yy) * ow + xx] = m;
+                    let o = ((n * od + z) * oh + yy) * ow + xx;
+                    (y[o], arg[o]) = (m, at);
                 }
             }
         }
     }
-    (y, [b, c, od, oh, ow])
+    (y, arg, [b, c, od, oh, ow])
 }
 
 #[test]
@@ -364,6 +381,48 @@ fn max_pool3d_second_backward_and_nan_windows() {
     assert_eq!(a, b);
     assert_eq!(a[5], 2.0);
     assert_eq!(a.iter().sum::<f64>(), 2.0 * 27.0);
+}
+
+#[test]
+fn max_pool3d_ties_send_the_gradient_to_the_first_maximum_on_any_thread_count() {
+    // Small integers make most windows hold equal maxima; PyTorch sends each window's gradient
+    // to the first of them in (depth, height, width) order.
+    let dev = Device::Cpu;
+    for (dims, k, s, p) in [
+        ([2, 3, 9, 9, 9], 2, 2, 1),
+        ([1, 2, 7, 6, 5], 3, 2, 1),
+        ([1, 1, 6, 5, 4], 3, 1, 0),
+        ([3, 2, 8, 8, 8], 2, 2, 0),
+        // Large enough for the planes to run in parallel.
+        ([2, 3, 17, 17, 17], 2, 2, 1),
+    ] {
+        let n: usize = dims.iter().product();
+        let x: Vec<f64> = (0..n).map(|i| ((i * 7 + i / 5) % 3) as f64).collect();
+        let (_, arg, out) = naive_max_pool3d_argmax(&x, dims, k, s, p);
+        // Gradient 1, 2, 3, ... per window, so a misplaced one changes the sums.
+        let g: Vec<f64> = (1..=arg.len()).map(|v| v as f64).collect();
+        let mut want = vec![0.0; n];
+        for (&i, &v) in arg.iter().zip(&g) {
+            want[i] += v;
+        }
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(|| {
+                let xv =
+                    Var::from_tensor(&Tensor::from_vec(x.clone(), dims.to_vec(), &dev).unwrap())
+                        .unwrap();
+                let y = max_pool3d(xv.as_tensor(), k, s, p).unwrap();
+                assert_eq!(y.dims(), &out[..]);
+                let gt = Tensor::from_vec(g.clone(), out.to_vec(), &dev).unwrap();
+                let grads = (y * gt).unwrap().sum_all().unwrap().backward().unwrap();
+                values(grads.get(xv.as_tensor()).unwrap())
+            });
+            assert_eq!(got, want, "case {dims:?} k{k} s{s} p{p}, {threads} threads");
+        }
+    }
 }
 
 #[test]
