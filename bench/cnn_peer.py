@@ -1,15 +1,18 @@
 """Peer of examples/bench_cnn.rs: Sapsan's CNN3d in PyTorch (the same layers as
 sapsan-core/src/estimator/cnn3d.rs), SmoothL1 loss, Adam, trained on the same data with the same
-batch size and thread count. Prints one JSON object with the seconds per epoch.
+batch size and thread count, one epoch at a time when the Rust side asks, so that both sides'
+epochs alternate and see the same machine.
 
-Usage: cnn_peer.py X.f32 N,C,D,H,W Y.f32 N,Ct,Dt,Ht,Wt BATCH EPOCHS THREADS LR SEED
+Usage: cnn_peer.py X.f32 N,C,D,H,W Y.f32 N,Ct,Dt,Ht,Wt BATCH THREADS LR SEED
 (raw little-endian float32 arrays written by the Rust example).
 
-Timing matches the Rust side: one warm-up epoch that is not timed, then EPOCHS timed epochs.
-`train_s` is the training pass only (forward + loss + backward + Adam step per batch, plus reading
-the loss value as the Rust side does); `valid_s` is one no-grad forward pass over the same samples,
-as the validation the Rust training loop runs every epoch. No DataLoader: batches are slices of
-tensors in memory on both sides. Reported: the median and the minimum over the timed epochs.
+Protocol (lines on stdin and stdout): after one warm-up epoch that is not timed the peer prints a
+JSON object describing itself ({"torch", "threads", "num_params"}); then every `epoch` line on
+stdin runs one timed epoch and prints {"train_s", "valid_s", "loss"}; `quit` (or the end of
+stdin) ends it. `train_s` is the training pass only (forward + loss + backward + Adam step per
+batch, plus reading the loss value as the Rust side does); `valid_s` is one no-grad forward pass
+over the same samples, as the validation the Rust training loop runs every epoch. No DataLoader:
+batches are slices of tensors in memory on both sides.
 """
 import json
 import sys
@@ -56,12 +59,11 @@ def load(path, shape):
 
 
 def main():
-    if len(sys.argv) != 10:
+    if len(sys.argv) != 9:
         sys.exit(__doc__)
-    x_path, x_shape, y_path, y_shape, batch, epochs, threads, lr = sys.argv[1:9]
+    x_path, x_shape, y_path, y_shape, batch, threads, lr, seed = sys.argv[1:9]
     x, y = load(x_path, x_shape), load(y_path, y_shape)
-    batch, epochs, threads, lr = int(batch), int(epochs), int(threads), float(lr)
-    seed = int(sys.argv[9])
+    batch, threads, lr, seed = int(batch), int(threads), float(lr), int(seed)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = CNN3d(x.shape[1], y.shape[1:])
@@ -92,27 +94,24 @@ def main():
 
     train_epoch()  # warm-up, not timed
     valid_epoch()
-    train_s, valid_s, losses = [], [], []
-    for _ in range(epochs):
+    say({
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "num_params": sum(p.numel() for p in model.parameters()),
+    })
+    for line in sys.stdin:
+        if line.strip() != "epoch":
+            break
         t0 = time.perf_counter()
         loss = train_epoch()
         t1 = time.perf_counter()
         valid_epoch()
         t2 = time.perf_counter()
-        train_s.append(t1 - t0)
-        valid_s.append(t2 - t1)
-        losses.append(loss)
-    print(json.dumps({
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "epochs": epochs,
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "train_s_per_epoch": float(np.median(train_s)),
-        "train_s_min": float(np.min(train_s)),
-        "valid_s_per_epoch": float(np.median(valid_s)),
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-    }))
+        say({"train_s": t1 - t0, "valid_s": t2 - t1, "loss": loss})
+
+
+def say(obj):
+    print(json.dumps(obj), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,25 @@
 //! Three problems: the quickstart size (8 samples of a 3-channel 16^3 cube, a 1-channel 16^3
 //! target, the whole set per step, as `Cnn3d` trains by default), a larger one (32 samples of
 //! 3x32^3 to 1x32^3 in batches of 8) and the 64^3 one (8 samples of 3x64^3 to 1x64^3 in batches
-//! of 2; 6.3 million parameters, almost all in the last Linear). Both sides run one untimed warm-up epoch, then time every
-//! epoch's training pass (forward, SmoothL1 loss, backward, Adam step, reading the loss) apart
-//! from the validation pass (a forward over the same samples without gradients). Our side uses
-//! the same calls as `sapsan::estimator::train::fit`; a `Cnn3d::train_with_observer` run reports
-//! the full epoch of the real training loop as a cross-check. Threads: candle's
-//! (`RAYON_NUM_THREADS`, default the physical cores); PyTorch is given the same number.
+//! of 2; 6.3 million parameters, almost all in the last Linear).
+//!
+//! Both sides run one untimed warm-up epoch; then they take turns in rounds of 3 timed epochs
+//! each (after one untimed epoch that absorbs the switch), alternating who goes first, so that
+//! both see the same machine: on a shared box the load moves within seconds, and separate runs
+//! compare different moments. PyTorch runs as a child process (`bench/cnn_peer.py`) told over
+//! stdin when to run an epoch; every answer has a deadline. Timed per epoch: the training pass
+//! (forward, SmoothL1 loss, backward, Adam step, reading the loss) apart from the validation pass
+//! (a forward over the same samples without gradients). Reported: each side's median epoch, the
+//! median over rounds of the per-round ratio and the lowest round. Our side uses the same calls
+//! as `sapsan::estimator::train::fit`; a `Cnn3d::train_with_observer` run reports the full epoch
+//! of the real training loop as a cross-check. Threads: candle's (`RAYON_NUM_THREADS`, default
+//! the physical cores); PyTorch is given the same number.
 //! Without the venv only the Rust side runs (and says how to create the venv).
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, ParamsAdamW, VarMap};
@@ -67,15 +76,6 @@ const PROBLEMS: [Problem; 3] = [
     },
 ];
 
-/// Seconds per epoch of one side: median and minimum of the training pass, median of the
-/// validation pass.
-#[derive(Debug, Default, Clone, Copy)]
-struct Timing {
-    train: f64,
-    train_min: f64,
-    valid: f64,
-}
-
 /// Smooth, deterministic fields so every run (and both sides) sees the same numbers.
 fn data(p: &Problem) -> (Array5<f32>, Array5<f32>) {
     let e = p.edge as f32;
@@ -112,69 +112,82 @@ fn median(t: &[f64]) -> f64 {
     }
 }
 
+/// One epoch of one side: training pass seconds, validation pass seconds, mean training loss.
+struct Epoch {
+    train: f64,
+    valid: f64,
+    loss: f64,
+}
+
 /// Our side: the training step of `fit` (forward, loss, Adam `backward_step`, loss read back)
-/// per batch, then the validation forward, timed apart; one warm-up epoch first.
-fn ours(p: &Problem, x: &Array5<f32>, y: &Array5<f32>, epochs: usize) -> BoxResult<Timing> {
-    // As `fit` does: keep freed gradient-sized blocks for the next step.
-    sapsan::estimator::heap::retain_freed_memory();
-    let config = Cnn3dConfig::default();
-    let varmap = VarMap::new();
-    let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
-    let target = [p.target_channels, p.edge, p.edge, p.edge];
-    let net = Cnn3dNet::new(vb, p.channels, target)?;
-    let params = ParamsAdamW {
-        lr: config.lr,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
-    let mut optimizer = Adam::new(varmap.all_vars(), params)?;
-    let (xt, yt) = (to_tensor(x)?, to_tensor(y)?);
-    let n = p.samples;
-    let mut train_epoch = |net: &Cnn3dNet| -> BoxResult<f64> {
-        let mut total = 0.0;
-        for start in (0..n).step_by(p.batch) {
-            let len = p.batch.min(n - start);
-            let (xb, yb) = (xt.narrow(0, start, len)?, yt.narrow(0, start, len)?);
-            let loss = smooth_l1_loss(&net.forward(&xb)?, &yb)?;
-            optimizer.backward_step(&loss)?;
-            total += loss.to_scalar::<f32>()? as f64 * len as f64;
-        }
-        Ok(total / n as f64)
-    };
-    let valid_epoch = |net: &Cnn3dNet| -> BoxResult<f64> {
-        let mut total = 0.0;
-        for start in (0..n).step_by(p.batch) {
-            let len = p.batch.min(n - start);
-            let pred = net.forward(&xt.narrow(0, start, len)?)?.detach();
-            let loss = smooth_l1_loss(&pred, &yt.narrow(0, start, len)?)?;
-            total += loss.to_scalar::<f32>()? as f64 * len as f64;
-        }
-        Ok(total / n as f64)
-    };
-    train_epoch(&net)?;
-    valid_epoch(&net)?;
-    let (mut train, mut valid) = (Vec::new(), Vec::new());
-    let mut losses = Vec::new();
-    for _ in 0..epochs {
-        let t0 = Instant::now();
-        losses.push(train_epoch(&net)?);
-        let t1 = Instant::now();
-        valid_epoch(&net)?;
-        train.push((t1 - t0).as_secs_f64());
-        valid.push(t1.elapsed().as_secs_f64());
+/// per batch, then the validation forward, timed apart.
+struct Ours {
+    net: Cnn3dNet,
+    optimizer: Adam,
+    xt: Tensor,
+    yt: Tensor,
+    samples: usize,
+    batch: usize,
+}
+
+impl Ours {
+    fn new(p: &Problem, x: &Array5<f32>, y: &Array5<f32>) -> BoxResult<Self> {
+        // As `fit` does: keep freed gradient-sized blocks for the next step.
+        sapsan::estimator::heap::retain_freed_memory();
+        let config = Cnn3dConfig::default();
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let target = [p.target_channels, p.edge, p.edge, p.edge];
+        let net = Cnn3dNet::new(vb, p.channels, target)?;
+        let params = ParamsAdamW {
+            lr: config.lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        Ok(Self {
+            net,
+            optimizer: Adam::new(varmap.all_vars(), params)?,
+            xt: to_tensor(x)?,
+            yt: to_tensor(y)?,
+            samples: p.samples,
+            batch: p.batch,
+        })
     }
-    println!(
-        "  rust:    train loss {:.4e} -> {:.4e}",
-        losses.first().copied().unwrap_or(f64::NAN),
-        losses.last().copied().unwrap_or(f64::NAN)
-    );
-    Ok(Timing {
-        train: median(&train),
-        train_min: train.iter().copied().fold(f64::INFINITY, f64::min),
-        valid: median(&valid),
-    })
+
+    fn batches(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (n, b) = (self.samples, self.batch);
+        (0..n)
+            .step_by(b)
+            .map(move |start| (start, b.min(n - start)))
+    }
+
+    fn epoch(&mut self) -> BoxResult<Epoch> {
+        let n = self.samples as f64;
+        let t0 = Instant::now();
+        let mut total = 0.0;
+        for (start, len) in self.batches() {
+            let (xb, yb) = (
+                self.xt.narrow(0, start, len)?,
+                self.yt.narrow(0, start, len)?,
+            );
+            let loss = smooth_l1_loss(&self.net.forward(&xb)?, &yb)?;
+            self.optimizer.backward_step(&loss)?;
+            total += loss.to_scalar::<f32>()? as f64 * len as f64;
+        }
+        let t1 = Instant::now();
+        for (start, len) in self.batches() {
+            let pred = self.net.forward(&self.xt.narrow(0, start, len)?)?.detach();
+            let loss = smooth_l1_loss(&pred, &self.yt.narrow(0, start, len)?)?;
+            loss.to_scalar::<f32>()?;
+        }
+        Ok(Epoch {
+            train: (t1 - t0).as_secs_f64(),
+            valid: t1.elapsed().as_secs_f64(),
+            loss: total / n,
+        })
+    }
 }
 
 /// The real training loop (`Cnn3d::train_with_observer`): seconds per full epoch (training pass,
@@ -217,54 +230,137 @@ fn shape_arg(a: &Array5<f32>) -> String {
         .join(",")
 }
 
-/// PyTorch's side: writes the data as raw f32 files and runs `bench/cnn_peer.py`.
-fn peer(
-    python: &Path,
-    p: &Problem,
-    x: &Array5<f32>,
-    y: &Array5<f32>,
-    epochs: usize,
-    threads: usize,
-) -> BoxResult<Timing> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("bench/cnn_peer.py");
-    let dir = tempfile::tempdir()?;
-    let (xp, yp) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
-    write_f32(&xp, x)?;
-    write_f32(&yp, y)?;
-    let out = Command::new(python)
-        .arg(&script)
-        .arg(&xp)
-        .arg(shape_arg(x))
-        .arg(&yp)
-        .arg(shape_arg(y))
-        .args([p.batch, epochs, threads].map(|v| v.to_string()))
-        .arg(Cnn3dConfig::default().lr.to_string())
-        .arg("0")
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
+/// Timed epochs per block (see `main`).
+const BLOCK: usize = 3;
+
+/// The longest wait for one answer of the peer (its warm-up, or one epoch).
+const PEER_DEADLINE: Duration = Duration::from_secs(300);
+
+/// PyTorch's side: `bench/cnn_peer.py` on the same data, asked for one epoch at a time.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<std::io::Result<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Peer {
+    /// Writes the data as raw f32 files, starts the peer and waits for its warm-up epoch.
+    fn start(
+        python: &Path,
+        p: &Problem,
+        x: &Array5<f32>,
+        y: &Array5<f32>,
+        threads: usize,
+    ) -> BoxResult<Self> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let script = root.join("bench/cnn_peer.py");
+        let dir = tempfile::tempdir()?;
+        let (xp, yp) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
+        write_f32(&xp, x)?;
+        write_f32(&yp, y)?;
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(&xp)
+            .arg(shape_arg(x))
+            .arg(&yp)
+            .arg(shape_arg(y))
+            .args([p.batch, threads].map(|v| v.to_string()))
+            .arg(Cnn3dConfig::default().lr.to_string())
+            .arg("0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("cnn_peer.py: no pipes to the peer".into());
+        };
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut peer = Self {
+            child,
+            stdin,
+            lines,
+            _dir: dir,
+        };
+        let hello = peer.answer()?;
+        println!(
+            "  pytorch: torch {}, {} threads, {} parameters",
+            hello["torch"].as_str().unwrap_or("?"),
+            hello["threads"],
+            hello["num_params"]
+        );
+        Ok(peer)
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    println!(
-        "  pytorch: train loss {:.4e} -> {:.4e} (torch {}, {} threads, {} parameters)",
-        f("first_loss"),
-        f("last_loss"),
-        v["torch"].as_str().unwrap_or("?"),
-        v["threads"],
-        v["num_params"]
-    );
-    Ok(Timing {
-        train: f("train_s_per_epoch"),
-        train_min: f("train_s_min"),
-        valid: f("valid_s_per_epoch"),
-    })
+
+    /// The peer's next JSON line, within [`PEER_DEADLINE`].
+    fn answer(&mut self) -> BoxResult<serde_json::Value> {
+        match self.lines.recv_timeout(PEER_DEADLINE) {
+            Ok(line) => Ok(serde_json::from_str(&line?)?),
+            Err(RecvTimeoutError::Timeout) => Err(format!(
+                "cnn_peer.py sent nothing for {} s; it was stopped",
+                PEER_DEADLINE.as_secs()
+            )
+            .into()),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err("cnn_peer.py exited early (its error is printed above)".into())
+            }
+        }
+    }
+
+    fn epoch(&mut self) -> BoxResult<Epoch> {
+        writeln!(self.stdin, "epoch")?;
+        self.stdin.flush()?;
+        let v = self.answer()?;
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        Ok(Epoch {
+            train: f("train_s"),
+            valid: f("valid_s"),
+            loss: f("loss"),
+        })
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        // The peer exits at once on `quit`; a stuck one is killed rather than waited for.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seconds per epoch of one side: median and minimum of the training pass, median of the
+/// validation pass.
+struct Timing {
+    train: f64,
+    train_min: f64,
+    valid: f64,
+}
+
+impl Timing {
+    fn of(epochs: &[Epoch]) -> Self {
+        let train: Vec<f64> = epochs.iter().map(|e| e.train).collect();
+        let valid: Vec<f64> = epochs.iter().map(|e| e.valid).collect();
+        Self {
+            train: median(&train),
+            train_min: train.iter().copied().fold(f64::INFINITY, f64::min),
+            valid: median(&valid),
+        }
+    }
 }
 
 fn main() -> BoxResult<()> {
@@ -303,39 +399,91 @@ fn main() -> BoxResult<()> {
     {
         println!("{}:", p.name);
         let (x, y) = data(p);
-        let r = ours(p, &x, &y, epochs)?;
+        let mut ours = Ours::new(p, &x, &y)?;
+        ours.epoch()?; // warm-up, not timed
+        let mut peer = match have_peer {
+            true => Some(Peer::start(&python, p, &x, &y, threads)?),
+            false => None,
+        };
+        // Rounds of one epoch each side, alternating who goes first, so that both sides see
+        // the same machine (a shared box's load moves within seconds).
+        // Blocks of epochs, alternating sides (and who goes first), so that both sides see
+        // the same machine: a shared box's load moves within seconds. Each block starts with an
+        // untimed epoch, which absorbs what the other side leaves behind (PyTorch's OpenMP
+        // threads spin on for a while after its epoch; caches are cold) and is not the steady
+        // state a training run is in.
+        let block = |run: &mut dyn FnMut() -> BoxResult<Epoch>| -> BoxResult<Vec<Epoch>> {
+            run()?;
+            (0..BLOCK).map(|_| run()).collect()
+        };
+        let (mut mine, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..epochs.div_ceil(BLOCK) {
+            let mut ours_block = || block(&mut || ours.epoch());
+            let (r, t) = match peer.as_mut() {
+                Some(peer) => {
+                    let mut peer_block = || block(&mut || peer.epoch());
+                    if round % 2 == 1 {
+                        let t = peer_block()?;
+                        (ours_block()?, t)
+                    } else {
+                        let r = ours_block()?;
+                        (r, peer_block()?)
+                    }
+                }
+                None => (ours_block()?, Vec::new()),
+            };
+            if !t.is_empty() {
+                ratios.push(Timing::of(&t).train / Timing::of(&r).train);
+            }
+            mine.extend(r);
+            theirs.extend(t);
+        }
+        drop(peer);
+        let r = Timing::of(&mine);
         let fit = ours_fit(p, &x, &y, epochs)?;
+        let losses = |e: &[Epoch]| {
+            (
+                e.first().map_or(f64::NAN, |e| e.loss),
+                e.last().map_or(f64::NAN, |e| e.loss),
+            )
+        };
+        let (l0, l1) = losses(&mine);
+        println!("  rust:    train loss {l0:.4e} -> {l1:.4e}");
         println!(
             "  rust:    train {:.4} s/epoch median (min {:.4}), valid {:.4} s; full fit() epoch {:.4} s",
             r.train, r.train_min, r.valid, fit
         );
-        if have_peer {
-            let t = peer(&python, p, &x, &y, epochs, threads)?;
+        if !theirs.is_empty() {
+            let t = Timing::of(&theirs);
+            let (l0, l1) = losses(&theirs);
+            println!("  pytorch: train loss {l0:.4e} -> {l1:.4e}");
             println!(
                 "  pytorch: train {:.4} s/epoch median (min {:.4}), valid {:.4} s",
                 t.train, t.train_min, t.valid
             );
+            let ratio = median(&ratios);
+            let worst = ratios.iter().copied().fold(f64::INFINITY, f64::min);
             println!(
-                "  ratio pytorch / rust (train s/epoch): {:.2}x ({})",
-                t.train / r.train,
-                if r.train <= t.train {
+                "  ratio pytorch / rust (train s/epoch), median of {} rounds of {BLOCK} epochs each side: {ratio:.2}x, lowest round {worst:.2}x ({})",
+                ratios.len(),
+                if ratio >= 1.0 {
                     "we are faster"
                 } else {
                     "we are slower"
                 }
             );
-            rows.push((p.name, r, t));
+            rows.push((p.name, r, t, ratio, worst));
         }
     }
     if !rows.is_empty() {
-        println!("\n| problem | rust train s/epoch | pytorch train s/epoch | pytorch / rust |");
-        println!("|---|---:|---:|---:|");
-        for (name, r, t) in rows {
+        println!(
+            "\n| problem | rust train s/epoch | pytorch train s/epoch | pytorch / rust (median of rounds) | lowest round |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for (name, r, t, ratio, worst) in rows {
             println!(
-                "| {name} | {:.4} | {:.4} | {:.2}x |",
-                r.train,
-                t.train,
-                t.train / r.train
+                "| {name} | {:.4} | {:.4} | {ratio:.2}x | {worst:.2}x |",
+                r.train, t.train
             );
         }
     }

@@ -107,15 +107,27 @@ impl CustomOp2 for SmoothL1Mean {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         fn mean<T: Copy>(p: &[T], t: &[T], f: impl Fn(T) -> f64) -> f64 {
-            let sum: f64 = p
+            let huber = |p: T, t: T| {
+                let d = (f(p) - f(t)).abs();
+                if d < 1.0 { 0.5 * d * d } else { d - 0.5 }
+            };
+            // Eight running sums, not one: one sum is a chain of dependent additions (one per
+            // element, each waiting for the last); eight vectorise.
+            const LANES: usize = 8;
+            let mut acc = [0f64; LANES];
+            let (pc, tc) = (p.chunks_exact(LANES), t.chunks_exact(LANES));
+            let rest: f64 = pc
+                .remainder()
                 .iter()
-                .zip(t)
-                .map(|(&p, &t)| {
-                    let d = (f(p) - f(t)).abs();
-                    if d < 1.0 { 0.5 * d * d } else { d - 0.5 }
-                })
+                .zip(tc.remainder())
+                .map(|(&p, &t)| huber(p, t))
                 .sum();
-            sum / p.len() as f64
+            for (p, t) in pc.zip(tc) {
+                for j in 0..LANES {
+                    acc[j] += huber(p[j], t[j]);
+                }
+            }
+            (acc.iter().sum::<f64>() + rest) / p.len() as f64
         }
         let storage = with_pair(s1, l1, s2, l2, self.name(), |pair| match pair {
             PairSlices::F32(p, t) => CpuStorage::F32(vec![mean(p, t, f64::from) as f32]),
