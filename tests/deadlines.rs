@@ -188,9 +188,35 @@ const POINTS: i64 = 100_000;
 const FREEZE_AT: Duration = Duration::from_millis(1500);
 /// ...for this long.
 const FREEZE_FOR: Duration = Duration::from_secs(5);
-/// How long each job gives the uploader to deliver everything once it has logged (measured on a
-/// busy 2-core box: 20-50 s; before the fix the uploader delivered nothing more after the thaw).
-const DELIVER_WITHIN: Duration = Duration::from_secs(90);
+/// The uploader fails the test when it delivers nothing for this long (before the fix it
+/// delivered nothing more after the thaw). Not a budget for the whole delivery: that depends on
+/// the machine (20-50 s on a quiet 2-core box; 55-85 s without any freeze when four busy loops
+/// share the two cores with the server).
+const STALL: Duration = Duration::from_secs(60);
+/// The longest a job waits for delivery in any case, so that the test cannot hang.
+const DELIVER_CAP: Duration = Duration::from_secs(600);
+
+/// Waits until everything `b` logged is on the server, as long as the uploader keeps delivering:
+/// whether it all landed, and how long the longest stretch without progress was.
+fn wait_while_delivering(b: &MlflowBackend) -> (bool, Duration) {
+    let started = Instant::now();
+    let mut last = b.backlog().expect("an online backend").delivered;
+    let (mut since, mut longest) = (Instant::now(), Duration::ZERO);
+    while started.elapsed() < DELIVER_CAP {
+        if b.wait_delivered(Duration::from_secs(5)).unwrap() {
+            return (true, longest.max(since.elapsed()));
+        }
+        let now = b.backlog().expect("an online backend").delivered;
+        if now > last {
+            (last, since) = (now, Instant::now());
+        }
+        longest = longest.max(since.elapsed());
+        if since.elapsed() > STALL {
+            break;
+        }
+    }
+    (false, longest)
+}
 
 fn freezing_the_server_mid_job_three_times_ends_in_time_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -234,7 +260,7 @@ fn freezing_the_server_mid_job_three_times_ends_in_time_and_loses_nothing() {
             }
         });
         let logged = started.elapsed();
-        let delivered = b.wait_delivered(DELIVER_WITHIN).unwrap();
+        let (delivered, stalled) = wait_while_delivering(&b);
         let waited = started.elapsed() - logged;
         let journal = b.journal_dir().unwrap();
         let t = Instant::now();
@@ -243,7 +269,8 @@ fn freezing_the_server_mid_job_three_times_ends_in_time_and_loses_nothing() {
         let kept = journal.join(JOURNAL_FILE).is_file();
         eprintln!(
             "[deadlines] freeze {}: logged in {logged:?} (slowest call {slowest:?}), uploader \
-             {} after {waited:?}, drop {took:?} (bound {bound:?})",
+             {} after {waited:?} (longest without progress {stalled:?}), drop {took:?} (bound \
+             {bound:?})",
             job + 1,
             if delivered {
                 "delivered everything"
@@ -254,8 +281,8 @@ fn freezing_the_server_mid_job_three_times_ends_in_time_and_loses_nothing() {
         assert!(took < bound, "freeze {}: drop took {took:?}", job + 1);
         assert!(
             delivered,
-            "freeze {}: the uploader did not deliver everything within {DELIVER_WITHIN:?} of the \
-             end of the job",
+            "freeze {}: the uploader delivered nothing for {STALL:?} (or took over \
+             {DELIVER_CAP:?}) after the end of the job",
             job + 1
         );
         assert!(!kept, "a delivered journal is removed: {journal:?}");

@@ -100,6 +100,24 @@ impl MlflowBackend {
         self.core.pipeline.wait_delivered(timeout)
     }
 
+    /// How far the uploader is: bytes of the journal (or memory store) delivered to the server,
+    /// of those stored (`None` for a backend without an uploader). A slow server still makes
+    /// `delivered` grow; one that takes nothing does not.
+    ///
+    /// ```no_run
+    /// # fn main() -> sapsan_core::Result<()> {
+    /// use sapsan_core::tracking::MlflowBackend;
+    /// let backend = MlflowBackend::builder().tracking_uri("http://127.0.0.1:5000").build()?;
+    /// if let Some(b) = backend.backlog() {
+    ///     println!("uploaded {} of {} bytes", b.delivered, b.stored);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn backlog(&self) -> Option<crate::tracking::upload::Backlog> {
+        self.core.pipeline.backlog()
+    }
+
     /// The id the server knows run `run_id` by: `run_id` itself, or for a run started while the
     /// server was away (`local-...`) the id it was created with later (asking the uploader to
     /// try the server at once, and waiting at most one request timeout).

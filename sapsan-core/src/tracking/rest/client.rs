@@ -3,6 +3,7 @@
 //! answer (JSON or not) to [`Error::Mlflow`].
 //!
 //! The blocking client runs its own small runtime: create and drop it outside any async runtime.
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,6 +21,36 @@ pub enum Idempotency {
     Idempotent,
     /// Repeat only when the request provably never reached the server (connect errors): `runs/create`.
     CreatesOnce,
+}
+
+thread_local! {
+    /// The per-attempt deadline of the requests this thread sends inside [`with_attempt_timeout`]
+    /// (`None`: the client's own).
+    static ATTEMPT_TIMEOUT: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with every request this thread sends in it given `timeout` per attempt instead of
+/// the client's own (still a deadline, from connecting to the last byte of the answer).
+///
+/// For retries of a request that timed out: the server was slower than the timeout, so the same
+/// deadline again can fail forever. The uploader lengthens it per failed attempt (see
+/// `upload::uploader`).
+pub fn with_attempt_timeout<R>(timeout: Duration, f: impl FnOnce() -> R) -> R {
+    /// Puts the previous value back, also when `f` panics.
+    struct Restore(Option<Duration>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ATTEMPT_TIMEOUT.with(|t| t.set(self.0));
+        }
+    }
+    let _restore = Restore(ATTEMPT_TIMEOUT.with(|t| t.replace(Some(timeout))));
+    f()
+}
+
+/// The per-attempt deadline [`with_attempt_timeout`] sets on this thread, if any.
+#[cfg(test)]
+pub(crate) fn attempt_timeout_in_force() -> Option<Duration> {
+    ATTEMPT_TIMEOUT.with(Cell::get)
 }
 
 /// The HTTP transport. Cheap to share by reference across threads.
@@ -307,7 +338,8 @@ impl HttpClient {
             // timeout of reqwest's blocking client only bounds each blocking call on its own (the
             // wait for the headers, then again every body read) and arms no timer where the
             // connection lives; a per-request timeout does both.
-            let mut req = make(&self.client).timeout(self.timeout);
+            let timeout = ATTEMPT_TIMEOUT.with(Cell::get).unwrap_or(self.timeout);
+            let mut req = make(&self.client).timeout(timeout);
             if let Some(a) = &self.auth {
                 req = req.header(header::AUTHORIZATION, a.clone());
             }
@@ -796,6 +828,47 @@ mod tests {
         assert!(matches!(e, Err(Error::Connection { .. })), "{e:?}");
         // One deadline: about 1 s, not 0.7 s for the headers plus a fresh second for the body.
         assert!(took < Duration::from_millis(1500), "took {took:?}");
+    }
+
+    #[test]
+    fn a_longer_attempt_timeout_holds_inside_its_scope_only() {
+        use std::io::{BufRead, BufReader, Write};
+        // Every request is answered after 600 ms: too slow for the client's 300 ms.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                        line.clear();
+                    }
+                    let mut stream = reader.into_inner();
+                    std::thread::sleep(Duration::from_millis(600));
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                });
+            }
+        });
+        let s = Settings {
+            timeout: Duration::from_millis(300),
+            max_retries: 0,
+            ..Settings::default()
+        };
+        let c = HttpClient::new(&format!("http://{addr}"), &s).unwrap();
+        let get = || c.get("runs/get", &[("run_id", "r")]);
+        assert!(matches!(get(), Err(Error::Connection { .. })));
+        let patient = with_attempt_timeout(Duration::from_secs(5), get);
+        assert!(patient.is_ok(), "{patient:?}");
+        // Back to the client's own deadline after the scope, also on another thread meanwhile.
+        assert!(matches!(get(), Err(Error::Connection { .. })));
+        with_attempt_timeout(Duration::from_secs(5), || {
+            let other = std::thread::scope(|sc| sc.spawn(get).join().unwrap());
+            assert!(matches!(other, Err(Error::Connection { .. })));
+        });
     }
 
     fn fast_retries() -> Settings {

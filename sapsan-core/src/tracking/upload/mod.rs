@@ -16,4 +16,4 @@ pub use sync::{
     DEFAULT_SYNC_JOBS, JournalDone, OpenRuns, SYNC_MARK_FILE, SyncOptions, SyncReport,
     journal_dirs, sync_dir,
 };
-pub use uploader::{UploadOptions, Uploader, Watch};
+pub use uploader::{Backlog, UploadOptions, Uploader, Watch};

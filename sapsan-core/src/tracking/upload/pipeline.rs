@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::queue::{Deliver, LogQueue, RunBatch};
 use super::replay::{NewModelRequest, NewRun, Replayer, is_transient};
-use super::uploader::{Delivery, UploadOptions, Uploader, Watch};
+use super::uploader::{Backlog, Delivery, UploadOptions, Uploader, Watch};
 use crate::error::{Error, Result};
 use crate::tracking::inputs::{DatasetInput, LoggedModel};
 use crate::tracking::journal::{self, Blob, Reader, Record, RunIds, SharedJournal, Source};
@@ -399,6 +399,11 @@ impl Pipeline {
             Some(o) => o.watch.wait_delivered(deadline),
             None => true,
         })
+    }
+
+    /// How far delivery to the server is (`None` offline).
+    pub fn backlog(&self) -> Option<Backlog> {
+        self.online.as_ref().map(|o| o.watch.backlog())
     }
 
     /// The id the server knows run `run_id` by, when it is on the server: `run_id` itself, or

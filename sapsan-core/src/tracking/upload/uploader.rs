@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::shared::Shared;
 use crate::tracking::Metric;
 use crate::tracking::journal::{Reader, Record, Source};
+use crate::tracking::rest::client::with_attempt_timeout;
 use crate::tracking::rest::settings::Settings;
 
 /// How the [`Uploader`] retries, and how many requests it keeps in flight.
@@ -27,6 +28,10 @@ pub struct UploadOptions {
     /// Log-batch requests sent at once for consecutive batch records (at least 1). Run creations,
     /// status changes and artifacts are sent one at a time, in order.
     pub concurrency: usize,
+    /// The request timeout while requests land in time; doubles per timed-out request, up to
+    /// [`MAX_TIMEOUT_FACTOR`] times, and comes back as requests land quickly again (see
+    /// [`patient_timeout`]).
+    pub timeout: Duration,
 }
 
 impl UploadOptions {
@@ -36,6 +41,7 @@ impl UploadOptions {
             backoff_base: s.backoff_base,
             backoff_max: s.backoff_max,
             concurrency: s.send_concurrency.max(1),
+            timeout: s.timeout,
         }
     }
 }
@@ -71,6 +77,12 @@ struct UpState {
     /// server: it finishes them for nobody, so re-sending every one of them at once keeps a
     /// slow server busier than the timeout forever.
     limit: usize,
+    /// How much longer than the first attempt's timeout every request now waits, as the number
+    /// of doublings (see [`attempt_timeout`]): one more per timed-out request, one less per
+    /// request that lands in under a quarter of its timeout. A server slower than the timeout
+    /// for a while (load, a backlog after a freeze) gets new records with a longer timeout too,
+    /// instead of each first attempt timing out and coming back as a slow duplicate.
+    patience: u32,
 }
 
 impl UpState {
@@ -87,6 +99,18 @@ fn new_state(concurrency: usize) -> Arc<Up> {
         limit: concurrency.max(1),
         ..UpState::default()
     }))
+}
+
+/// How far the uploader is behind what was logged, in bytes of its store (the journal, or memory):
+/// what landed on the server, of what is stored. Bytes, not items: the two grow together and
+/// `delivered == stored` means nothing waits; for a progress display, or to tell an uploader
+/// that is slow (the delivered count still grows) from one that makes no headway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Bytes delivered (everything before this offset is on the server).
+    pub delivered: u64,
+    /// Bytes stored so far.
+    pub stored: u64,
 }
 
 /// How a wait for delivery ended.
@@ -163,7 +187,13 @@ impl Uploader {
 const DROP_WAIT: Duration = Duration::from_secs(2);
 
 impl Drop for Uploader {
+    /// Stops the thread, waiting at most [`DROP_WAIT`], unless [`Uploader::stop`] was called:
+    /// its deadline was the owner's to set (the end of the program: its grace plus one request
+    /// timeout), and a thread still in a request then ends by itself.
     fn drop(&mut self) {
+        if self.shared.lock().stop {
+            return;
+        }
         self.stop(Instant::now() + DROP_WAIT);
     }
 }
@@ -245,6 +275,15 @@ impl Watch {
     /// Whether the last attempt reached the server.
     pub fn healthy(&self) -> bool {
         self.0.lock().healthy
+    }
+
+    /// How far delivery is: bytes of the store that landed on the server, of those stored.
+    pub fn backlog(&self) -> Backlog {
+        let g = self.0.lock();
+        Backlog {
+            delivered: g.acked,
+            stored: g.written,
+        }
     }
 
     /// The offset up to which everything landed, and the last transient error (server away).
@@ -334,12 +373,13 @@ fn ack(shared: &Up, end: u64) {
 
 /// Sends one record with `f` (given the attempt number, 0 first), retrying transient failures
 /// with backoff until it lands or is refused for good (reported, skipped), keeping at most
-/// [`UpState::limit`] requests in flight. `false`: the uploader was stopped first (no attempt
+/// [`UpState::limit`] requests in flight. Each attempt's requests get the timeout
+/// [`patient_timeout`] gives for [`UpState::patience`]. `false`: the uploader was stopped first (no attempt
 /// starts after that).
 fn send(shared: &Up, opts: &UploadOptions, mut f: impl FnMut(u32) -> Result<()>) -> bool {
     let mut attempt = 0u32;
     loop {
-        {
+        let timeout = {
             // Woken when a request ends (each has a deadline: the request timeout) or on stop.
             let g = shared.lock();
             let mut g = shared.wait_idle(g, |g| g.in_flight < g.limit.max(1) || g.stop);
@@ -347,8 +387,11 @@ fn send(shared: &Up, opts: &UploadOptions, mut f: impl FnMut(u32) -> Result<()>)
                 return false;
             }
             g.in_flight += 1;
-        }
-        let res = f(attempt);
+            patient_timeout(opts.timeout, g.patience)
+        };
+        let started = Instant::now();
+        let res = with_attempt_timeout(timeout, || f(attempt));
+        let took = started.elapsed();
         let mut g = shared.lock();
         g.in_flight -= 1;
         shared.notify();
@@ -360,11 +403,17 @@ fn send(shared: &Up, opts: &UploadOptions, mut f: impl FnMut(u32) -> Result<()>)
                 g.healthy = true;
                 g.last_error = None;
                 g.limit = (g.limit + 1).min(opts.concurrency.max(1));
+                if took < timeout / 4 {
+                    g.patience = g.patience.saturating_sub(1);
+                }
                 drop(g);
                 shared.notify();
                 return true;
             }
             Err(e) if is_transient(&e) => {
+                if took >= timeout {
+                    g.patience = (g.patience + 1).min(MAX_TIMEOUT_FACTOR.ilog2());
+                }
                 let wait = opts
                     .backoff_base
                     .checked_mul(1u32 << attempt.min(16))
@@ -395,6 +444,20 @@ fn send(shared: &Up, opts: &UploadOptions, mut f: impl FnMut(u32) -> Result<()>)
     }
 }
 
+/// Most the request timeout grows over [`UploadOptions::timeout`].
+pub const MAX_TIMEOUT_FACTOR: u32 = 8;
+
+/// The request timeout at `patience` ([`UpState::patience`]): `timeout` doubled that many times,
+/// up to [`MAX_TIMEOUT_FACTOR`] times. A request retried after a timeout meets a server that
+/// was slower than the timeout, and busier still: it finishes the timed-out request for nobody,
+/// and the retry is then a duplicate, which MLflow takes on its slow path (see [`deliver`]).
+/// Under load the same deadline can fail forever; a longer one lets the retry land. Still a
+/// deadline: the uploader's stop does not wait for requests in flight (see [`Uploader::stop`]),
+/// and the end of the program waits its grace plus one (unlengthened) request timeout.
+pub fn patient_timeout(timeout: Duration, patience: u32) -> Duration {
+    timeout.saturating_mul(1 << patience.min(MAX_TIMEOUT_FACTOR.ilog2()))
+}
+
 /// Points in the smallest request a failed batch is split into: MLflow looks duplicate points up
 /// in chunks of 100, each chunk a scan of the run's points.
 const SMALLEST_PIECE: usize = 100;
@@ -415,40 +478,51 @@ fn deliver(
 ) -> bool {
     let mut landed = 0usize;
     send(shared, opts, |attempt| {
-        let Record::Batch {
-            run,
-            metrics,
-            params,
-            tags,
-        } = rec
-        else {
-            return apply(rec);
-        };
-        if attempt == 0 {
-            return apply(rec);
-        }
-        let piece = (MAX_METRICS >> attempt.min(10)).max(SMALLEST_PIECE);
-        loop {
-            let end = (landed + piece).min(metrics.len());
-            let first = landed == 0;
-            apply(&Record::Batch {
-                run: run.clone(),
-                metrics: metrics[landed..end].to_vec(),
-                params: if first { params.clone() } else { Vec::new() },
-                tags: if first { tags.clone() } else { Vec::new() },
-            })?;
-            landed = end;
-            if landed >= metrics.len() {
-                return Ok(());
-            }
-            if shared.lock().stop {
-                return Err(Error::Internal {
-                    what: "sending a batch in pieces".into(),
-                    reason: "the uploader was stopped".into(),
-                });
-            }
-        }
+        deliver_attempt(shared, rec, &mut apply, &mut landed, attempt)
     })
+}
+
+/// One attempt of [`deliver`]: the whole record first, then the pieces after `landed`.
+fn deliver_attempt(
+    shared: &Up,
+    rec: &Record,
+    apply: &mut impl FnMut(&Record) -> Result<()>,
+    landed: &mut usize,
+    attempt: u32,
+) -> Result<()> {
+    let Record::Batch {
+        run,
+        metrics,
+        params,
+        tags,
+    } = rec
+    else {
+        return apply(rec);
+    };
+    if attempt == 0 {
+        return apply(rec);
+    }
+    let piece = (MAX_METRICS >> attempt.min(10)).max(SMALLEST_PIECE);
+    loop {
+        let end = (*landed + piece).min(metrics.len());
+        let first = *landed == 0;
+        apply(&Record::Batch {
+            run: run.clone(),
+            metrics: metrics[*landed..end].to_vec(),
+            params: if first { params.clone() } else { Vec::new() },
+            tags: if first { tags.clone() } else { Vec::new() },
+        })?;
+        *landed = end;
+        if *landed >= metrics.len() {
+            return Ok(());
+        }
+        if shared.lock().stop {
+            return Err(Error::Internal {
+                what: "sending a batch in pieces".into(),
+                reason: "the uploader was stopped".into(),
+            });
+        }
+    }
 }
 
 /// The end of the window of batch records starting at `i` that may be sent at once: consecutive
@@ -800,7 +874,62 @@ mod tests {
             backoff_base: Duration::from_millis(1),
             backoff_max: Duration::from_millis(5),
             concurrency,
+            timeout: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn after_a_timeout_new_records_get_a_longer_timeout_until_requests_are_quick_again() {
+        let n = Notifier::detached();
+        let opts = UploadOptions {
+            timeout: Duration::from_millis(200),
+            ..fast_opts(1)
+        };
+        let in_force = || {
+            crate::tracking::rest::client::attempt_timeout_in_force()
+                .unwrap()
+                .as_millis()
+        };
+        // The first request outlasts its timeout (a server slower than 200 ms); the retry lands,
+        // slowly (120 ms, over a quarter of its 400 ms). Landing in under 50 ms is quick.
+        let mut seen = Vec::new();
+        let rec = batch("a", 10, 0);
+        assert!(deliver(&n.0, &opts, &rec, |_| {
+            seen.push(in_force());
+            if seen.len() == 1 {
+                std::thread::sleep(Duration::from_millis(210));
+                return Err(Error::Connection {
+                    url: "u".into(),
+                    reason: "timed out".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(120));
+            Ok(())
+        }));
+        assert_eq!(seen, [200, 400]);
+        assert_eq!(n.0.lock().patience, 1);
+        // The next record starts with the longer timeout; a quick landing shortens it again.
+        let mut next = Vec::new();
+        for _ in 0..2 {
+            assert!(deliver(&n.0, &opts, &rec, |_| {
+                next.push(in_force());
+                Ok(())
+            }));
+        }
+        assert_eq!(next, [400, 200]);
+        assert_eq!(n.0.lock().patience, 0);
+    }
+
+    #[test]
+    fn the_timeout_grows_with_patience_up_to_a_cap() {
+        let t = Duration::from_secs(2);
+        let got: Vec<u64> = (0..6).map(|a| patient_timeout(t, a).as_secs()).collect();
+        assert_eq!(got, [2, 4, 8, 16, 16, 16]);
+        assert_eq!(
+            patient_timeout(t, u32::MAX),
+            t * MAX_TIMEOUT_FACTOR,
+            "no overflow"
+        );
     }
 
     #[test]
