@@ -108,6 +108,20 @@ impl PoolGeom {
         }
     }
 
+    /// Every output window's maximum of `x`, with the flat input index of its first maximum
+    /// written into `argmax` (one per window); see [`PoolGeom::argmax`].
+    fn pool<T: Elem>(
+        &self,
+        x: &[T],
+        dims: [usize; 5],
+        out: [usize; 3],
+        argmax: &mut [usize],
+    ) -> Vec<T> {
+        let mut y = vec![T::ZERO; argmax.len()];
+        self.argmax(x, dims, out, &mut y, argmax);
+        y
+    }
+
     /// Along one axis of `len` inputs and `out` windows: the first input of every window and, for
     /// every input, the windows `[lo, hi)` that hold it (empty where no window reaches).
     fn axis(&self, len: usize, out: usize) -> Axis {
@@ -287,28 +301,18 @@ impl CustomOp1 for Pool3d {
         let shape = candle_core::Shape::from((dims[0], dims[1], out[0], out[1], out[2]));
         let mut argmax = vec![0usize; n_out];
         let storage = match s {
-            CpuStorage::F32(x) => {
-                let mut y = vec![0f32; n_out];
-                self.geom.argmax(
-                    contiguous(x, l, self.name())?,
-                    dims,
-                    out,
-                    &mut y,
-                    &mut argmax,
-                );
-                CpuStorage::F32(y)
-            }
-            CpuStorage::F64(x) => {
-                let mut y = vec![0f64; n_out];
-                self.geom.argmax(
-                    contiguous(x, l, self.name())?,
-                    dims,
-                    out,
-                    &mut y,
-                    &mut argmax,
-                );
-                CpuStorage::F64(y)
-            }
+            CpuStorage::F32(x) => CpuStorage::F32(self.geom.pool(
+                contiguous(x, l, self.name())?,
+                dims,
+                out,
+                &mut argmax,
+            )),
+            CpuStorage::F64(x) => CpuStorage::F64(self.geom.pool(
+                contiguous(x, l, self.name())?,
+                dims,
+                out,
+                &mut argmax,
+            )),
             other => {
                 candle_core::bail!("max_pool3d: supports f32 and f64, got {:?}", other.dtype())
             }
@@ -346,9 +350,8 @@ impl Pool3dGrad {
                 }
             }
             _ => {
-                let mut y = vec![T::ZERO; g.len()];
                 let mut argmax = vec![0; g.len()];
-                self.geom.argmax(x, dims, out, &mut y, &mut argmax);
+                self.geom.pool(x, dims, out, &mut argmax);
                 for (&i, &v) in argmax.iter().zip(g) {
                     dx[i] += v;
                 }
