@@ -273,6 +273,7 @@ fn s3_client() -> S3Client {
 
 /// A multipart upload left open by a process that died is aborted when the key is uploaded again,
 /// and the new upload completes once: one object of the file's size and bytes, no open upload.
+/// Six parts, each read from the file in turn.
 #[test]
 fn an_upload_left_open_is_aborted_and_the_new_one_completes() {
     let s3 = s3_client();
@@ -295,7 +296,9 @@ print(json.dumps([x["Key"] for x in s3.list_multipart_uploads(Bucket=args[0], Pr
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.bin");
-    let bytes: Vec<u8> = (0..(11u32 << 20)).map(|i| (i % 251) as u8).collect();
+    // 26 MiB + 7 bytes: six 5 MiB parts (the last one short).
+    let len = (26u32 << 20) + 7;
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &bytes).unwrap();
     s3.upload_file(&obj, &path).unwrap();
     assert_eq!(s3.head_size(&obj).unwrap(), Some(bytes.len() as u64));
