@@ -29,8 +29,7 @@ pub struct UploadOptions {
     /// status changes and artifacts are sent one at a time, in order.
     pub concurrency: usize,
     /// The request timeout while requests land in time; doubles per timed-out request, up to
-    /// [`MAX_TIMEOUT_FACTOR`] times, and comes back as requests land quickly again (see
-    /// [`patient_timeout`]).
+    /// [`MAX_TIMEOUT_FACTOR`] times, and comes back down as requests land quickly again.
     pub timeout: Duration,
 }
 
@@ -187,7 +186,7 @@ impl Uploader {
 const DROP_WAIT: Duration = Duration::from_secs(2);
 
 impl Drop for Uploader {
-    /// Stops the thread, waiting at most [`DROP_WAIT`], unless [`Uploader::stop`] was called:
+    /// Stops the thread, waiting at most 2 s, unless [`Uploader::stop`] was called:
     /// its deadline was the owner's to set (the end of the program: its grace plus one request
     /// timeout), and a thread still in a request then ends by itself.
     fn drop(&mut self) {
@@ -454,7 +453,7 @@ pub const MAX_TIMEOUT_FACTOR: u32 = 8;
 /// Under load the same deadline can fail forever; a longer one lets the retry land. Still a
 /// deadline: the uploader's stop does not wait for requests in flight (see [`Uploader::stop`]),
 /// and the end of the program waits its grace plus one (unlengthened) request timeout.
-pub fn patient_timeout(timeout: Duration, patience: u32) -> Duration {
+pub(crate) fn patient_timeout(timeout: Duration, patience: u32) -> Duration {
     timeout.saturating_mul(1 << patience.min(MAX_TIMEOUT_FACTOR.ilog2()))
 }
 
