@@ -3,37 +3,15 @@
 //! it, both FINISHED, with their metrics and artifacts.
 mod common;
 
-use serde_json::Value;
-
 #[test]
 fn krr_example_tracks_a_train_and_a_nested_evaluate_run() {
-    let dir = tempfile::tempdir().unwrap();
     let experiment = common::unique("krr");
-    let out = common::example_command("krr")
-        .env("MLFLOW_TRACKING_URI", common::tracking_uri())
-        .env("MLFLOW_EXPERIMENT_NAME", &experiment)
-        .env("SAPSAN_DATA_DIR", dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "krr failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let train_id = common::id_after(&stdout, "train run:");
-    let eval_id = common::id_after(&stdout, "evaluate run:");
-    let runs = common::judge(common::READ_RUNS, &[&train_id, &eval_id]);
-    let (train, eval) = (&runs[&train_id], &runs[&eval_id]);
-    let param = |r: &Value, k: &str| r["params"][k].as_str().map(str::to_owned);
-    let metric = |r: &Value, k: &str| {
-        r["metrics"][k]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{k} missing: {r}"))
-    };
+    let stdout = common::run_estimator_example("krr", &experiment);
+    let (train, eval) = common::train_and_nested_evaluate(&stdout);
+    let (train, eval) = (&train, &eval);
+    let (param, metric) = (common::param, common::metric);
 
     for r in [train, eval] {
-        assert_eq!(r["status"], "FINISHED", "{r}");
         assert_eq!(param(r, "model - alpha").as_deref(), Some("0.001"));
         assert_eq!(param(r, "model - gamma").as_deref(), Some("1.778"));
         assert_eq!(param(r, "model - kernel").as_deref(), Some("rbf"));
@@ -42,10 +20,6 @@ fn krr_example_tracks_a_train_and_a_nested_evaluate_run() {
             Some("(1, 16, 16)")
         );
     }
-    assert_eq!(train["name"], "train");
-    assert_eq!(train["parent"], Value::Null);
-    assert_eq!(eval["name"], "evaluate");
-    assert_eq!(eval["parent"].as_str(), Some(train_id.as_str()));
     assert_eq!(param(eval, "chkpnt - time").as_deref(), Some("[4]"));
     assert_eq!(param(eval, "n_output_channels").as_deref(), Some("1"));
 
@@ -62,33 +36,5 @@ fn krr_example_tracks_a_train_and_a_nested_evaluate_run() {
         768.0,
         "train metrics copied"
     );
-
-    let names = |r: &Value| -> Vec<String> {
-        let mut v: Vec<String> = r["artifacts"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(
-        names(train),
-        [
-            "model.safetensors",
-            "model_details.txt",
-            "model_forward.txt",
-            "runtime_log.html"
-        ]
-    );
-    assert_eq!(
-        names(eval),
-        ["pdf_cdf.png", "slices_plot.png", "spectrum.png"]
-    );
-    for r in [train, eval] {
-        for (name, size) in r["artifacts"].as_object().unwrap() {
-            assert!(size.as_u64().unwrap_or(0) > 0, "{name} is empty");
-        }
-    }
+    common::assert_estimator_artifacts(train, eval);
 }

@@ -4,8 +4,6 @@
 //! and artifacts.
 mod common;
 
-use serde_json::Value;
-
 /// The number after `label` on the example's divergence line.
 fn divergence(stdout: &str, label: &str) -> f64 {
     stdout
@@ -19,20 +17,8 @@ fn divergence(stdout: &str, label: &str) -> f64 {
 
 #[test]
 fn picae_example_tracks_a_train_and_a_nested_evaluate_run() {
-    let dir = tempfile::tempdir().unwrap();
     let experiment = common::unique("picae");
-    let out = common::example_command("picae")
-        .env("MLFLOW_TRACKING_URI", common::tracking_uri())
-        .env("MLFLOW_EXPERIMENT_NAME", &experiment)
-        .env("SAPSAN_DATA_DIR", dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "picae failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::run_estimator_example("picae", &experiment);
     // The evaluate prediction is divergence-free to rounding; the target, with the same
     // differences, is not (so the measure would see a broken curl).
     let (pred_div, target_div) = (
@@ -42,19 +28,11 @@ fn picae_example_tracks_a_train_and_a_nested_evaluate_run() {
     assert!(pred_div < 1e-5, "{pred_div}: {stdout}");
     assert!(target_div > 1e-2, "{target_div}: {stdout}");
 
-    let train_id = common::id_after(&stdout, "train run:");
-    let eval_id = common::id_after(&stdout, "evaluate run:");
-    let runs = common::judge(common::READ_RUNS, &[&train_id, &eval_id]);
-    let (train, eval) = (&runs[&train_id], &runs[&eval_id]);
-    let param = |r: &Value, k: &str| r["params"][k].as_str().map(str::to_owned);
-    let metric = |r: &Value, k: &str| {
-        r["metrics"][k]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{k} missing: {r}"))
-    };
+    let (train, eval) = common::train_and_nested_evaluate(&stdout);
+    let (train, eval) = (&train, &eval);
+    let (param, metric) = (common::param, common::metric);
 
     for r in [train, eval] {
-        assert_eq!(r["status"], "FINISHED", "{r}");
         for (k, v) in [
             ("model - nfilters", "6"),
             ("model - kernel_size", "(3, 3, 3)"),
@@ -76,10 +54,6 @@ fn picae_example_tracks_a_train_and_a_nested_evaluate_run() {
             assert_eq!(param(r, k).as_deref(), Some(v), "{k} in {r}");
         }
     }
-    assert_eq!(train["name"], "train");
-    assert_eq!(train["parent"], Value::Null);
-    assert_eq!(eval["name"], "evaluate");
-    assert_eq!(eval["parent"].as_str(), Some(train_id.as_str()));
     assert_eq!(param(eval, "chkpnt - time").as_deref(), Some("[4]"));
     assert_eq!(param(eval, "n_output_channels").as_deref(), Some("3"));
 
@@ -92,33 +66,5 @@ fn picae_example_tracks_a_train_and_a_nested_evaluate_run() {
     assert!(mse > 0.0 && mse.is_finite(), "{mse}");
     let ks = metric(eval, "eval - KS Stat");
     assert!(ks > 0.0 && ks <= 1.0, "{ks}");
-
-    let names = |r: &Value| -> Vec<String> {
-        let mut v: Vec<String> = r["artifacts"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(
-        names(train),
-        [
-            "model.safetensors",
-            "model_details.txt",
-            "model_forward.txt",
-            "runtime_log.html"
-        ]
-    );
-    assert_eq!(
-        names(eval),
-        ["pdf_cdf.png", "slices_plot.png", "spectrum.png"]
-    );
-    for r in [train, eval] {
-        for (name, size) in r["artifacts"].as_object().unwrap() {
-            assert!(size.as_u64().unwrap_or(0) > 0, "{name} is empty");
-        }
-    }
+    common::assert_estimator_artifacts(train, eval);
 }

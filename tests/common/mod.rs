@@ -238,3 +238,85 @@ pub fn id_after(stdout: &str, label: &str) -> String {
         .unwrap_or_else(|| panic!("no {label:?} line in {stdout}"))
         .to_owned()
 }
+
+/// Runs example `name` against the test server, logging into `experiment`, its data in a fresh
+/// directory; its stdout (a failed run panics with both streams).
+pub fn run_estimator_example(name: &str, experiment: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = example_command(name)
+        .env("MLFLOW_TRACKING_URI", tracking_uri())
+        .env("MLFLOW_EXPERIMENT_NAME", experiment)
+        .env("SAPSAN_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The train and evaluate runs an example printed (`train run: <id>`, `evaluate run: <id>`), as
+/// the Python client reads them back ([`READ_RUNS`]), after checking that they are both
+/// FINISHED, named `train` and `evaluate`, and the evaluate run nested under the train run.
+pub fn train_and_nested_evaluate(stdout: &str) -> (serde_json::Value, serde_json::Value) {
+    let train_id = id_after(stdout, "train run:");
+    let eval_id = id_after(stdout, "evaluate run:");
+    let runs = judge(READ_RUNS, &[&train_id, &eval_id]);
+    let (train, eval) = (runs[&train_id].clone(), runs[&eval_id].clone());
+    for r in [&train, &eval] {
+        assert_eq!(r["status"], "FINISHED", "{r}");
+    }
+    assert_eq!(train["name"], "train");
+    assert_eq!(train["parent"], serde_json::Value::Null);
+    assert_eq!(eval["name"], "evaluate");
+    assert_eq!(eval["parent"].as_str(), Some(train_id.as_str()));
+    (train, eval)
+}
+
+/// Param `key` of a run read by [`READ_RUNS`].
+pub fn param(run: &serde_json::Value, key: &str) -> Option<String> {
+    run["params"][key].as_str().map(str::to_owned)
+}
+
+/// Metric `key` of a run read by [`READ_RUNS`] (panics, naming it, when missing).
+pub fn metric(run: &serde_json::Value, key: &str) -> f64 {
+    run["metrics"][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing: {run}"))
+}
+
+/// Asserts what every estimator's train and evaluate runs log as artifacts (the model, its
+/// details, forward listing and runtime log; the three evaluation plots), none of them empty.
+pub fn assert_estimator_artifacts(train: &serde_json::Value, eval: &serde_json::Value) {
+    let names = |r: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = r["artifacts"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(train),
+        [
+            "model.safetensors",
+            "model_details.txt",
+            "model_forward.txt",
+            "runtime_log.html"
+        ]
+    );
+    assert_eq!(
+        names(eval),
+        ["pdf_cdf.png", "slices_plot.png", "spectrum.png"]
+    );
+    for r in [train, eval] {
+        for (name, size) in r["artifacts"].as_object().unwrap() {
+            assert!(size.as_u64().unwrap_or(0) > 0, "{name} is empty");
+        }
+    }
+}
