@@ -77,7 +77,7 @@ struct UpState {
     /// slow server busier than the timeout forever.
     limit: usize,
     /// How much longer than the first attempt's timeout every request now waits, as the number
-    /// of doublings (see [`attempt_timeout`]): one more per timed-out request, one less per
+    /// of doublings (see [`patient_timeout`]): one more per timed-out request, one less per
     /// request that lands in under a quarter of its timeout. A server slower than the timeout
     /// for a while (load, a backlog after a freeze) gets new records with a longer timeout too,
     /// instead of each first attempt timing out and coming back as a slow duplicate.
@@ -373,8 +373,8 @@ fn ack(shared: &Up, end: u64) {
 /// Sends one record with `f` (given the attempt number, 0 first), retrying transient failures
 /// with backoff until it lands or is refused for good (reported, skipped), keeping at most
 /// [`UpState::limit`] requests in flight. Each attempt's requests get the timeout
-/// [`patient_timeout`] gives for [`UpState::patience`]. `false`: the uploader was stopped first (no attempt
-/// starts after that).
+/// [`patient_timeout`] gives for [`UpState::patience`]. `false`: the uploader was stopped first
+/// (no attempt starts after that).
 fn send(shared: &Up, opts: &UploadOptions, mut f: impl FnMut(u32) -> Result<()>) -> bool {
     let mut attempt = 0u32;
     loop {
