@@ -197,13 +197,7 @@ fn offline_journal_replays_to_the_bucket_exactly_once() {
             )
             .output()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{what} sync failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        common::stdout_of_success(out, &format!("{what} sync"))
     };
     let first = sync("first");
     assert!(

@@ -156,11 +156,15 @@ pub fn signal_group(server: &sapsan::tracking::MlflowServer, sig: i32) {
 
 /// Runs `sapsan sync <dir> --tracking-uri <uri>` (the workspace binary); its stdout.
 pub fn sapsan_sync(dir: &std::path::Path, uri: &str) -> String {
-    let out = sapsan_sync_output(dir, uri);
+    stdout_of_success(sapsan_sync_output(dir, uri), "sapsan sync")
+}
+
+/// The stdout of a finished command `what`; a failed one panics with both streams.
+pub fn stdout_of_success(out: std::process::Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "sapsan sync failed: {stdout}\n{}",
+        "{what} failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
@@ -174,14 +178,10 @@ pub fn sapsan_sync_output(dir: &std::path::Path, uri: &str) -> std::process::Out
 /// Runs `sapsan sync <dir> --tracking-uri <uri> --resend`: journals delivered before are sent
 /// again (to check that this adds nothing twice); its stdout.
 pub fn sapsan_sync_resend(dir: &std::path::Path, uri: &str) -> String {
-    let out = sapsan_sync_with(dir, uri, &["--resend"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sapsan sync --resend failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    stdout_of_success(
+        sapsan_sync_with(dir, uri, &["--resend"]),
+        "sapsan sync --resend",
+    )
 }
 
 /// Runs `sapsan sync <dir> --tracking-uri <uri> <extra>`; its exit status and output.
@@ -249,13 +249,7 @@ pub fn run_estimator_example(name: &str, experiment: &str) -> String {
         .env("SAPSAN_DATA_DIR", dir.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{name} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    stdout_of_success(out, name)
 }
 
 /// The train and evaluate runs an example printed (`train run: <id>`, `evaluate run: <id>`), as
