@@ -35,7 +35,7 @@ use ndarray::Array5;
 use sapsan::estimator::adam::Adam;
 use sapsan::estimator::init::seeded_var_builder;
 use sapsan::estimator::loss::smooth_l1_loss;
-use sapsan::estimator::{Cnn3d, Cnn3dConfig, Cnn3dNet, Samples, TrainOptions};
+use sapsan::estimator::{Cnn3d, Cnn3dConfig, Cnn3dNet, Loss, Samples, TrainOptions};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -119,7 +119,7 @@ struct Epoch {
     loss: f64,
 }
 
-/// Our side: the training step of `fit` (forward, loss, Adam `backward_step`, loss read back)
+/// Our side: the training step of `fit` (the network's fused loss and gradients, the Adam step)
 /// per batch, then the validation forward, timed apart.
 struct Ours {
     net: Cnn3dNet,
@@ -172,9 +172,9 @@ impl Ours {
                 self.xt.narrow(0, start, len)?,
                 self.yt.narrow(0, start, len)?,
             );
-            let loss = smooth_l1_loss(&self.net.forward(&xb)?, &yb)?;
-            self.optimizer.backward_step(&loss)?;
-            total += loss.to_scalar::<f32>()? as f64 * len as f64;
+            let (loss, grads) = self.net.loss_and_grads(&xb, &yb, Loss::SmoothL1)?;
+            self.optimizer.step(&grads)?;
+            total += loss * len as f64;
         }
         let t1 = Instant::now();
         for (start, len) in self.batches() {

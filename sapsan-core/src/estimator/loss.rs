@@ -1,7 +1,12 @@
 //! Training losses: PyTorch's `SmoothL1Loss()` (CNN3d, as in Sapsan) with a fused forward and
 //! backward, and the mean squared error; [`Loss`] names the one a training run minimises.
 use candle_core::backend::BackendStorage;
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::layers::Elem;
 
 /// The loss a training run minimises (and reports as `train - loss` / `valid - loss`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,74 @@ impl Loss {
             Loss::Mse => "MSELoss(reduction='mean')",
         }
     }
+}
+
+/// Elements per chunk of [`value_and_grad`]: fixed, so the sum does not depend on the threads.
+const CHUNK: usize = 1 << 15;
+
+/// The mean `loss` of prediction `p` against target `t` (same length) and its gradient with
+/// respect to `p`, in one pass; chunks run in parallel on rayon's pool. The value is summed in
+/// `f64`; the gradient is `clamp(p - t, -1, 1) / n` (SmoothL1) or `2 (p - t) / n` (MSE).
+pub(crate) fn value_and_grad<T: Elem>(loss: Loss, p: &[T], t: &[T]) -> (f64, Vec<T>) {
+    assert_eq!(
+        p.len(),
+        t.len(),
+        "loss: prediction and target lengths differ"
+    );
+    let n = p.len().max(1) as f64;
+    let mut grad = Vec::with_capacity(p.len());
+    let sums: Vec<f64> = grad.spare_capacity_mut()[..p.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(p.par_chunks(CHUNK).zip(t.par_chunks(CHUNK)))
+        .map(|(g, (p, t))| match loss {
+            Loss::SmoothL1 => chunk(p, t, g, |d| {
+                let a = d.abs();
+                let value = if a < 1.0 { 0.5 * d * d } else { a - 0.5 };
+                (value, d.clamp(-1.0, 1.0) / n)
+            }),
+            Loss::Mse => chunk(p, t, g, |d| (d * d, 2.0 * d / n)),
+        })
+        .collect();
+    // SAFETY: the chunks cover `grad`'s first `p.len()` entries and `chunk` writes each one.
+    unsafe { grad.set_len(p.len()) };
+    (sums.iter().sum::<f64>() / n, grad)
+}
+
+/// Sum of `f(p - t).0` over one chunk, writing `f(p - t).1` into `g` (all of it).
+fn chunk<T: Elem>(
+    p: &[T],
+    t: &[T],
+    g: &mut [MaybeUninit<T>],
+    f: impl Fn(f64) -> (f64, f64),
+) -> f64 {
+    // Eight running sums, not one: one sum is a chain of dependent additions; eight vectorise.
+    const LANES: usize = 8;
+    let mut acc = [0f64; LANES];
+    let (pc, tc, mut gc) = (
+        p.chunks_exact(LANES),
+        t.chunks_exact(LANES),
+        g.chunks_exact_mut(LANES),
+    );
+    let mut rest = 0.0;
+    for ((&p, &t), g) in pc
+        .remainder()
+        .iter()
+        .zip(tc.remainder())
+        .zip(gc.into_remainder())
+    {
+        let (value, grad) = f(p.to_f64() - t.to_f64());
+        rest += value;
+        g.write(T::from_f64(grad));
+    }
+    gc = g.chunks_exact_mut(LANES);
+    for ((p, t), g) in pc.zip(tc).zip(&mut gc) {
+        for j in 0..LANES {
+            let (value, grad) = f(p[j].to_f64() - t[j].to_f64());
+            acc[j] += value;
+            g[j].write(T::from_f64(grad));
+        }
+    }
+    acc.iter().sum::<f64>() + rest
 }
 
 /// Mean squared error of `prediction` against `target` (same shape), PyTorch's `nn.MSELoss()`.

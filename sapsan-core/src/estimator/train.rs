@@ -8,7 +8,8 @@
 //! are sample-weighted means of the batch losses.
 use std::io::IsTerminal;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::Array5;
@@ -19,7 +20,8 @@ use super::loss::Loss;
 use crate::config::PyStr;
 use crate::error::{Error, Result};
 
-/// What the training loop needs of a network: a forward pass and the shapes it accepts.
+/// What the training loop needs of a network: a forward pass, the shapes it accepts, and a
+/// training step's loss and gradients.
 pub trait Network {
     /// Runs the network on a batch `(B, C, D, H, W)`; checks the input shape first.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
@@ -28,6 +30,14 @@ pub trait Network {
     /// The target shape `[Ct, Dt, Ht, Wt]` of one sample whose features have shape
     /// `[C, D, H, W]`.
     fn target_shape_for(&self, input: &[usize]) -> [usize; 4];
+    /// The mean `loss` of the prediction for `x` against the targets `y` and the gradient of
+    /// every variable the prediction depends on. The default differentiates [`Network::forward`]
+    /// with candle's autograd; a network may compute the same by a fused pass of its own.
+    fn loss_and_grads(&self, x: &Tensor, y: &Tensor, loss: Loss) -> Result<(f64, GradStore)> {
+        let value = loss.compute(&self.forward(x)?, y)?;
+        let grads = value.backward()?;
+        Ok((value.to_dtype(DType::F64)?.to_scalar::<f64>()?, grads))
+    }
 }
 
 /// The settings of one training run: epochs, optimizer, schedule, stopping and loss.
@@ -450,9 +460,9 @@ pub fn fit(
                     train_y.narrow(0, start, len)?,
                 )
             };
-            let loss = config.loss.compute(&net.forward(&xb)?, &yb)?;
-            optimizer.backward_step(&loss)?;
-            total += loss.to_scalar::<f32>()? as f64 * len as f64;
+            let (loss, grads) = net.loss_and_grads(&xb, &yb, config.loss)?;
+            optimizer.step(&grads)?;
+            total += loss * len as f64;
         }
         let record = EpochRecord {
             epoch,

@@ -16,6 +16,7 @@
 //! Samples run in parallel on rayon's pool (each worker with its own column buffer and partial
 //! weight gradient, summed at the end); a single sample, or a single thread, runs the samples in
 //! turn and lets `gemm` use the pool instead.
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
@@ -23,11 +24,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Elem, contiguous, matmul, out_len, unpack_grads};
+use super::{Elem, contiguous, fill, matmul, out_len, unpack_grads};
 
 /// Sizes of one convolution call.
 #[derive(Debug, Clone, Copy)]
-struct Geom {
+pub(crate) struct Geom {
     batch: usize,
     cin: usize,
     cout: usize,
@@ -42,6 +43,47 @@ struct Geom {
 }
 
 impl Geom {
+    /// The geometry of a convolution of a `(B, Cin, D, H, W)` input with a `(Cout, Cin, kD, kH,
+    /// kW)` weight, or an error saying what does not fit.
+    pub(crate) fn new(
+        [batch, cin, d, h, w]: [usize; 5],
+        [cout, wcin, kd, kh, kw]: [usize; 5],
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        if wcin != cin {
+            candle_core::bail!(
+                "conv3d: input has {cin} channels but the weight expects {wcin} (weight shape {:?})",
+                [cout, wcin, kd, kh, kw]
+            )
+        }
+        let (Some(dout), Some(hout), Some(wout)) = (
+            out_len(d, kd, stride, padding),
+            out_len(h, kh, stride, padding),
+            out_len(w, kw, stride, padding),
+        ) else {
+            candle_core::bail!(
+                "conv3d: kernel {kd}x{kh}x{kw} (stride {stride}, padding {padding}) does not fit input {d}x{h}x{w}"
+            )
+        };
+        Ok(Geom {
+            batch,
+            cin,
+            cout,
+            input: [d, h, w],
+            out: [dout, hout, wout],
+            kernel: [kd, kh, kw],
+            stride,
+            padding,
+        })
+    }
+
+    /// Output shape `(B, Cout, Do, Ho, Wo)`.
+    pub(crate) fn output(&self) -> [usize; 5] {
+        let [d, h, w] = self.out;
+        [self.batch, self.cout, d, h, w]
+    }
+
     /// Values per input sample: `Cin*D*H*W`.
     fn in_len(&self) -> usize {
         self.cin * self.input.iter().product::<usize>()
@@ -111,32 +153,40 @@ impl Geom {
         }
     }
 
-    /// Fills `col` `(Cin*kD*kH*kW, P)` with the input windows of one sample `x`; `zeroed`: `col`
-    /// is known to be all zeros already (a fresh buffer), so the padding needs no writing.
-    fn im2col<T: Elem>(&self, x: &[T], col: &mut [T], zeroed: bool) {
-        if self.padding > 0 && !zeroed {
-            col.fill(T::ZERO);
-        }
+    /// Writes every entry of `col` `(Cin*kD*kH*kW, P)`: the input windows of one sample `x`, and
+    /// zeros where a window reaches into the padding. `col` needs no initialisation (nor a zero
+    /// fill first): each entry is written exactly once, in memory order.
+    fn im2col<'c, T: Elem>(&self, x: &[T], col: &'c mut [MaybeUninit<T>]) -> &'c mut [T] {
         let s = self.stride;
+        // Runs arrive in increasing column order; what lies between them is padding.
+        let mut done = 0;
         self.for_each_run(|c, i, n| {
+            fill(&mut col[done..c], T::ZERO);
+            done = c + n;
             let (dst, src) = (&mut col[c..c + n], &x[i..i + (n - 1) * s + 1]);
             match s {
-                1 => dst.copy_from_slice(src),
+                1 => {
+                    dst.write_copy_of_slice(src);
+                }
                 2 => {
                     // The even elements of the window row: a shuffle the compiler vectorises.
                     let (pairs, last) = src.split_at(2 * (n - 1));
                     for (v, pair) in dst.iter_mut().zip(pairs.chunks_exact(2)) {
-                        *v = pair[0];
+                        v.write(pair[0]);
                     }
-                    dst[n - 1] = last[0];
+                    dst[n - 1].write(last[0]);
                 }
                 _ => {
                     for (v, &u) in dst.iter_mut().zip(src.iter().step_by(s)) {
-                        *v = u;
+                        v.write(u);
                     }
                 }
             }
         });
+        let len = col.len();
+        fill(&mut col[done..len], T::ZERO);
+        // SAFETY: every entry up to `done` was written by a run or a gap fill, and the rest now.
+        unsafe { col.assume_init_mut() }
     }
 
     /// Adds the column gradients `dcol` onto the input positions they came from (`dx`, one sample).
@@ -164,22 +214,36 @@ fn valid(out: usize, len: usize, kk: usize, s: usize, p: usize) -> (usize, usize
 
 /// Forward: `(B, Cout, Do*Ho*Wo)` values of the convolution of `x` with weight `w` and bias `b`,
 /// and, when `keep`, every sample's columns (for the backward pass; empty otherwise).
-fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: &[T], keep: bool) -> (Vec<T>, Vec<T>) {
+///
+/// Both buffers are written once, sample by sample on the workers (bias rows, then the columns,
+/// then `gemm` adds the products): no zero fill on the calling thread first.
+pub(crate) fn forward<T: Elem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    keep: bool,
+) -> (Vec<T>, Vec<T>) {
     let (positions, rows, in_len) = (g.positions(), g.rows(), g.in_len());
     let (out_len, cols_len) = (g.cout * positions, rows * positions);
     if out_len == 0 || in_len == 0 {
         return (vec![T::ZERO; g.batch * out_len], Vec::new());
     }
-    // Every output row starts as its channel's bias (written once, no zero fill first).
+    // Every sample and every bias row present: the loops below then write every entry.
+    assert!(
+        x.len() == g.batch * in_len && b.len() == g.cout,
+        "conv3d: input or bias too short"
+    );
     let mut y = Vec::with_capacity(g.batch * out_len);
-    for _ in 0..g.batch {
-        for &bias in b {
-            y.extend(std::iter::repeat_n(bias, positions));
+    let mut kept = Vec::with_capacity(if keep { g.batch * cols_len } else { 0 });
+    let sample = |col: &mut [MaybeUninit<T>], xn: &[T], yn: &mut [MaybeUninit<T>], parallelism| {
+        // Every output row starts as its channel's bias.
+        for (row, &bias) in yn.chunks_mut(positions).zip(b) {
+            fill(row, bias);
         }
-    }
-    let mut kept = vec![T::ZERO; if keep { g.batch * cols_len } else { 0 }];
-    let sample = |col: &mut [T], xn: &[T], yn: &mut [T], parallelism| {
-        g.im2col(xn, col, keep);
+        // SAFETY: the loop above wrote every row of `yn` (`Cout` rows of `P`).
+        let yn = unsafe { yn.assume_init_mut() };
+        let col = g.im2col(xn, col);
         let shape = [g.cout, positions, rows];
         matmul(
             shape,
@@ -190,30 +254,44 @@ fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], b: &[T], keep: bool) -> (Vec<T>,
             parallelism,
         );
     };
+    let ys = &mut y.spare_capacity_mut()[..g.batch * out_len];
     match (g.parallel(), keep) {
-        (true, true) => y
+        (true, true) => ys
             .par_chunks_mut(out_len)
             .zip(x.par_chunks(in_len))
-            .zip(kept.par_chunks_mut(cols_len))
+            .zip(kept.spare_capacity_mut()[..g.batch * cols_len].par_chunks_mut(cols_len))
             .for_each(|((yn, xn), col)| sample(col, xn, yn, Parallelism::None)),
-        (true, false) => y
+        (true, false) => ys
             .par_chunks_mut(out_len)
             .zip(x.par_chunks(in_len))
             .for_each_init(
-                || vec![T::ZERO; cols_len],
-                |col, (yn, xn)| sample(col, xn, yn, Parallelism::None),
+                || Vec::with_capacity(cols_len),
+                |col: &mut Vec<T>, (yn, xn)| {
+                    let col = &mut col.spare_capacity_mut()[..cols_len];
+                    sample(col, xn, yn, Parallelism::None)
+                },
             ),
         (false, true) => {
-            let samples = y.chunks_mut(out_len).zip(x.chunks(in_len));
-            for ((yn, xn), col) in samples.zip(kept.chunks_mut(cols_len)) {
+            let samples = ys.chunks_mut(out_len).zip(x.chunks(in_len));
+            let cols = kept.spare_capacity_mut()[..g.batch * cols_len].chunks_mut(cols_len);
+            for ((yn, xn), col) in samples.zip(cols) {
                 sample(col, xn, yn, g.gemm_parallelism());
             }
         }
         (false, false) => {
-            let mut col = vec![T::ZERO; cols_len];
-            for (yn, xn) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
-                sample(&mut col, xn, yn, g.gemm_parallelism());
+            let mut col = Vec::with_capacity(cols_len);
+            let col = &mut col.spare_capacity_mut()[..cols_len];
+            for (yn, xn) in ys.chunks_mut(out_len).zip(x.chunks(in_len)) {
+                sample(col, xn, yn, g.gemm_parallelism());
             }
+        }
+    }
+    // SAFETY: every sample's output (and, when kept, its columns) was written above; `x` holds
+    // `batch` samples (a contiguous `(B, Cin, D, H, W)` input).
+    unsafe {
+        y.set_len(g.batch * out_len);
+        if keep {
+            kept.set_len(g.batch * cols_len);
         }
     }
     (y, kept)
@@ -233,7 +311,7 @@ impl<T: Elem> Scratch<T> {
         Scratch {
             dw: vec![T::ZERO; g.cout * g.rows()],
             db: vec![T::ZERO; g.cout],
-            col: vec![T::ZERO; if need_col { cols } else { 0 }],
+            col: Vec::with_capacity(if need_col { cols } else { 0 }),
             dcol: vec![T::ZERO; if need_dx { cols } else { 0 }],
         }
     }
@@ -252,7 +330,7 @@ impl<T: Elem> Scratch<T> {
 
 /// Backward: `dW`, `db` and (when `need_dx`) `dx`, packed one after the other in a flat vector.
 /// `kept`: the forward pass's columns of every sample, if it kept them; else they are rebuilt.
-fn backward<T: Elem>(
+pub(crate) fn backward<T: Elem>(
     g: &Geom,
     x: &[T],
     w: &[T],
@@ -264,18 +342,23 @@ fn backward<T: Elem>(
     let (out_len, cols_len) = (g.cout * positions, rows * positions);
     let kept = kept.filter(|k| k.len() == g.batch * cols_len);
     let need_col = kept.is_none();
-    let mut dx = vec![T::ZERO; if need_dx { g.batch * in_len } else { 0 }];
-    let sample = |s: &mut Scratch<T>, n: usize, dxn: Option<&mut [T]>, parallelism| {
+    assert!(
+        x.len() == g.batch * in_len && gy.len() == g.batch * out_len,
+        "conv3d backward: input or gradient too short"
+    );
+    // `[dW, db, dx]`: the samples write `dx` in place, the summed `dW` and `db` go in front.
+    let (nw, nb) = (g.cout * rows, g.cout);
+    let dx_len = if need_dx { g.batch * in_len } else { 0 };
+    let mut packed = Vec::with_capacity(nw + nb + dx_len);
+    let (front, dx) = packed.spare_capacity_mut()[..nw + nb + dx_len].split_at_mut(nw + nb);
+    let sample = |s: &mut Scratch<T>, n: usize, dxn: Option<&mut [MaybeUninit<T>]>, parallelism| {
         let (xn, gn) = (
             &x[n * in_len..(n + 1) * in_len],
             &gy[n * out_len..(n + 1) * out_len],
         );
         let col = match kept {
             Some(k) => &k[n * cols_len..(n + 1) * cols_len],
-            None => {
-                g.im2col(xn, &mut s.col, false);
-                &s.col[..]
-            }
+            None => &*g.im2col(xn, &mut s.col.spare_capacity_mut()[..cols_len]),
         };
         // dW (Cout x rows) += g_n (Cout x P) * col^T (P x rows)
         let shape = [g.cout, rows, positions];
@@ -288,15 +371,19 @@ fn backward<T: Elem>(
             // dcol (rows x P) = W^T (rows x Cout) * g_n (Cout x P)
             let shape = [rows, positions, g.cout];
             matmul(shape, &mut s.dcol, false, (w, 1, rows), gn_op, parallelism);
-            g.col2im(&s.dcol, dxn);
+            g.col2im(&s.dcol, fill(dxn, T::ZERO));
         }
     };
-    let parts: Vec<Option<&mut [T]>> = if need_dx && in_len > 0 {
+    let mut parts: Vec<Option<&mut [MaybeUninit<T>]>> = if need_dx && in_len > 0 {
         dx.chunks_mut(in_len).map(Some).collect()
     } else {
         (0..g.batch).map(|_| None).collect()
     };
     let total = if out_len == 0 || in_len == 0 {
+        // No output: the input gradient is zero.
+        for dxn in parts.iter_mut().flatten() {
+            fill(dxn, T::ZERO);
+        }
         Scratch::new(g, false, false)
     } else if g.parallel() {
         parts
@@ -318,9 +405,12 @@ fn backward<T: Elem>(
         }
         s
     };
-    let mut packed = total.dw;
-    packed.extend_from_slice(&total.db);
-    packed.extend_from_slice(&dx);
+    let (dw, db) = front.split_at_mut(nw);
+    dw.write_copy_of_slice(&total.dw);
+    db.write_copy_of_slice(&total.db);
+    // SAFETY: `dW` and `db` were just written; `dx` (when needed) sample by sample above, each
+    // sample's part zero-filled before its columns were added (or zero-filled when no output).
+    unsafe { packed.set_len(nw + nb + dx_len) };
     packed
 }
 
@@ -500,23 +590,8 @@ pub fn conv3d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let (batch, cin, d, h, w) = x.dims5()?;
-    let (cout, wcin, kd, kh, kw) = weight.dims5()?;
-    if wcin != cin {
-        candle_core::bail!(
-            "conv3d: input has {cin} channels but the weight expects {wcin} (weight shape {:?})",
-            weight.dims()
-        )
-    }
-    let (Some(dout), Some(hout), Some(wout)) = (
-        out_len(d, kd, stride, padding),
-        out_len(h, kh, stride, padding),
-        out_len(w, kw, stride, padding),
-    ) else {
-        candle_core::bail!(
-            "conv3d: kernel {kd}x{kh}x{kw} (stride {stride}, padding {padding}) does not fit input {d}x{h}x{w}"
-        )
-    };
+    let geom = Geom::new(x.dims5()?.into(), weight.dims5()?.into(), stride, padding)?;
+    let cout = geom.cout;
     let bias = match bias {
         Some(b) if b.dims() != [cout] => candle_core::bail!(
             "conv3d: the bias must have shape ({cout},) for {cout} output channels, got {:?}",
@@ -524,16 +599,6 @@ pub fn conv3d(
         ),
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(cout, x.dtype(), x.device())?,
-    };
-    let geom = Geom {
-        batch,
-        cin,
-        cout,
-        input: [d, h, w],
-        out: [dout, hout, wout],
-        kernel: [kd, kh, kw],
-        stride,
-        padding,
     };
     let op = Conv3dOp {
         geom,

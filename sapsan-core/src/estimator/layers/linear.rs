@@ -17,10 +17,10 @@ use super::{Elem, contiguous, matmul, unpack_grads};
 
 /// Sizes of one call: `batch` rows of `inputs` features to `outputs` features.
 #[derive(Debug, Clone, Copy)]
-struct Dims {
-    batch: usize,
-    inputs: usize,
-    outputs: usize,
+pub(crate) struct Dims {
+    pub(crate) batch: usize,
+    pub(crate) inputs: usize,
+    pub(crate) outputs: usize,
 }
 
 impl Dims {
@@ -34,7 +34,7 @@ impl Dims {
     }
 }
 
-fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+pub(crate) fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let Dims {
         batch,
         inputs,
@@ -58,7 +58,7 @@ fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
 }
 
 /// `[dW, db, dx]` flattened; `dx` only when `need_dx`.
-fn backward<T: Elem>(d: &Dims, x: &[T], w: &[T], g: &[T], need_dx: bool) -> Vec<T> {
+pub(crate) fn backward<T: Elem>(d: &Dims, x: &[T], w: &[T], g: &[T], need_dx: bool) -> Vec<T> {
     let Dims {
         batch,
         inputs,

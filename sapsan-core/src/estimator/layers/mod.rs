@@ -11,15 +11,17 @@
 //! - `pool`: max pooling with a one-pass backward (gradient to the first maximum of each window).
 //!   candle's own `max_pool2d` is avoided on purpose: its backward pass scales gradients by
 //!   `1/(k*k)`.
+use std::mem::MaybeUninit;
+
 use candle_core::{Layout, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::estimator::init::fan_in_uniform;
 use gemm::Parallelism;
 
-mod conv;
-mod linear;
-mod pool;
+pub(crate) mod conv;
+pub(crate) mod linear;
+pub(crate) mod pool;
 #[cfg(test)]
 mod tests;
 
@@ -29,7 +31,8 @@ pub use pool::max_pool3d;
 
 /// Element types the custom ops compute in: `f32` and `f64`.
 pub(crate) trait Elem:
-    Copy
+    candle_core::WithDType
+    + Copy
     + Send
     + Sync
     + PartialOrd
@@ -60,6 +63,26 @@ fn contiguous<'a, T>(data: &'a [T], l: &Layout, name: &str) -> Result<&'a [T]> {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{name}: input must be contiguous"),
     }
+}
+
+/// The contiguous CPU data of a tensor's storage (as `storage_and_layout` lends it) as `T`.
+pub(crate) fn cpu_data<'a, T: Elem>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+) -> Result<&'a [T]> {
+    let candle_core::Storage::Cpu(cpu) = storage else {
+        candle_core::bail!("this network computes on the CPU only")
+    };
+    contiguous(cpu.as_slice::<T>()?, layout, "tensor data")
+}
+
+/// Writes `value` into every entry of `dst` and returns it, now initialised.
+pub(crate) fn fill<T: Copy>(dst: &mut [MaybeUninit<T>], value: T) -> &mut [T] {
+    for v in dst.iter_mut() {
+        v.write(value);
+    }
+    // SAFETY: the loop wrote every entry.
+    unsafe { dst.assume_init_mut() }
 }
 
 /// A matrix operand: data, row stride, column stride.
@@ -214,6 +237,16 @@ impl Conv3d {
     pub fn num_params(&self) -> usize {
         self.weight.elem_count() + self.bias.elem_count()
     }
+
+    /// The kernels' geometry for an input of shape `(B, Cin, D, H, W)`.
+    pub(crate) fn geom(&self, input: [usize; 5]) -> Result<conv::Geom> {
+        conv::Geom::new(
+            input,
+            self.weight.dims5()?.into(),
+            self.stride,
+            self.padding,
+        )
+    }
 }
 
 impl std::fmt::Display for Conv3d {
@@ -265,6 +298,15 @@ impl MaxPool3d {
     pub fn out_dims(&self, dhw: [usize; 3]) -> Option<[usize; 3]> {
         let f = |n| out_len(n, self.kernel, self.stride, self.padding);
         Some([f(dhw[0])?, f(dhw[1])?, f(dhw[2])?])
+    }
+
+    /// The kernels' geometry.
+    pub(crate) fn geom(&self) -> pool::PoolGeom {
+        pool::PoolGeom {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
     }
 }
 

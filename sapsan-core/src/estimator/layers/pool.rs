@@ -12,10 +12,10 @@ use super::{Elem, contiguous, out_len};
 
 /// Window geometry of a 3D max pooling over a contiguous `(B, C, D, H, W)` input.
 #[derive(Debug, Clone, Copy)]
-struct PoolGeom {
-    kernel: usize,
-    stride: usize,
-    padding: usize,
+pub(crate) struct PoolGeom {
+    pub(crate) kernel: usize,
+    pub(crate) stride: usize,
+    pub(crate) padding: usize,
 }
 
 /// Forward op; `keep`: record each window's maximum position for the backward pass.
@@ -40,7 +40,7 @@ impl Pool3d {
 
 impl PoolGeom {
     /// Input dims, output dims, or an error naming the axis that does not fit.
-    fn dims(&self, shape: &candle_core::Shape) -> Result<([usize; 5], [usize; 3])> {
+    pub(crate) fn dims(&self, shape: &candle_core::Shape) -> Result<([usize; 5], [usize; 3])> {
         let (b, c, d, h, w) = shape.dims5()?;
         if d * h * w > u32::MAX as usize {
             candle_core::bail!(
@@ -110,7 +110,7 @@ impl PoolGeom {
 
     /// Every output window's maximum of `x`, with the flat input index of its first maximum
     /// written into `argmax` (one per window); see [`PoolGeom::argmax`].
-    fn pool<T: Elem>(
+    pub(crate) fn pool<T: Elem>(
         &self,
         x: &[T],
         dims: [usize; 5],
@@ -344,19 +344,21 @@ impl Pool3dGrad {
     /// Adds `g[o]` onto `dx` at the maximum of window `o` of `x`.
     fn scatter<T: Elem>(&self, x: &[T], g: &[T], dx: &mut [T], dims: [usize; 5], out: [usize; 3]) {
         match &self.argmax {
-            Some(argmax) if argmax.len() == g.len() => {
-                for (&i, &v) in argmax.iter().zip(g) {
-                    dx[i] += v;
-                }
-            }
+            Some(argmax) if argmax.len() == g.len() => scatter(argmax, g, dx),
             _ => {
                 let mut argmax = vec![0; g.len()];
                 self.geom.pool(x, dims, out, &mut argmax);
-                for (&i, &v) in argmax.iter().zip(g) {
-                    dx[i] += v;
-                }
+                scatter(&argmax, g, dx);
             }
         }
+    }
+}
+
+/// The backward pass of max pooling: adds each output gradient `g[o]` onto `dx` at `argmax[o]`,
+/// its window's first maximum (as [`PoolGeom::pool`] found it).
+pub(crate) fn scatter<T: Elem>(argmax: &[usize], g: &[T], dx: &mut [T]) {
+    for (&i, &v) in argmax.iter().zip(g) {
+        dx[i] += v;
     }
 }
 

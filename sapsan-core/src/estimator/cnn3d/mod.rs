@@ -14,6 +14,8 @@ use candle_nn::VarBuilder;
 use super::layers::{Conv3d, Linear, MaxPool3d};
 use crate::error::{Error, Result};
 
+mod step;
+
 /// A candle-nn linear layer initialised like PyTorch's `nn.Linear` (as [`Linear::new`]): weight
 /// `(out, in)` and bias `(out,)` uniform in `±1/sqrt(in)`. CNN3d itself uses the fused
 /// [`Linear`]; this is for networks that apply linear layers to input of any rank.
@@ -236,13 +238,21 @@ impl super::train::Network for Cnn3dNet {
     fn target_shape_for(&self, _input: &[usize]) -> [usize; 4] {
         self.target_shape
     }
+    fn loss_and_grads(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        loss: super::Loss,
+    ) -> Result<(f64, candle_core::backprop::GradStore)> {
+        Cnn3dNet::loss_and_grads(self, x, y, loss)
+    }
 }
 
 /// The source text of the network's forward function, captured from this file at compile time
 /// (Sapsan logs it as `model_forward.txt`).
 pub fn forward_source() -> &'static str {
     // The markers are assembled with concat! so these lines do not match themselves.
-    const SOURCE: &str = include_str!("cnn3d.rs");
+    const SOURCE: &str = include_str!("mod.rs");
     const BEGIN: &str = concat!("// forward-source", ":begin");
     const END: &str = concat!("// forward-source", ":end");
     let start = SOURCE.find(BEGIN).map(|i| i + BEGIN.len()).unwrap_or(0);
