@@ -467,3 +467,51 @@ fn modules_init_like_pytorch_and_describe_themselves() {
     );
     assert!(max_pool3d(&x, 2, 2, 2).is_err());
 }
+
+#[test]
+fn linear_agrees_with_candle_autograd_on_one_and_two_threads() {
+    // (batch, in, out): a small layer, CNN3d's skinny last layer (gemm on rayon's threads when
+    // there are two), and a wide batch.
+    for (b, i, o) in [(3, 4, 5), (2, 24, 1500), (80, 60, 7)] {
+        let mut rng = StdRng::seed_from_u64(8);
+        let t = |n: usize, dims: &[usize], rng: &mut StdRng| {
+            Var::from_tensor(&Tensor::from_vec(random(rng, n), dims, &Device::Cpu).unwrap())
+                .unwrap()
+        };
+        let (x, w, bias) = (
+            t(b * i, &[b, i], &mut rng),
+            t(o * i, &[o, i], &mut rng),
+            t(o, &[o], &mut rng),
+        );
+        let r = Tensor::from_vec(random(&mut rng, b * o), (b, o), &Device::Cpu).unwrap();
+        let reference =
+            candle_nn::Linear::new(w.as_tensor().clone(), Some(bias.as_tensor().clone()));
+        let want = reference.forward(x.as_tensor()).unwrap();
+        let want_grads = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let got = linear(x.as_tensor(), w.as_tensor(), bias.as_tensor()).unwrap();
+                assert!(
+                    max_abs_diff(&values(&got), &values(&want)) < 1e-12,
+                    "{b}x{i}->{o}"
+                );
+                let grads = (&got * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for (name, v) in [("x", &x), ("w", &w), ("b", &bias)] {
+                    let (g, wg) = (
+                        grads.get(v.as_tensor()).unwrap(),
+                        want_grads.get(v.as_tensor()).unwrap(),
+                    );
+                    let d = max_abs_diff(&values(g), &values(wg));
+                    assert!(
+                        d < 1e-12,
+                        "{b}x{i}->{o} on {threads} threads: d{name} differs by {d}"
+                    );
+                }
+            });
+        }
+    }
+}
