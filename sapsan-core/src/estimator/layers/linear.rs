@@ -13,7 +13,11 @@ use candle_nn::VarBuilder;
 use crate::estimator::init::fan_in_uniform;
 use gemm::Parallelism;
 
-use super::{Elem, contiguous, matmul, unpack_grads};
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::{Elem, contiguous, fill, matmul, matmul_into, unpack_grads};
 
 /// Sizes of one call: `batch` rows of `inputs` features to `outputs` features.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +61,11 @@ pub(crate) fn forward<T: Elem>(d: &Dims, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     y
 }
 
-/// `[dW, db, dx]` flattened; `dx` only when `need_dx`.
+/// Output features per block of `dx`'s partial sums: fixed, so the sum does not depend on the
+/// thread count.
+const DX_BLOCK: usize = 8192;
+
+/// `[dW, db, dx]` flattened; `dx` only when `need_dx`. Written once each: no zero fill first.
 pub(crate) fn backward<T: Elem>(d: &Dims, x: &[T], w: &[T], g: &[T], need_dx: bool) -> Vec<T> {
     let Dims {
         batch,
@@ -66,37 +74,66 @@ pub(crate) fn backward<T: Elem>(d: &Dims, x: &[T], w: &[T], g: &[T], need_dx: bo
     } = *d;
     let (nw, nb) = (outputs * inputs, outputs);
     let nx = if need_dx { batch * inputs } else { 0 };
-    let mut out = vec![T::ZERO; nw + nb + nx];
-    let (dw, rest) = out.split_at_mut(nw);
+    let mut out = Vec::with_capacity(nw + nb + nx);
+    let (dw, rest) = out.spare_capacity_mut()[..nw + nb + nx].split_at_mut(nw);
     let (db, dx) = rest.split_at_mut(nb);
     // dW (out x in) = g^T (out x B) * x (B x in)
     let shape = [outputs, inputs, batch];
-    matmul(
-        shape,
-        dw,
-        false,
-        (g, 1, outputs),
-        (x, inputs, 1),
-        d.parallelism(),
-    );
+    matmul_into(shape, dw, (g, 1, outputs), (x, inputs, 1), d.parallelism());
+    let db = fill(db, T::ZERO);
     for row in g.chunks(outputs.max(1)) {
         for (s, &v) in db.iter_mut().zip(row) {
             *s += v;
         }
     }
     if need_dx {
-        // dx (B x in) = g (B x out) * W (out x in)
-        let shape = [batch, inputs, outputs];
-        matmul(
-            shape,
-            dx,
-            false,
-            (g, outputs, 1),
-            (w, inputs, 1),
-            d.parallelism(),
-        );
+        dx_into(d, w, g, dx);
     }
+    // SAFETY: `dW` was written by `matmul_into`, `db` filled, `dx` (when present) by `dx_into`.
+    unsafe { out.set_len(nw + nb + nx) };
     out
+}
+
+/// `dx (B x in) = g (B x out) * W (out x in)`, a sum over the outputs, which `gemm` runs on one
+/// thread however many there are. With many outputs (CNN3d's last layer) it runs in blocks of
+/// [`DX_BLOCK`] outputs on rayon's threads, and the blocks' sums are added in order.
+fn dx_into<T: Elem>(d: &Dims, w: &[T], g: &[T], dx: &mut [MaybeUninit<T>]) {
+    let Dims {
+        batch,
+        inputs,
+        outputs,
+    } = *d;
+    let blocks = outputs.div_ceil(DX_BLOCK);
+    if blocks <= 1 {
+        let shape = [batch, inputs, outputs];
+        matmul_into(shape, dx, (g, outputs, 1), (w, inputs, 1), d.parallelism());
+        return;
+    }
+    let block = |k: usize| {
+        let (o0, len) = (k * DX_BLOCK, DX_BLOCK.min(outputs - k * DX_BLOCK));
+        let mut part = vec![T::ZERO; batch * inputs];
+        let (gk, wk) = ((&g[o0..], outputs, 1), (&w[o0 * inputs..], inputs, 1));
+        matmul(
+            [batch, inputs, len],
+            &mut part,
+            false,
+            gk,
+            wk,
+            Parallelism::None,
+        );
+        part
+    };
+    let parts: Vec<Vec<T>> = if rayon::current_num_threads() > 1 {
+        (0..blocks).into_par_iter().map(block).collect()
+    } else {
+        (0..blocks).map(block).collect()
+    };
+    let dx = fill(dx, T::ZERO);
+    for part in &parts {
+        for (s, &v) in dx.iter_mut().zip(part) {
+            *s += v;
+        }
+    }
 }
 
 /// Forward op: `(x, weight, bias) -> y`.

@@ -114,8 +114,46 @@ pub(crate) fn unpack_grads(
 
 /// `dst (m x n, row-major) = [dst +] lhs (m x k) * rhs (k x n)` through the `gemm` crate.
 pub(crate) fn matmul<T: Elem>(
-    [m, n, k]: [usize; 3],
+    shape: [usize; 3],
     dst: &mut [T],
+    accumulate: bool,
+    a: Operand<T>,
+    b: Operand<T>,
+    parallelism: Parallelism,
+) {
+    let [m, n, _] = shape;
+    assert!(dst.len() >= m * n, "matmul: destination too small");
+    // SAFETY: `dst` is initialised, so reading it (when accumulating) is sound.
+    unsafe { gemm_raw(shape, dst.as_mut_ptr(), accumulate, a, b, parallelism) }
+}
+
+/// [`matmul`] without accumulating, into a destination that needs no initialisation: `gemm`
+/// writes every entry of `dst[..m * n]`, which is returned initialised.
+pub(crate) fn matmul_into<'d, T: Elem>(
+    shape: [usize; 3],
+    dst: &'d mut [MaybeUninit<T>],
+    a: Operand<T>,
+    b: Operand<T>,
+    parallelism: Parallelism,
+) -> &'d mut [T] {
+    let [m, n, _] = shape;
+    let dst = &mut dst[..m * n];
+    // SAFETY: without accumulating, gemm_raw only writes `dst` (every entry of it: gemm's
+    // product, or zeros when `k` is 0), never reads it; `MaybeUninit<T>` has `T`'s layout.
+    unsafe {
+        gemm_raw(shape, dst.as_mut_ptr().cast(), false, a, b, parallelism);
+        dst.assume_init_mut()
+    }
+}
+
+/// The product behind [`matmul`] and [`matmul_into`].
+///
+/// # Safety
+/// `dst` must point to `m * n` writable values that do not overlap `a` or `b`, initialised
+/// when `accumulate` (they are read then).
+unsafe fn gemm_raw<T: Elem>(
+    [m, n, k]: [usize; 3],
+    dst: *mut T,
     accumulate: bool,
     (a, a_rs, a_cs): Operand<T>,
     (b, b_rs, b_cs): Operand<T>,
@@ -124,10 +162,12 @@ pub(crate) fn matmul<T: Elem>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= m * n, "matmul: destination too small");
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(T::ZERO);
+            for i in 0..m * n {
+                // SAFETY: `i < m * n`, inside `dst` (the caller's promise).
+                unsafe { dst.add(i).write(T::ZERO) };
+            }
         }
         return;
     }
@@ -135,14 +175,15 @@ pub(crate) fn matmul<T: Elem>(
         a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
         "matmul: operand too small"
     );
-    // SAFETY: the asserts above keep every index gemm forms, `i*rs + j*cs` for `i < rows` and
-    // `j < cols` of each matrix, inside its slice; `dst` does not alias `a` or `b` (a `&mut`).
+    // SAFETY: the assert above keeps every index gemm forms, `i*rs + j*cs` for `i < rows` and
+    // `j < cols` of each matrix, inside its slice; `dst` holds `m * n` values and aliases
+    // neither (the caller's promise).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,

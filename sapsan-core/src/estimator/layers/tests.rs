@@ -470,9 +470,10 @@ fn modules_init_like_pytorch_and_describe_themselves() {
 
 #[test]
 fn linear_agrees_with_candle_autograd_on_one_and_two_threads() {
-    // (batch, in, out): a small layer, CNN3d's skinny last layer (gemm on rayon's threads when
-    // there are two), and a wide batch.
-    for (b, i, o) in [(3, 4, 5), (2, 24, 1500), (80, 60, 7)] {
+    // (batch, in, out): a small layer, a skinny last layer (gemm on rayon's threads when there
+    // are two), one with so many outputs that its input gradient is summed in blocks, and a
+    // wide batch.
+    for (b, i, o) in [(3, 4, 5), (2, 24, 1500), (2, 3, 20000), (80, 60, 7)] {
         let mut rng = StdRng::seed_from_u64(8);
         let t = |n: usize, dims: &[usize], rng: &mut StdRng| {
             Var::from_tensor(&Tensor::from_vec(random(rng, n), dims, &Device::Cpu).unwrap())
