@@ -35,69 +35,104 @@ impl Loss {
     }
 }
 
-/// Elements per chunk of [`value_and_grad`]: fixed, so the sum does not depend on the threads.
+/// For one element with `d = prediction - target`: its term of SmoothL1's sum (`beta = 1`:
+/// `0.5 d^2` where `|d| < 1`, `|d| - 0.5` elsewhere) and the term's derivative `clamp(d, -1, 1)`.
+fn smooth_l1_term(d: f64) -> (f64, f64) {
+    let a = d.abs();
+    let value = if a < 1.0 { 0.5 * d * d } else { a - 0.5 };
+    (value, d.clamp(-1.0, 1.0))
+}
+
+/// For one element with `d = prediction - target`: its term of the squared error's sum, `d^2`,
+/// and the term's derivative `2 d`.
+fn mse_term(d: f64) -> (f64, f64) {
+    (d * d, 2.0 * d)
+}
+
+/// Elements per chunk of [`pass`]: fixed, so the sum does not depend on the thread count.
 const CHUNK: usize = 1 << 15;
 
 /// The mean `loss` of prediction `p` against target `t` (same length) and its gradient with
-/// respect to `p`, in one pass; chunks run in parallel on rayon's pool. The value is summed in
-/// `f64`; the gradient is `clamp(p - t, -1, 1) / n` (SmoothL1) or `2 (p - t) / n` (MSE).
+/// respect to `p`, in one pass (see [`pass`]).
 pub(crate) fn value_and_grad<T: Elem>(loss: Loss, p: &[T], t: &[T]) -> (f64, Vec<T>) {
+    match loss {
+        Loss::SmoothL1 => pass(smooth_l1_term, p, t, true),
+        Loss::Mse => pass(mse_term, p, t, true),
+    }
+}
+
+/// The mean of `term(p - t).0` over `p` and `t` (same length), summed in `f64` in chunks that
+/// run in parallel on rayon's pool, and, when `grad`, the gradient `term(p - t).1 / n` (empty
+/// otherwise).
+fn pass<T: Elem>(
+    term: impl Fn(f64) -> (f64, f64) + Copy + Sync,
+    p: &[T],
+    t: &[T],
+    grad: bool,
+) -> (f64, Vec<T>) {
     assert_eq!(
         p.len(),
         t.len(),
         "loss: prediction and target lengths differ"
     );
     let n = p.len().max(1) as f64;
-    let mut grad = Vec::with_capacity(p.len());
-    let sums: Vec<f64> = grad.spare_capacity_mut()[..p.len()]
-        .par_chunks_mut(CHUNK)
-        .zip(p.par_chunks(CHUNK).zip(t.par_chunks(CHUNK)))
-        .map(|(g, (p, t))| match loss {
-            Loss::SmoothL1 => chunk(p, t, g, |d| {
-                let a = d.abs();
-                let value = if a < 1.0 { 0.5 * d * d } else { a - 0.5 };
-                (value, d.clamp(-1.0, 1.0) / n)
-            }),
-            Loss::Mse => chunk(p, t, g, |d| (d * d, 2.0 * d / n)),
-        })
-        .collect();
-    // SAFETY: the chunks cover `grad`'s first `p.len()` entries and `chunk` writes each one.
-    unsafe { grad.set_len(p.len()) };
-    (sums.iter().sum::<f64>() / n, grad)
+    let scale = 1.0 / n;
+    let mut g = Vec::with_capacity(if grad { p.len() } else { 0 });
+    let pairs = p.par_chunks(CHUNK).zip(t.par_chunks(CHUNK));
+    let sums: Vec<f64> = if grad {
+        g.spare_capacity_mut()[..p.len()]
+            .par_chunks_mut(CHUNK)
+            .zip(pairs)
+            .map(|(g, (p, t))| chunk(term, p, t, Some((g, scale))))
+            .collect()
+    } else {
+        pairs.map(|(p, t)| chunk(term, p, t, None)).collect()
+    };
+    if grad {
+        // SAFETY: the chunks cover `g`'s first `p.len()` entries and `chunk` writes each one.
+        unsafe { g.set_len(p.len()) };
+    }
+    (sums.iter().sum::<f64>() / n, g)
 }
 
-/// Sum of `f(p - t).0` over one chunk, writing `f(p - t).1` into `g` (all of it).
+/// The sum of `term(p - t).0` over one chunk; with `g`, writes every element's
+/// `term(p - t).1` times the scale into it (all of it).
+#[inline(always)]
 fn chunk<T: Elem>(
+    term: impl Fn(f64) -> (f64, f64),
     p: &[T],
     t: &[T],
-    g: &mut [MaybeUninit<T>],
-    f: impl Fn(f64) -> (f64, f64),
+    g: Option<(&mut [MaybeUninit<T>], f64)>,
 ) -> f64 {
     // Eight running sums, not one: one sum is a chain of dependent additions; eight vectorise.
     const LANES: usize = 8;
     let mut acc = [0f64; LANES];
-    let (pc, tc, mut gc) = (
-        p.chunks_exact(LANES),
-        t.chunks_exact(LANES),
-        g.chunks_exact_mut(LANES),
-    );
+    let full = p.len() / LANES * LANES;
+    let d = |i: usize| p[i].to_f64() - t[i].to_f64();
+    let (pc, tc) = (p.chunks_exact(LANES), t.chunks_exact(LANES));
     let mut rest = 0.0;
-    for ((&p, &t), g) in pc
-        .remainder()
-        .iter()
-        .zip(tc.remainder())
-        .zip(gc.into_remainder())
-    {
-        let (value, grad) = f(p.to_f64() - t.to_f64());
-        rest += value;
-        g.write(T::from_f64(grad));
-    }
-    gc = g.chunks_exact_mut(LANES);
-    for ((p, t), g) in pc.zip(tc).zip(&mut gc) {
-        for j in 0..LANES {
-            let (value, grad) = f(p[j].to_f64() - t[j].to_f64());
-            acc[j] += value;
-            g[j].write(T::from_f64(grad));
+    match g {
+        Some((g, scale)) => {
+            for (i, g) in g.iter_mut().enumerate().skip(full) {
+                let (value, grad) = term(d(i));
+                rest += value;
+                g.write(T::from_f64(grad * scale));
+            }
+            for ((p, t), g) in pc.zip(tc).zip(g.chunks_exact_mut(LANES)) {
+                for j in 0..LANES {
+                    let (value, grad) = term(p[j].to_f64() - t[j].to_f64());
+                    acc[j] += value;
+                    g[j].write(T::from_f64(grad * scale));
+                }
+            }
+        }
+        None => {
+            rest = (full..p.len()).map(|i| term(d(i)).0).sum();
+            for (p, t) in pc.zip(tc) {
+                for j in 0..LANES {
+                    acc[j] += term(p[j].to_f64() - t[j].to_f64()).0;
+                }
+            }
         }
     }
     acc.iter().sum::<f64>() + rest
@@ -179,32 +214,11 @@ impl CustomOp2 for SmoothL1Mean {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn mean<T: Copy>(p: &[T], t: &[T], f: impl Fn(T) -> f64) -> f64 {
-            let huber = |p: T, t: T| {
-                let d = (f(p) - f(t)).abs();
-                if d < 1.0 { 0.5 * d * d } else { d - 0.5 }
-            };
-            // Eight running sums, not one: one sum is a chain of dependent additions (one per
-            // element, each waiting for the last); eight vectorise.
-            const LANES: usize = 8;
-            let mut acc = [0f64; LANES];
-            let (pc, tc) = (p.chunks_exact(LANES), t.chunks_exact(LANES));
-            let rest: f64 = pc
-                .remainder()
-                .iter()
-                .zip(tc.remainder())
-                .map(|(&p, &t)| huber(p, t))
-                .sum();
-            for (p, t) in pc.zip(tc) {
-                for j in 0..LANES {
-                    acc[j] += huber(p[j], t[j]);
-                }
-            }
-            (acc.iter().sum::<f64>() + rest) / p.len() as f64
-        }
         let storage = with_pair(s1, l1, s2, l2, self.name(), |pair| match pair {
-            PairSlices::F32(p, t) => CpuStorage::F32(vec![mean(p, t, f64::from) as f32]),
-            PairSlices::F64(p, t) => CpuStorage::F64(vec![mean(p, t, |x| x)]),
+            PairSlices::F32(p, t) => {
+                CpuStorage::F32(vec![pass(smooth_l1_term, p, t, false).0 as f32])
+            }
+            PairSlices::F64(p, t) => CpuStorage::F64(vec![pass(smooth_l1_term, p, t, false).0]),
         })?;
         Ok((storage, Shape::from(())))
     }
@@ -247,19 +261,17 @@ impl CustomOp2 for SmoothL1Grad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let s = self.scale;
+        let grad = |d: f64| smooth_l1_term(d).1 * s;
         let storage = with_pair(s1, l1, s2, l2, self.name(), |pair| match pair {
             PairSlices::F32(p, t) => CpuStorage::F32(
                 p.iter()
                     .zip(t)
-                    .map(|(&p, &t)| ((f64::from(p) - f64::from(t)).clamp(-1.0, 1.0) * s) as f32)
+                    .map(|(&p, &t)| grad(f64::from(p) - f64::from(t)) as f32)
                     .collect(),
             ),
-            PairSlices::F64(p, t) => CpuStorage::F64(
-                p.iter()
-                    .zip(t)
-                    .map(|(&p, &t)| (p - t).clamp(-1.0, 1.0) * s)
-                    .collect(),
-            ),
+            PairSlices::F64(p, t) => {
+                CpuStorage::F64(p.iter().zip(t).map(|(&p, &t)| grad(p - t)).collect())
+            }
         })?;
         Ok((storage, l1.shape().clone()))
     }
