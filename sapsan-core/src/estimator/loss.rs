@@ -283,6 +283,50 @@ mod tests {
     use candle_core::{Device, Var};
 
     #[test]
+    fn the_chunked_pass_sums_like_plain_loops_and_alike_on_any_thread_count() {
+        // Three full chunks and a ragged one; differences inside and outside SmoothL1's |d| < 1.
+        let n = 3 * CHUNK + 13;
+        let p: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let t: Vec<f32> = (0..n)
+            .map(|i| ((i * 104729) % 997) as f32 / 500.0 - 1.0)
+            .collect();
+        for (loss, term) in [
+            (Loss::SmoothL1, smooth_l1_term as fn(f64) -> (f64, f64)),
+            (Loss::Mse, mse_term),
+        ] {
+            let d = |i: usize| f64::from(p[i]) - f64::from(t[i]);
+            let want: f64 = (0..n).map(|i| term(d(i)).0).sum::<f64>() / n as f64;
+            let runs: Vec<(f64, Vec<f32>)> = [1, 2]
+                .into_iter()
+                .map(|threads| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| value_and_grad(loss, &p, &t))
+                })
+                .collect();
+            let (value, grad) = &runs[0];
+            assert!(
+                (value - want).abs() < 1e-12 * want,
+                "{loss:?}: {value} vs {want}"
+            );
+            for i in [0, 1, CHUNK - 1, CHUNK, 2 * CHUNK + 5, n - 1] {
+                assert_eq!(
+                    grad[i],
+                    (term(d(i)).1 * (1.0 / n as f64)) as f32,
+                    "{loss:?} at {i}"
+                );
+            }
+            assert_eq!(runs[0], runs[1], "{loss:?}: one thread and two differ");
+            let mean = pass(term, &p, &t, false);
+            assert_eq!((mean.0, mean.1.len()), (*value, 0));
+        }
+    }
+
+    #[test]
     fn mse_matches_known_values_and_gradient() {
         let dev = Device::Cpu;
         let v = Var::new(&[1.0f64, -2.0, 0.5, 3.0], &dev).unwrap();
