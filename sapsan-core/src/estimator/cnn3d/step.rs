@@ -16,7 +16,7 @@ use super::Cnn3dNet;
 use crate::error::{Error, Result};
 use crate::estimator::layers::conv::{self, Geom};
 use crate::estimator::layers::linear::{self, Dims};
-use crate::estimator::layers::pool::{self, PoolGeom};
+use crate::estimator::layers::pool;
 use crate::estimator::layers::{Conv3d, Elem, Linear, MaxPool3d, cpu_data};
 use crate::estimator::loss::{self, Loss};
 
@@ -45,7 +45,7 @@ impl<T: Elem> Stage<T> {
     ) -> Result<Self> {
         let geom = conv.geom(dims)?;
         let (c, cols) = conv::forward(&geom, x, w, b, true);
-        let pool_geom: PoolGeom = pooling.geom();
+        let pool_geom = pooling.geom();
         let (in_dims, out) = pool_geom.dims(&geom.output().to_vec().into())?;
         let mut argmax = vec![0; in_dims[0] * in_dims[1] * out.iter().product::<usize>()];
         let mut y = pool_geom.pool(&c, in_dims, out, &mut argmax);
@@ -64,14 +64,13 @@ impl<T: Elem> Stage<T> {
 
     /// `[dW, db, dx]` (`dx` only when `need_dx`) from the gradient `g` of the stage's output;
     /// `x` is the stage's input.
-    fn backward(mut self, x: &[T], w: &[T], mut g: Vec<T>, need_dx: bool) -> Vec<T> {
+    fn backward(self, x: &[T], w: &[T], mut g: Vec<T>, need_dx: bool) -> Vec<T> {
         if self.relu {
             relu_backward(&mut g, &self.out);
         }
         let mut dc = vec![T::ZERO; self.geom.output().iter().product()];
         pool::scatter(&self.argmax, &g, &mut dc);
-        let cols = std::mem::take(&mut self.cols);
-        conv::backward(&self.geom, x, w, &dc, need_dx, Some(&cols))
+        conv::backward(&self.geom, x, w, &dc, need_dx, Some(&self.cols))
     }
 }
 
