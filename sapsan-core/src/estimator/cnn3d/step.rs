@@ -109,6 +109,27 @@ impl Cnn3dNet {
     /// (see the module documentation). The same numbers as `loss.compute(&net.forward(x)?, y)?`
     /// and its `backward()`, except that, as in PyTorch, no gradient passes a ReLU whose input is
     /// exactly zero.
+    ///
+    /// One training step by hand (what `fit` does per batch):
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{Optimizer, ParamsAdamW, VarMap};
+    /// use sapsan_core::estimator::adam::Adam;
+    /// use sapsan_core::estimator::init::seeded_var_builder;
+    /// use sapsan_core::estimator::{Cnn3dNet, Loss};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (varmap, cpu) = (VarMap::new(), Device::Cpu);
+    /// let net = Cnn3dNet::new(seeded_var_builder(&varmap, 0, DType::F32, &cpu), 3, [1, 8, 8, 8])?;
+    /// let params = ParamsAdamW { lr: 1e-3, weight_decay: 0.0, ..Default::default() };
+    /// let mut adam = Adam::new(varmap.all_vars(), params)?;
+    /// let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 8, 8), &cpu)?;
+    /// let y = Tensor::ones((2, 1, 8, 8, 8), DType::F32, &cpu)?;
+    /// let (before, grads) = net.loss_and_grads(&x, &y, Loss::SmoothL1)?;
+    /// adam.step(&grads)?;
+    /// let (after, _) = net.loss_and_grads(&x, &y, Loss::SmoothL1)?;
+    /// assert!(after < before);
+    /// # Ok(()) }
+    /// ```
     pub fn loss_and_grads(&self, x: &Tensor, y: &Tensor, loss: Loss) -> Result<(f64, GradStore)> {
         self.check_input(x.dims())?;
         let [ct, d, h, w] = self.target_shape;
