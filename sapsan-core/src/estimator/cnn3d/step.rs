@@ -46,9 +46,8 @@ impl<T: Elem> Stage<T> {
         let geom = conv.geom(dims)?;
         let (c, cols) = conv::forward(&geom, x, w, b, true);
         let pool_geom = pooling.geom();
-        let (in_dims, out) = pool_geom.dims(&geom.output().to_vec().into())?;
-        let mut argmax = vec![0; in_dims[0] * in_dims[1] * out.iter().product::<usize>()];
-        let mut y = pool_geom.pool(&c, in_dims, out, &mut argmax);
+        let (in_dims, out) = pool_geom.dims(geom.output())?;
+        let (mut y, argmax) = pool_geom.pool(&c, in_dims, out);
         if relu {
             relu_in_place(&mut y);
         }

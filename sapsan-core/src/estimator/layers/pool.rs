@@ -40,8 +40,7 @@ impl Pool3d {
 
 impl PoolGeom {
     /// Input dims, output dims, or an error naming the axis that does not fit.
-    pub(crate) fn dims(&self, shape: &candle_core::Shape) -> Result<([usize; 5], [usize; 3])> {
-        let (b, c, d, h, w) = shape.dims5()?;
+    pub(crate) fn dims(&self, [b, c, d, h, w]: [usize; 5]) -> Result<([usize; 5], [usize; 3])> {
         if d * h * w > u32::MAX as usize {
             candle_core::bail!(
                 "max_pool3d: a plane of {d}x{h}x{w} values is larger than supported (2^32); pool in sub-cubes"
@@ -108,18 +107,18 @@ impl PoolGeom {
         }
     }
 
-    /// Every output window's maximum of `x`, with the flat input index of its first maximum
-    /// written into `argmax` (one per window); see [`PoolGeom::argmax`].
+    /// Every output window's maximum of `x` and the flat input index of its first maximum (one
+    /// per window); see [`PoolGeom::argmax`].
     pub(crate) fn pool<T: Elem>(
         &self,
         x: &[T],
         dims: [usize; 5],
         out: [usize; 3],
-        argmax: &mut [usize],
-    ) -> Vec<T> {
-        let mut y = vec![T::ZERO; argmax.len()];
-        self.argmax(x, dims, out, &mut y, argmax);
-        y
+    ) -> (Vec<T>, Vec<usize>) {
+        let n_out = dims[0] * dims[1] * out.iter().product::<usize>();
+        let (mut y, mut argmax) = (vec![T::ZERO; n_out], vec![0; n_out]);
+        self.argmax(x, dims, out, &mut y, &mut argmax);
+        (y, argmax)
     }
 
     /// Along one axis of `len` inputs and `out` windows: the first input of every window and, for
@@ -296,23 +295,17 @@ impl CustomOp1 for Pool3d {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, candle_core::Shape)> {
-        let (dims, out) = self.geom.dims(l.shape())?;
-        let n_out = dims[0] * dims[1] * out.iter().product::<usize>();
+        let (dims, out) = self.geom.dims(l.shape().dims5()?.into())?;
         let shape = candle_core::Shape::from((dims[0], dims[1], out[0], out[1], out[2]));
-        let mut argmax = vec![0usize; n_out];
-        let storage = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(self.geom.pool(
-                contiguous(x, l, self.name())?,
-                dims,
-                out,
-                &mut argmax,
-            )),
-            CpuStorage::F64(x) => CpuStorage::F64(self.geom.pool(
-                contiguous(x, l, self.name())?,
-                dims,
-                out,
-                &mut argmax,
-            )),
+        let (storage, argmax) = match s {
+            CpuStorage::F32(x) => {
+                let (y, argmax) = self.geom.pool(contiguous(x, l, self.name())?, dims, out);
+                (CpuStorage::F32(y), argmax)
+            }
+            CpuStorage::F64(x) => {
+                let (y, argmax) = self.geom.pool(contiguous(x, l, self.name())?, dims, out);
+                (CpuStorage::F64(y), argmax)
+            }
             other => {
                 candle_core::bail!("max_pool3d: supports f32 and f64, got {:?}", other.dtype())
             }
@@ -345,11 +338,7 @@ impl Pool3dGrad {
     fn scatter<T: Elem>(&self, x: &[T], g: &[T], dx: &mut [T], dims: [usize; 5], out: [usize; 3]) {
         match &self.argmax {
             Some(argmax) if argmax.len() == g.len() => scatter(argmax, g, dx),
-            _ => {
-                let mut argmax = vec![0; g.len()];
-                self.geom.pool(x, dims, out, &mut argmax);
-                scatter(&argmax, g, dx);
-            }
+            _ => scatter(&self.geom.pool(x, dims, out).1, g, dx),
         }
     }
 }
@@ -374,7 +363,7 @@ impl CustomOp2 for Pool3dGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, candle_core::Shape)> {
-        let (dims, out) = self.geom.dims(l1.shape())?;
+        let (dims, out) = self.geom.dims(l1.shape().dims5()?.into())?;
         let n_in = l1.shape().elem_count();
         let storage = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => {
