@@ -54,6 +54,19 @@ pub trait Estimator {
     }
 }
 
+/// The text between the forward-source markers (`// forward-source` + `:begin` / `:end`) of an
+/// estimator's source file, given whole (`include_str!`): what it logs as `model_forward.txt`.
+pub(crate) fn forward_source_in(source: &'static str) -> &'static str {
+    // The markers are assembled with concat! so these lines do not match themselves.
+    const BEGIN: &str = concat!("// forward-source", ":begin");
+    const END: &str = concat!("// forward-source", ":end");
+    let start = source.find(BEGIN).map_or(0, |i| i + BEGIN.len());
+    let end = source[start..]
+        .find(END)
+        .map_or(source.len(), |i| start + i);
+    source[start..end].trim_matches('\n').trim_end()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -228,15 +228,7 @@ impl Network for ClosureNet {
 
 /// The source text of the network's forward function (`model_forward.txt`).
 pub fn forward_source() -> &'static str {
-    const SOURCE: &str = include_str!("net.rs");
-    const BEGIN: &str = concat!("// forward-source", ":begin");
-    const END: &str = concat!("// forward-source", ":end");
-    let start = SOURCE.find(BEGIN).map(|i| i + BEGIN.len()).unwrap_or(0);
-    let end = SOURCE[start..]
-        .find(END)
-        .map(|i| start + i)
-        .unwrap_or(SOURCE.len());
-    SOURCE[start..end].trim_matches('\n').trim_end()
+    crate::estimator::api::forward_source_in(include_str!("net.rs"))
 }
 
 #[cfg(test)]

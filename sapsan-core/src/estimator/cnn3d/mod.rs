@@ -251,16 +251,7 @@ impl super::train::Network for Cnn3dNet {
 /// The source text of the network's forward function, captured from this file at compile time
 /// (Sapsan logs it as `model_forward.txt`).
 pub fn forward_source() -> &'static str {
-    // The markers are assembled with concat! so these lines do not match themselves.
-    const SOURCE: &str = include_str!("mod.rs");
-    const BEGIN: &str = concat!("// forward-source", ":begin");
-    const END: &str = concat!("// forward-source", ":end");
-    let start = SOURCE.find(BEGIN).map(|i| i + BEGIN.len()).unwrap_or(0);
-    let end = SOURCE[start..]
-        .find(END)
-        .map(|i| start + i)
-        .unwrap_or(SOURCE.len());
-    SOURCE[start..end].trim_matches('\n').trim_end()
+    super::api::forward_source_in(include_str!("mod.rs"))
 }
 
 #[cfg(test)]

@@ -271,14 +271,7 @@ impl Estimator for Krr {
     }
 
     fn model_forward(&self) -> String {
-        const SOURCE: &str = include_str!("mod.rs");
-        const BEGIN: &str = concat!("// forward-source", ":begin");
-        const END: &str = concat!("// forward-source", ":end");
-        let start = SOURCE.find(BEGIN).map_or(0, |i| i + BEGIN.len());
-        let end = SOURCE[start..]
-            .find(END)
-            .map_or(SOURCE.len(), |i| start + i);
-        SOURCE[start..end].trim_matches('\n').trim_end().to_owned()
+        super::api::forward_source_in(include_str!("mod.rs")).to_owned()
     }
 
     /// Training points, dual coefficients and gamma as safetensors (`points`, `dual`, `gamma`,

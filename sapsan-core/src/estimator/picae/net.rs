@@ -122,14 +122,7 @@ impl PicaeNet {
 
 /// The text between the forward-source markers of this file (`model_forward.txt`).
 pub fn forward_source() -> &'static str {
-    const SOURCE: &str = include_str!("net.rs");
-    const BEGIN: &str = concat!("// forward-source", ":begin");
-    const END: &str = concat!("// forward-source", ":end");
-    let start = SOURCE.find(BEGIN).map_or(0, |i| i + BEGIN.len());
-    let end = SOURCE[start..]
-        .find(END)
-        .map_or(SOURCE.len(), |i| start + i);
-    SOURCE[start..end].trim_matches('\n').trim_end()
+    crate::estimator::api::forward_source_in(include_str!("net.rs"))
 }
 
 impl Network for PicaeNet {
